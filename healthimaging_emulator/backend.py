@@ -1,0 +1,796 @@
+"""The HealthImaging state machine: one method per operation, no HTTP.
+
+Methods take the operation's input members (names as in the service model) and return its output
+members. Asynchronous work (copies, metadata updates, deletes, imports, data store creation) is a
+row in the ``jobs`` table with a due time; ``run_due_jobs`` completes it. Behaviours that AWS does not
+document are marked [I] and listed in README.md.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import hashlib
+import json
+import logging
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from botocore import xform_name
+
+from healthimaging_emulator import copy_rules, dicom_metadata
+from healthimaging_emulator.exceptions import (
+    ConflictException,
+    HealthImagingError,
+    ResourceNotFoundException,
+    ServiceQuotaExceededException,
+    ValidationException,
+)
+from healthimaging_emulator.realism import Realism
+from healthimaging_emulator.store import Store
+
+log = logging.getLogger(__name__)
+
+STORAGE_TIER = "FREQUENT_ACCESS"
+DEFAULT_PAGE_SIZE = 50
+INJECTED_COPY_FAILURE = "INTERNAL_FAILURE: Copy failed due to an injected fault."
+
+
+def compress(document: dict[str, Any], level: int = 6) -> bytes:
+    return gzip.compress(json.dumps(document, separators=(",", ":")).encode(), compresslevel=level, mtime=0)
+
+
+def decompress(blob: bytes) -> dict[str, Any]:
+    return json.loads(gzip.decompress(blob))
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+class HealthImagingBackend:
+    """All operations of the service over a :class:`Store`, with the :class:`Realism` settings."""
+
+    def __init__(self, store: Store, realism: Realism, *, account_id: str = "123456789012", region: str = "us-east-1",
+                 s3_root: str | Path | None = None) -> None:
+        self.store = store
+        self.realism = realism
+        self.account_id = account_id
+        self.region = region
+        self.s3_root = Path(s3_root) if s3_root else None
+
+    # ------------------------------------------------------------------ dispatch
+
+    def call(self, operation: str, params: dict[str, Any], *, fault: str | None = None) -> dict[str, Any]:
+        """Run one operation. ``fault`` is an injected fault that changes the outcome (``copy_failed``)."""
+        method = getattr(self, xform_name(operation))
+        if operation == "CopyImageSet":
+            return method(**params, injected_failure=fault == "copy_failed")
+        return method(**params)
+
+    # ------------------------------------------------------------------ naming
+
+    def datastore_arn(self, datastore_id: str) -> str:
+        return f"arn:aws:medical-imaging:{self.region}:{self.account_id}:datastore/{datastore_id}"
+
+    def image_set_arn(self, datastore_id: str, image_set_id: str) -> str:
+        return f"{self.datastore_arn(datastore_id)}/imageset/{image_set_id}"
+
+    # ------------------------------------------------------------------ lookups
+
+    def _datastore(self, db, datastore_id: str, *, active: bool = True):
+        row = db.execute("SELECT * FROM datastores WHERE datastore_id = ?", (datastore_id,)).fetchone()
+        if row is None or row["status"] == "DELETED":
+            raise ResourceNotFoundException(f"Datastore {datastore_id} does not exist.")
+        if active and row["status"] != "ACTIVE":
+            raise ConflictException(f"Datastore {datastore_id} is {row['status']}, not ACTIVE.")
+        return row
+
+    def _image_set(self, db, datastore_id: str, image_set_id: str, *, allow_deleted: bool = False):
+        """The image set joined with its latest version."""
+        self._datastore(db, datastore_id)
+        row = db.execute(
+            "SELECT s.*, v.state, v.workflow_status, v.message, v.forced, v.metadata, v.created_at AS version_created_at,"
+            " v.updated_at AS version_updated_at FROM image_sets s JOIN versions v USING (datastore_id, image_set_id)"
+            " WHERE s.datastore_id = ? AND s.image_set_id = ? AND v.version = s.latest_version",
+            (datastore_id, image_set_id),
+        ).fetchone()
+        if row is None:
+            raise ResourceNotFoundException(f"Image set {image_set_id} does not exist in datastore {datastore_id}.")
+        if row["deleted_at"] is not None and not allow_deleted:
+            raise ResourceNotFoundException(f"Image set {image_set_id} has been deleted.")
+        return row
+
+    def _version(self, db, datastore_id: str, image_set_id: str, version: str | None):
+        image_set = self._image_set(db, datastore_id, image_set_id, allow_deleted=True)
+        if version is None:
+            return image_set, image_set
+        row = db.execute(
+            "SELECT * FROM versions WHERE datastore_id = ? AND image_set_id = ? AND version = ?",
+            (datastore_id, image_set_id, int(version)),
+        ).fetchone()
+        if row is None:
+            raise ResourceNotFoundException(f"Version {version} of image set {image_set_id} does not exist.")
+        return image_set, row
+
+    @staticmethod
+    def _check_writable(row, role: str) -> None:
+        if row["state"] == "LOCKED":
+            raise ConflictException(
+                f"The {role} image set {row['image_set_id']} is locked ({row['workflow_status']}); "
+                "wait until it is ACTIVE and retry."
+            )
+
+    @staticmethod
+    def _check_version(row, given: str, role: str) -> None:
+        if int(given) != row["latest_version"]:
+            raise ConflictException(
+                f"The latestVersionId {given} of the {role} image set {row['image_set_id']} is not its latest version "
+                f"({row['latest_version']}); read the image set again and retry with the latest version."
+            )
+
+    # ------------------------------------------------------------------ data stores
+
+    def create_datastore(self, clientToken: str, datastoreName: str | None = None, tags: dict | None = None,
+                         kmsKeyArn: str | None = None, lambdaAuthorizerArn: str | None = None,
+                         losslessStorageFormat: str | None = None) -> dict[str, Any]:
+        with self.store.transaction() as db:
+            existing = db.execute("SELECT * FROM datastores WHERE client_token = ?", (clientToken,)).fetchone()
+            if existing is not None:
+                return {"datastoreId": existing["datastore_id"], "datastoreStatus": existing["status"]}
+            datastore_id = new_id()
+            now = time.time()
+            name = datastoreName or f"datastore-{datastore_id[:8]}"
+            immediate = self.realism.timing.datastore_seconds == 0
+            status = "ACTIVE" if immediate else "CREATING"
+            db.execute(
+                "INSERT INTO datastores VALUES (?,?,?,?,?,?,?,?,?)",
+                (datastore_id, name, status, kmsKeyArn, lambdaAuthorizerArn, losslessStorageFormat or "HTJ2K",
+                 clientToken, now, now),
+            )
+            self._put_tags(db, self.datastore_arn(datastore_id), tags or {})
+            if not immediate:
+                self._schedule(db, "datastore_status", datastore_id, self.realism.timing.datastore_seconds, {"status": "ACTIVE"})
+        return {"datastoreId": datastore_id, "datastoreStatus": status}
+
+    def create_datastore_now(self, name: str) -> str:
+        """A data store that is ACTIVE at once (seeding)."""
+        with self.store.transaction() as db:
+            datastore_id = new_id()
+            now = time.time()
+            db.execute("INSERT INTO datastores VALUES (?,?,?,?,?,?,?,?,?)",
+                       (datastore_id, name, "ACTIVE", None, None, "HTJ2K", f"seed-{datastore_id}", now, now))
+        return datastore_id
+
+    def _datastore_properties(self, row) -> dict[str, Any]:
+        return {
+            "datastoreId": row["datastore_id"],
+            "datastoreName": row["name"],
+            "datastoreStatus": row["status"],
+            "kmsKeyArn": row["kms_key_arn"],
+            "lambdaAuthorizerArn": row["lambda_authorizer_arn"],
+            "losslessStorageFormat": row["lossless_storage_format"],
+            "datastoreArn": self.datastore_arn(row["datastore_id"]),
+            "createdAt": row["created_at"],
+            "updatedAt": row["updated_at"],
+        }
+
+    def get_datastore(self, datastoreId: str) -> dict[str, Any]:
+        with self.store.reading() as db:
+            row = db.execute("SELECT * FROM datastores WHERE datastore_id = ?", (datastoreId,)).fetchone()
+        if row is None:
+            raise ResourceNotFoundException(f"Datastore {datastoreId} does not exist.")
+        return {"datastoreProperties": self._datastore_properties(row)}
+
+    def list_datastores(self, datastoreStatus: str | None = None, nextToken: str | None = None,
+                        maxResults: int | None = None) -> dict[str, Any]:
+        sql, args = "SELECT * FROM datastores", []
+        if datastoreStatus:
+            sql, args = sql + " WHERE status = ?", [datastoreStatus]
+        page, token = self._page(sql + " ORDER BY created_at, datastore_id", args, nextToken, maxResults,
+                                 ("ListDatastores", datastoreStatus))
+        summaries = []
+        for row in page:
+            props = self._datastore_properties(row)
+            summaries.append({k: props[k] for k in ("datastoreId", "datastoreName", "datastoreStatus", "datastoreArn",
+                                                    "createdAt", "updatedAt")})
+        return {"datastoreSummaries": summaries, "nextToken": token}
+
+    def delete_datastore(self, datastoreId: str) -> dict[str, Any]:
+        with self.store.transaction() as db:
+            row = self._datastore(db, datastoreId, active=False)
+            if row["status"] != "ACTIVE":
+                raise ConflictException(f"Datastore {datastoreId} is {row['status']}; only an ACTIVE datastore can be deleted.")
+            (live,) = db.execute("SELECT COUNT(*) FROM image_sets WHERE datastore_id = ? AND deleted_at IS NULL",
+                                 (datastoreId,)).fetchone()
+            if live:
+                raise ConflictException(f"Datastore {datastoreId} still holds {live} image sets; delete them first.")
+            db.execute("UPDATE datastores SET status = 'DELETING', updated_at = ? WHERE datastore_id = ?", (time.time(), datastoreId))
+            self._schedule(db, "datastore_status", datastoreId, self.realism.timing.datastore_seconds, {"status": "DELETED"})
+        return {"datastoreId": datastoreId, "datastoreStatus": "DELETING"}
+
+    # ------------------------------------------------------------------ image sets: reads
+
+    def _image_set_properties(self, image_set, version) -> dict[str, Any]:
+        return {
+            "imageSetId": image_set["image_set_id"],
+            "versionId": str(version["version"] if "version" in version.keys() else image_set["latest_version"]),
+            "imageSetState": version["state"],
+            "imageSetWorkflowStatus": version["workflow_status"],
+            "createdAt": image_set["created_at"],
+            "updatedAt": version["updated_at"] if "version" in version.keys() else version["version_updated_at"],
+            "deletedAt": image_set["deleted_at"] if version["state"] == "DELETED" else None,
+            "message": version["message"],
+            "overrides": {"forced": True} if version["forced"] else None,
+            "isPrimary": bool(image_set["is_primary"]),
+        }
+
+    def get_image_set(self, datastoreId: str, imageSetId: str, versionId: str | None = None) -> dict[str, Any]:
+        with self.store.reading() as db:
+            image_set, version = self._version(db, datastoreId, imageSetId, versionId)
+        props = self._image_set_properties(image_set, version)
+        return {
+            "datastoreId": datastoreId,
+            **props,
+            "imageSetArn": self.image_set_arn(datastoreId, imageSetId),
+            "storageTier": STORAGE_TIER,
+        }
+
+    def get_image_set_metadata(self, datastoreId: str, imageSetId: str, versionId: str | None = None) -> dict[str, Any]:
+        with self.store.reading() as db:
+            _, version = self._version(db, datastoreId, imageSetId, versionId)
+        return {"imageSetMetadataBlob": version["metadata"], "contentType": "application/json", "contentEncoding": "gzip"}
+
+    def get_image_frame(self, datastoreId: str, imageSetId: str, imageFrameInformation: dict[str, str]) -> dict[str, Any]:
+        frame_id = imageFrameInformation["imageFrameId"]
+        with self.store.reading() as db:
+            image_set = self._image_set(db, datastoreId, imageSetId)
+        document = decompress(image_set["metadata"])
+        for series in document.get("Study", {}).get("Series", {}).values():
+            for instance in series.get("Instances", {}).values():
+                for frame in instance.get("ImageFrames", []):
+                    if frame.get("ID") == frame_id:
+                        # [I] No pixel data is kept: a deterministic stand-in for the HTJ2K frame.
+                        return {"imageFrameBlob": b"\xffO\xffQ" + hashlib.sha256(frame_id.encode()).digest(),
+                                "contentType": "application/octet-stream"}
+        raise ResourceNotFoundException(f"Image frame {frame_id} does not exist in image set {imageSetId}.")
+
+    def list_image_set_versions(self, datastoreId: str, imageSetId: str, nextToken: str | None = None,
+                                maxResults: int | None = None) -> dict[str, Any]:
+        with self.store.reading() as db:
+            image_set = self._image_set(db, datastoreId, imageSetId, allow_deleted=True)
+        page, token = self._page(
+            "SELECT version, state, workflow_status, message, forced, created_at, updated_at, deleted_at FROM versions"
+            " WHERE datastore_id = ? AND image_set_id = ? ORDER BY version DESC",
+            [datastoreId, imageSetId], nextToken, maxResults, ("ListImageSetVersions", datastoreId, imageSetId))
+        items = []
+        for row in page:
+            items.append({
+                "imageSetId": imageSetId,
+                "versionId": str(row["version"]),
+                "imageSetState": row["state"],
+                "ImageSetWorkflowStatus": row["workflow_status"],
+                "createdAt": row["created_at"],
+                "updatedAt": row["updated_at"],
+                "deletedAt": row["deleted_at"],
+                "message": row["message"],
+                "overrides": {"forced": True} if row["forced"] else None,
+                "isPrimary": bool(image_set["is_primary"]),
+            })
+        return {"imageSetPropertiesList": items, "nextToken": token}
+
+    _SEARCH_COLUMNS = {
+        "DICOMPatientId": "patient_id",
+        "DICOMAccessionNumber": "accession_number",
+        "DICOMStudyId": "study_id",
+        "DICOMStudyInstanceUID": "study_instance_uid",
+        "createdAt": "created_at",
+        "updatedAt": "updated_at",
+        "DICOMStudyDateAndTime": "study_date_time",
+        "isPrimary": "is_primary",
+    }
+    _RANGE_ATTRIBUTES = ("createdAt", "updatedAt", "DICOMStudyDateAndTime")
+    _SORT_COLUMNS = {"updatedAt": "updated_at", "createdAt": "created_at", "DICOMStudyDateAndTime": "study_date_time"}
+
+    @staticmethod
+    def _search_value(attribute: str, value: Any) -> Any:
+        if attribute == "DICOMStudyDateAndTime":
+            return value["DICOMStudyDate"] + value.get("DICOMStudyTime", "").replace(":", "")
+        if attribute == "isPrimary":
+            return int(bool(value))
+        return value
+
+    def search_image_sets(self, datastoreId: str, searchCriteria: dict | None = None, maxResults: int | None = None,
+                          nextToken: str | None = None) -> dict[str, Any]:
+        with self.store.reading() as db:
+            self._datastore(db, datastoreId)
+        criteria = searchCriteria or {}
+        where, args = ["datastore_id = ?", "deleted_at IS NULL"], [datastoreId]
+        for index, search_filter in enumerate(criteria.get("filters") or []):
+            operator, values = search_filter["operator"], search_filter["values"]
+            attributes = [next(iter(v)) for v in values]
+            where_path = f"searchCriteria.filters[{index}]"
+            if operator == "EQUAL":
+                if len(values) != 1:
+                    raise ValidationException(f"{where_path}: the EQUAL operator takes exactly one value, got {len(values)}.")
+            else:
+                if len(values) != 2 or attributes[0] != attributes[1]:
+                    raise ValidationException(f"{where_path}: the BETWEEN operator takes two values of the same attribute.")
+                if attributes[0] not in self._RANGE_ATTRIBUTES:
+                    raise ValidationException(f"{where_path}: BETWEEN applies to {', '.join(self._RANGE_ATTRIBUTES)} only, "
+                                              f"not {attributes[0]}.")
+            attribute = attributes[0]
+            bounds = [self._search_value(attribute, v[attribute]) for v in values]
+            if attribute == "DICOMSeriesInstanceUID":
+                where.append("instr(series_instance_uid, ?) > 0")
+                args.append(f"|{bounds[0]}|")
+            elif operator == "EQUAL":
+                where.append(f"{self._SEARCH_COLUMNS[attribute]} = ?")
+                args.append(bounds[0])
+            else:
+                where.append(f"{self._SEARCH_COLUMNS[attribute]} BETWEEN ? AND ?")
+                args.extend(bounds)
+        sort = criteria.get("sort")
+        order = "created_at ASC, image_set_id ASC"  # [I] AWS documents no default order
+        if sort:
+            order = f"{self._SORT_COLUMNS[sort['sortField']]} {sort['sortOrder']}, image_set_id {sort['sortOrder']}"
+        sql = (f"SELECT image_set_id, latest_version, created_at, updated_at, dicom_tags, is_primary FROM image_sets"
+               f" WHERE {' AND '.join(where)} ORDER BY {order}")
+        page, token = self._page(sql, args, nextToken, maxResults, ("SearchImageSets", datastoreId, json.dumps(criteria, sort_keys=True)))
+        summaries = [{
+            "imageSetId": row["image_set_id"],
+            "version": row["latest_version"],
+            "createdAt": row["created_at"],
+            "updatedAt": row["updated_at"],
+            "storageTier": STORAGE_TIER,
+            "DICOMTags": json.loads(row["dicom_tags"]),
+            "isPrimary": bool(row["is_primary"]),
+        } for row in page]
+        return {"imageSetsMetadataSummaries": summaries, "sort": sort, "nextToken": token}
+
+    # ------------------------------------------------------------------ pagination
+
+    def _page(self, sql: str, args: list[Any], token: str | None, max_results: int | None, scope: tuple) -> tuple[list, str | None]:
+        size = max_results or DEFAULT_PAGE_SIZE
+        fingerprint = hashlib.sha256(json.dumps(scope).encode()).hexdigest()[:16]
+        offset = 0
+        if token:
+            try:
+                decoded = json.loads(base64.urlsafe_b64decode(token.encode()))
+                offset, token_scope = int(decoded["o"]), decoded["s"]
+            except (ValueError, KeyError, TypeError):
+                raise ValidationException("nextToken is not a token this operation returned.") from None
+            if token_scope != fingerprint or offset < 0:
+                raise ValidationException("nextToken belongs to a different request; repeat the request that returned it.")
+        with self.store.reading() as db:
+            rows = db.execute(f"{sql} LIMIT ? OFFSET ?", [*args, size + 1, offset]).fetchall()
+        next_token = None
+        if len(rows) > size:
+            rows = rows[:size]
+            next_token = base64.urlsafe_b64encode(json.dumps({"o": offset + size, "s": fingerprint}).encode()).decode()
+        return rows, next_token
+
+    # ------------------------------------------------------------------ image sets: writes
+
+    def _insert_image_set(self, db, datastore_id: str, image_set_id: str, document: dict[str, Any], *, state: str,
+                          workflow_status: str, is_primary: bool, now: float, level: int = 6) -> None:
+        document = {**document, "DatastoreID": datastore_id, "ImageSetID": image_set_id}
+        db.execute(
+            "INSERT INTO image_sets (datastore_id, image_set_id, latest_version, is_primary, created_at, updated_at)"
+            " VALUES (?,?,?,?,?,?)", (datastore_id, image_set_id, 1, int(is_primary), now, now))
+        db.execute("INSERT INTO versions VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                   (datastore_id, image_set_id, 1, state, workflow_status, None, None, now, now, None,
+                    compress(document, level)))
+        self._index(db, datastore_id, image_set_id, document)
+
+    def _index(self, db, datastore_id: str, image_set_id: str, document: dict[str, Any]) -> None:
+        """Refresh the search columns from a document."""
+        tags = dicom_metadata.dicom_tags(document)
+        study = document.get("Study", {}).get("DICOM", {})
+        study_date_time = (study.get("StudyDate") or "") + (study.get("StudyTime") or "").replace(":", "")
+        db.execute(
+            "UPDATE image_sets SET patient_id = ?, accession_number = ?, study_id = ?, study_instance_uid = ?,"
+            " series_instance_uid = ?, study_date_time = ?, dicom_tags = ? WHERE datastore_id = ? AND image_set_id = ?",
+            (tags.get("DICOMPatientId"), tags.get("DICOMAccessionNumber"), tags.get("DICOMStudyId"),
+             tags.get("DICOMStudyInstanceUID"), "|" + "|".join(dicom_metadata.series_uids(document)) + "|",
+             study_date_time or None, json.dumps(tags), datastore_id, image_set_id))
+
+    def insert_image_sets(self, datastore_id: str, documents, *, is_primary=lambda i: True, workflow_status: str = "CREATED",
+                          level: int = 6, id_for=None) -> list[str]:
+        """Create ACTIVE image sets from documents in one transaction (imports and seeding)."""
+        ids = []
+        now = time.time()
+        with self.store.transaction() as db:
+            for index, document in enumerate(documents):
+                image_set_id = id_for(index) if id_for else new_id()
+                self._insert_image_set(db, datastore_id, image_set_id, document, state="ACTIVE",
+                                       workflow_status=workflow_status, is_primary=is_primary(index), now=now, level=level)
+                ids.append(image_set_id)
+        return ids
+
+    def copy_image_set(self, datastoreId: str, sourceImageSetId: str, copyImageSetInformation: dict[str, Any],
+                       force: bool | None = None, promoteToPrimary: bool | None = None,
+                       injected_failure: bool = False) -> dict[str, Any]:
+        source_info = copyImageSetInformation["sourceImageSet"]
+        destination_info = copyImageSetInformation.get("destinationImageSet")
+        copiable = (source_info.get("DICOMCopies") or {}).get("copiableAttributes")
+        selection = copy_rules.parse_copiable_attributes(copiable) if copiable is not None else None
+        if destination_info and destination_info["imageSetId"] == sourceImageSetId:
+            raise ValidationException("The destination image set must differ from the source image set.")
+        timing = self.realism.timing
+        with self.store.transaction() as db:
+            source = self._image_set(db, datastoreId, sourceImageSetId)
+            self._check_version(source, source_info["latestVersionId"], "source")
+            self._check_writable(source, "source")
+            destination = None
+            if destination_info:
+                destination = self._image_set(db, datastoreId, destination_info["imageSetId"])
+                self._check_version(destination, destination_info["latestVersionId"], "destination")
+                self._check_writable(destination, "destination")
+            (in_flight,) = db.execute("SELECT COUNT(*) FROM jobs WHERE kind = 'copy' AND done = 0 AND datastore_id = ?",
+                                      (datastoreId,)).fetchone()
+            if in_flight >= self.realism.max_concurrent_copies:
+                raise ServiceQuotaExceededException(
+                    f"Datastore {datastoreId} already has {in_flight} copies in progress, the quota of concurrent "
+                    f"CopyImageSet requests ({self.realism.max_concurrent_copies}); retry when one completes.")
+            source_doc = decompress(source["metadata"])
+            copied, missing = copy_rules.select(source_doc, selection)
+            frames = copy_rules.frame_total(copied)
+            if frames > self.realism.max_frames_per_copy:
+                raise ServiceQuotaExceededException(
+                    f"The copy holds {frames} image frames, over the quota of {self.realism.max_frames_per_copy} "
+                    "image frames per CopyImageSet; copy a subset with copiableAttributes.")
+            failure = None
+            if injected_failure:
+                failure = INJECTED_COPY_FAILURE
+            elif missing:
+                failure = f"INVALID_REQUEST: SourceImageSet does not contain {missing[0]}."
+            now = time.time()
+            if destination is None:
+                destination_id, destination_version, created_at = new_id(), 1, now
+                result = {**copied, "ImageSetID": destination_id}
+                self._insert_image_set(db, datastoreId, destination_id, result, state="LOCKED", workflow_status="COPYING",
+                                       is_primary=False, now=now)
+            else:
+                destination_id = destination["image_set_id"]
+                destination_version, created_at = destination["latest_version"] + 1, destination["created_at"]
+                destination_doc = decompress(destination["metadata"])
+                if failure is None and not force:
+                    failure = copy_rules.consistency_problem(copied, destination_doc)
+                result = copy_rules.merge(destination_doc, copied)
+                db.execute("INSERT INTO versions VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                           (datastoreId, destination_id, destination_version, "LOCKED", "COPYING", None, None, now, now,
+                            None, destination["metadata"]))
+                db.execute("UPDATE image_sets SET latest_version = ?, updated_at = ? WHERE datastore_id = ? AND image_set_id = ?",
+                           (destination_version, now, datastoreId, destination_id))
+            db.execute("UPDATE versions SET state = 'LOCKED', workflow_status = 'COPYING_WITH_READ_ONLY_ACCESS', updated_at = ?"
+                       " WHERE datastore_id = ? AND image_set_id = ? AND version = ?",
+                       (now, datastoreId, sourceImageSetId, source["latest_version"]))
+            payload = {
+                "source_id": sourceImageSetId, "source_version": source["latest_version"],
+                "source_status": source["workflow_status"], "destination_id": destination_id,
+                "destination_version": destination_version, "failure": failure, "forced": bool(force),
+                "promote": bool(promoteToPrimary),
+            }
+            self._schedule(db, "copy", datastoreId, timing.copy_duration(copy_rules.instance_count(copied)), payload,
+                           result=None if failure else compress(result))
+        return {
+            "datastoreId": datastoreId,
+            "sourceImageSetProperties": {
+                "imageSetId": sourceImageSetId, "latestVersionId": str(source["latest_version"]), "imageSetState": "LOCKED",
+                "imageSetWorkflowStatus": "COPYING_WITH_READ_ONLY_ACCESS", "createdAt": source["created_at"],
+                "updatedAt": now, "imageSetArn": self.image_set_arn(datastoreId, sourceImageSetId),
+            },
+            "destinationImageSetProperties": {
+                "imageSetId": destination_id, "latestVersionId": str(destination_version), "imageSetState": "LOCKED",
+                "imageSetWorkflowStatus": "COPYING", "createdAt": created_at, "updatedAt": now,
+                "imageSetArn": self.image_set_arn(datastoreId, destination_id),
+            },
+        }
+
+    def delete_image_set(self, datastoreId: str, imageSetId: str) -> dict[str, Any]:
+        with self.store.transaction() as db:
+            image_set = self._image_set(db, datastoreId, imageSetId)
+            self._check_writable(image_set, "")
+            now = time.time()
+            db.execute("UPDATE versions SET state = 'LOCKED', workflow_status = 'DELETING', updated_at = ?"
+                       " WHERE datastore_id = ? AND image_set_id = ? AND version = ?",
+                       (now, datastoreId, imageSetId, image_set["latest_version"]))
+            self._schedule(db, "delete", datastoreId, self.realism.timing.delete_seconds,
+                           {"image_set_id": imageSetId, "version": image_set["latest_version"]})
+        return {"datastoreId": datastoreId, "imageSetId": imageSetId, "imageSetState": "LOCKED",
+                "imageSetWorkflowStatus": "DELETING"}
+
+    def update_image_set_metadata(self, datastoreId: str, imageSetId: str, latestVersionId: str,
+                                  updateImageSetMetadataUpdates: dict[str, Any], force: bool | None = None,
+                                  includeStudyImageSets: bool | None = None) -> dict[str, Any]:
+        with self.store.transaction() as db:
+            image_set = self._image_set(db, datastoreId, imageSetId)
+            self._check_version(image_set, latestVersionId, "")
+            self._check_writable(image_set, "")
+            if "revertToVersionId" in updateImageSetMetadataUpdates:
+                _, old = self._version(db, datastoreId, imageSetId, updateImageSetMetadataUpdates["revertToVersionId"])
+                updated = decompress(old["metadata"])
+            else:
+                updated = apply_dicom_updates(decompress(image_set["metadata"]),
+                                              updateImageSetMetadataUpdates.get("DICOMUpdates") or {})
+            now = time.time()
+            version = image_set["latest_version"] + 1
+            db.execute("INSERT INTO versions VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                       (datastoreId, imageSetId, version, "LOCKED", "UPDATING", None, 1 if force else None, now, now, None,
+                        image_set["metadata"]))
+            db.execute("UPDATE image_sets SET latest_version = ?, updated_at = ? WHERE datastore_id = ? AND image_set_id = ?",
+                       (version, now, datastoreId, imageSetId))
+            self._schedule(db, "update", datastoreId, self.realism.timing.update_seconds,
+                           {"image_set_id": imageSetId, "version": version}, result=compress(updated))
+        return {"datastoreId": datastoreId, "imageSetId": imageSetId, "latestVersionId": str(version),
+                "imageSetState": "LOCKED", "imageSetWorkflowStatus": "UPDATING", "createdAt": image_set["created_at"],
+                "updatedAt": now}
+
+    # ------------------------------------------------------------------ imports
+
+    def resolve_input(self, uri: str) -> Path:
+        """The local folder an import reads: a local path or ``file://`` URI (emulator extension), or an
+        ``s3://bucket/prefix`` mapped under ``--s3-root``."""
+        if uri.startswith("file://"):
+            return Path(uri[len("file://"):])
+        if uri.startswith("/"):
+            return Path(uri)
+        if uri.startswith("s3://") and self.s3_root is not None:
+            return self.s3_root / uri[len("s3://"):]
+        raise ValidationException(
+            f"Cannot read {uri}: the emulator reads imports from a local folder (an absolute path or file:// URI), "
+            "or from s3:// URIs when started with --s3-root.")
+
+    def start_dicom_import_job(self, dataAccessRoleArn: str, clientToken: str, datastoreId: str, inputS3Uri: str,
+                               outputS3Uri: str, jobName: str | None = None, inputOwnerAccountId: str | None = None,
+                               importConfiguration: dict | None = None) -> dict[str, Any]:
+        self.resolve_input(inputS3Uri)
+        with self.store.transaction() as db:
+            self._datastore(db, datastoreId)
+            existing = db.execute("SELECT * FROM import_jobs WHERE datastore_id = ? AND client_token = ?",
+                                  (datastoreId, clientToken)).fetchone()
+            if existing is not None:
+                row = existing
+            else:
+                job_id, now = new_id(), time.time()
+                db.execute("INSERT INTO import_jobs VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                           (job_id, datastoreId, jobName or f"import-{job_id[:8]}", "SUBMITTED", dataAccessRoleArn,
+                            inputS3Uri, outputS3Uri, clientToken, now, None, None))
+                self._schedule(db, "import", datastoreId, self.realism.timing.import_seconds, {"job_id": job_id})
+                row = db.execute("SELECT * FROM import_jobs WHERE job_id = ?", (job_id,)).fetchone()
+        return {"datastoreId": datastoreId, "jobId": row["job_id"], "jobStatus": row["status"], "submittedAt": row["submitted_at"]}
+
+    def _import_job_properties(self, row) -> dict[str, Any]:
+        return {
+            "jobId": row["job_id"], "jobName": row["job_name"], "jobStatus": row["status"], "datastoreId": row["datastore_id"],
+            "dataAccessRoleArn": row["data_access_role_arn"], "endedAt": row["ended_at"], "submittedAt": row["submitted_at"],
+            "inputS3Uri": row["input_uri"], "outputS3Uri": row["output_uri"], "message": row["message"],
+        }
+
+    def get_dicom_import_job(self, datastoreId: str, jobId: str) -> dict[str, Any]:
+        with self.store.reading() as db:
+            self._datastore(db, datastoreId, active=False)
+            row = db.execute("SELECT * FROM import_jobs WHERE datastore_id = ? AND job_id = ?", (datastoreId, jobId)).fetchone()
+        if row is None:
+            raise ResourceNotFoundException(f"Import job {jobId} does not exist in datastore {datastoreId}.")
+        return {"jobProperties": self._import_job_properties(row)}
+
+    def list_dicom_import_jobs(self, datastoreId: str, jobStatus: str | None = None, nextToken: str | None = None,
+                               maxResults: int | None = None) -> dict[str, Any]:
+        with self.store.reading() as db:
+            self._datastore(db, datastoreId, active=False)
+        sql, args = "SELECT * FROM import_jobs WHERE datastore_id = ?", [datastoreId]
+        if jobStatus:
+            sql, args = sql + " AND status = ?", [*args, jobStatus]
+        page, token = self._page(sql + " ORDER BY submitted_at DESC, job_id", args, nextToken, maxResults,
+                                 ("ListDICOMImportJobs", datastoreId, jobStatus))
+        keys = ("jobId", "jobName", "jobStatus", "datastoreId", "dataAccessRoleArn", "endedAt", "submittedAt", "message")
+        return {"jobSummaries": [{k: self._import_job_properties(r)[k] for k in keys} for r in page], "nextToken": token}
+
+    def _run_import(self, job_id: str) -> None:
+        with self.store.reading() as db:
+            job = db.execute("SELECT * FROM import_jobs WHERE job_id = ?", (job_id,)).fetchone()
+        with self.store.transaction() as db:
+            db.execute("UPDATE import_jobs SET status = 'IN_PROGRESS' WHERE job_id = ?", (job_id,))
+        folder = self.resolve_input(job["input_uri"])
+        files = sorted(str(p) for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else []
+        documents, rejected = dicom_metadata.documents_from_files(files)
+        created = self.import_documents(job["datastore_id"], documents)
+        status = "COMPLETED" if documents else "FAILED"
+        message = None if documents else f"No importable DICOM files found under the input ({len(rejected)} files rejected)."
+        with self.store.transaction() as db:
+            db.execute("UPDATE import_jobs SET status = ?, ended_at = ?, message = ? WHERE job_id = ?",
+                       (status, time.time(), message, job_id))
+        self._write_import_output(job, created, rejected)
+
+    def import_documents(self, datastore_id: str, documents: list[dicom_metadata.SeriesDocument]) -> list[tuple[str, dicom_metadata.SeriesDocument]]:
+        """Create one ACTIVE image set per series document, as an import does."""
+        created: list[tuple[str, dicom_metadata.SeriesDocument]] = []
+        with self.store.transaction() as db:
+            now = time.time()
+            for series in documents:
+                (taken,) = db.execute(
+                    "SELECT COUNT(*) FROM image_sets WHERE datastore_id = ? AND is_primary = 1 AND deleted_at IS NULL"
+                    " AND instr(series_instance_uid, ?) > 0", (datastore_id, f"|{series.series_instance_uid}|"),
+                ).fetchone()
+                image_set_id = new_id()
+                # [I] A series that already has a primary image set is imported as a non-primary one.
+                self._insert_image_set(db, datastore_id, image_set_id, series.document, state="ACTIVE",
+                                       workflow_status="CREATED", is_primary=not taken, now=now)
+                created.append((image_set_id, series))
+        return created
+
+    def _write_import_output(self, job, created, rejected) -> None:
+        """Write the job output (manifest, success and failure lists) when the output URI is a local folder."""
+        try:
+            folder = self.resolve_input(job["output_uri"])
+        except ValidationException:
+            return
+        out = folder / f"{job['datastore_id']}-DicomImport-{job['job_id']}"
+        (out / "SUCCESS").mkdir(parents=True, exist_ok=True)
+        (out / "FAILURE").mkdir(parents=True, exist_ok=True)
+        with open(out / "SUCCESS" / "success.ndjson", "w") as fh:
+            for image_set_id, series in created:
+                for path in series.source_files:
+                    fh.write(json.dumps({"inputFile": path, "importResponse": {"imageSetId": image_set_id}}) + "\n")
+        with open(out / "FAILURE" / "failure.ndjson", "w") as fh:
+            for path, reason in rejected:
+                fh.write(json.dumps({"inputFile": path, "exception": {"exceptionType": "ValidationException",
+                                                                      "message": reason}}) + "\n")
+        summary = {"jobId": job["job_id"], "datastoreId": job["datastore_id"], "imageSetsCreated": len(created),
+                   "filesImported": sum(len(s.source_files) for _, s in created), "filesFailed": len(rejected)}
+        (out / "job-output-manifest.json").write_text(json.dumps(summary, indent=2))
+
+    # ------------------------------------------------------------------ tags
+
+    def _resource(self, db, arn: str) -> None:
+        prefix = f"arn:aws:medical-imaging:{self.region}:{self.account_id}:datastore/"
+        if not arn.startswith(prefix):
+            raise ResourceNotFoundException(f"Resource {arn} does not exist in this account and region.")
+        parts = arn[len(prefix):].split("/")
+        if len(parts) == 1:
+            self._datastore(db, parts[0], active=False)
+        else:
+            self._image_set(db, parts[0], parts[2], allow_deleted=True)
+
+    def _put_tags(self, db, arn: str, tags: dict[str, str]) -> None:
+        db.executemany("INSERT OR REPLACE INTO tags VALUES (?,?,?)", [(arn, k, v) for k, v in tags.items()])
+
+    def tag_resource(self, resourceArn: str, tags: dict[str, str]) -> dict[str, Any]:
+        with self.store.transaction() as db:
+            self._resource(db, resourceArn)
+            self._put_tags(db, resourceArn, tags)
+        return {}
+
+    def untag_resource(self, resourceArn: str, tagKeys: list[str]) -> dict[str, Any]:
+        with self.store.transaction() as db:
+            self._resource(db, resourceArn)
+            db.executemany("DELETE FROM tags WHERE resource_arn = ? AND key = ?", [(resourceArn, k) for k in tagKeys])
+        return {}
+
+    def list_tags_for_resource(self, resourceArn: str) -> dict[str, Any]:
+        with self.store.reading() as db:
+            self._resource(db, resourceArn)
+            rows = db.execute("SELECT key, value FROM tags WHERE resource_arn = ? ORDER BY key", (resourceArn,)).fetchall()
+        return {"tags": {r["key"]: r["value"] for r in rows}}
+
+    # ------------------------------------------------------------------ asynchronous work
+
+    def _schedule(self, db, kind: str, datastore_id: str, delay: float, payload: dict[str, Any], result: bytes | None = None) -> None:
+        db.execute("INSERT INTO jobs (kind, datastore_id, due_at, payload, result) VALUES (?,?,?,?,?)",
+                   (kind, datastore_id, time.time() + delay, json.dumps(payload), result))
+
+    def next_due(self) -> float | None:
+        with self.store.reading() as db:
+            row = db.execute("SELECT MIN(due_at) FROM jobs WHERE done = 0").fetchone()
+        return row[0]
+
+    def run_due_jobs(self, now: float | None = None) -> int:
+        """Complete every job whose time has come; returns how many ran."""
+        now = time.time() if now is None else now
+        with self.store.reading() as db:
+            due = db.execute("SELECT * FROM jobs WHERE done = 0 AND due_at <= ? ORDER BY due_at, job_id", (now,)).fetchall()
+        for job in due:
+            try:
+                self._complete(job)
+            except Exception:  # a job that cannot complete must not stop the others
+                log.exception("job %s (%s) failed", job["job_id"], job["kind"])
+                with self.store.transaction() as db:
+                    db.execute("UPDATE jobs SET done = 1 WHERE job_id = ?", (job["job_id"],))
+        return len(due)
+
+    def _complete(self, job) -> None:
+        payload = json.loads(job["payload"])
+        datastore_id, kind = job["datastore_id"], job["kind"]
+        if kind == "import":
+            self._run_import(payload["job_id"])
+            with self.store.transaction() as db:
+                db.execute("UPDATE jobs SET done = 1 WHERE job_id = ?", (job["job_id"],))
+            return
+        with self.store.transaction() as db:
+            now = time.time()
+            if kind == "copy":
+                self._finish_copy(db, datastore_id, payload, job["result"], now)
+            elif kind == "update":
+                self._finish_version(db, datastore_id, payload["image_set_id"], payload["version"], "UPDATED", job["result"], now)
+            elif kind == "delete":
+                db.execute("UPDATE versions SET state = 'DELETED', workflow_status = 'DELETED', updated_at = ?, deleted_at = ?"
+                           " WHERE datastore_id = ? AND image_set_id = ? AND version = ?",
+                           (now, now, datastore_id, payload["image_set_id"], payload["version"]))
+                db.execute("UPDATE image_sets SET deleted_at = ?, updated_at = ? WHERE datastore_id = ? AND image_set_id = ?",
+                           (now, now, datastore_id, payload["image_set_id"]))
+            elif kind == "datastore_status":
+                db.execute("UPDATE datastores SET status = ?, updated_at = ? WHERE datastore_id = ?",
+                           (payload["status"], now, datastore_id))
+            db.execute("UPDATE jobs SET done = 1 WHERE job_id = ?", (job["job_id"],))
+
+    def _finish_version(self, db, datastore_id: str, image_set_id: str, version: int, status: str, result: bytes | None,
+                        now: float, message: str | None = None, forced: bool | None = None) -> None:
+        db.execute("UPDATE versions SET state = 'ACTIVE', workflow_status = ?, message = ?, updated_at = ?,"
+                   " forced = COALESCE(?, forced), metadata = COALESCE(?, metadata)"
+                   " WHERE datastore_id = ? AND image_set_id = ? AND version = ?",
+                   (status, message, now, 1 if forced else None, result, datastore_id, image_set_id, version))
+        db.execute("UPDATE image_sets SET updated_at = ? WHERE datastore_id = ? AND image_set_id = ?",
+                   (now, datastore_id, image_set_id))
+        if result is not None:
+            self._index(db, datastore_id, image_set_id, decompress(result))
+
+    def _finish_copy(self, db, datastore_id: str, payload: dict[str, Any], result: bytes | None, now: float) -> None:
+        # [I] The source returns to ACTIVE with the workflow status it had before the copy.
+        db.execute("UPDATE versions SET state = 'ACTIVE', workflow_status = ?, updated_at = ?"
+                   " WHERE datastore_id = ? AND image_set_id = ? AND version = ?",
+                   (payload["source_status"], now, datastore_id, payload["source_id"], payload["source_version"]))
+        failure = payload["failure"]
+        self._finish_version(db, datastore_id, payload["destination_id"], payload["destination_version"],
+                             "COPY_FAILED" if failure else "COPIED", result, now, message=failure,
+                             forced=payload["forced"] and not failure)
+        if payload["promote"] and not failure:
+            db.execute("UPDATE image_sets SET is_primary = 1 WHERE datastore_id = ? AND image_set_id = ?",
+                       (datastore_id, payload["destination_id"]))
+
+
+def apply_dicom_updates(document: dict[str, Any], updates: dict[str, bytes]) -> dict[str, Any]:
+    """A document with UpdateImageSetMetadata's ``DICOMUpdates`` applied (updatable, then removable)."""
+    result = json.loads(json.dumps(document))
+    for member in ("updatableAttributes", "removableAttributes"):
+        blob = updates.get(member)
+        if blob is None:
+            continue
+        try:
+            change = json.loads(blob)
+        except ValueError as exc:
+            raise ValidationException(f"DICOMUpdates.{member} is not valid JSON: {exc}") from None
+        if not isinstance(change, dict) or change.get("SchemaVersion") not in copy_rules.SCHEMA_VERSIONS:
+            raise ValidationException(f"DICOMUpdates.{member} must be a JSON object with SchemaVersion 1.1")
+        _apply_level(result, {k: v for k, v in change.items() if k != "SchemaVersion"}, remove=member == "removableAttributes",
+                     where=f"DICOMUpdates.{member}")
+    return result
+
+
+def _apply_level(target: dict[str, Any], change: dict[str, Any], *, remove: bool, where: str) -> None:
+    for key, value in change.items():
+        path = f"{where}.{key}"
+        if key == "DICOM":
+            if not isinstance(value, dict):
+                raise ValidationException(f"{path} must be an object of DICOM attributes")
+            dicom = target.setdefault("DICOM", {})
+            for attribute, new in value.items():
+                if remove:
+                    dicom.pop(attribute, None)
+                else:
+                    dicom[attribute] = new
+            continue
+        if key not in target or not isinstance(target[key], dict):
+            raise ValidationException(f"{path} does not exist in the image set")
+        if not isinstance(value, dict):
+            raise ValidationException(f"{path} must be an object")
+        if remove and value == {} and key not in ("Patient", "Study", "Series", "Instances"):
+            del target[key]  # an entity (series or instance) given as {} is removed
+            continue
+        _apply_level(target[key], value, remove=remove, where=path)
+
+
+__all__ = ["HealthImagingBackend", "HealthImagingError", "apply_dicom_updates", "compress", "decompress"]
