@@ -48,6 +48,7 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "HealthImagingEmulator"
     sys_version = ""
     timeout = 30  # an idle or stalled connection is closed after this many seconds
+    disable_nagle_algorithm = True  # headers and body leave at once: no 40 ms delayed-ACK stalls
     server: _Server
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - BaseHTTPRequestHandler's name
@@ -57,6 +58,12 @@ class _Handler(BaseHTTPRequestHandler):
         """Malformed HTTP (bad request line, headers) gets an AWS-shaped error, not HTML."""
         self.close_connection = True
         error = ValidationException(f"Malformed HTTP request: {message or code}")
+        # The request line may not have been parsed: no request id yet, and the version still the
+        # HTTP/0.9 default, under which BaseHTTPRequestHandler writes neither status line nor headers.
+        if not hasattr(self, "request_id"):
+            self.request_id = f"{time.time_ns():x}"
+        if getattr(self, "request_version", "HTTP/0.9") == "HTTP/0.9":
+            self.request_version = "HTTP/1.1"
         try:
             self._send(*protocol.serialize_error(error))
         except OSError:
