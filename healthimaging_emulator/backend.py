@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 
 STORAGE_TIER = "FREQUENT_ACCESS"
 DEFAULT_PAGE_SIZE = 50
+#: How job properties show a local import folder, whose URI the model requires to be ``s3://…`` [I].
+LOCAL_FOLDER_PREFIX = "s3://local-folder/"
 INJECTED_COPY_FAILURE = "INTERNAL_FAILURE: Copy failed due to an injected fault."
 
 
@@ -107,9 +109,11 @@ class HealthImagingBackend:
         image_set = self._image_set(db, datastore_id, image_set_id, allow_deleted=True)
         if version is None:
             return image_set, image_set
-        row = db.execute(
+        number = int(version)
+        # a \d+ id beyond SQLite's 64-bit integers names no version (and must not crash the query)
+        row = None if number >= 2**63 else db.execute(
             "SELECT * FROM versions WHERE datastore_id = ? AND image_set_id = ? AND version = ?",
-            (datastore_id, image_set_id, int(version)),
+            (datastore_id, image_set_id, number),
         ).fetchone()
         if row is None:
             raise ResourceNotFoundException(f"Version {version} of image set {image_set_id} does not exist.")
@@ -538,6 +542,8 @@ class HealthImagingBackend:
             return Path(uri[len("file://"):])
         if uri.startswith("/"):
             return Path(uri)
+        if uri.startswith(LOCAL_FOLDER_PREFIX) and self.s3_root is None:
+            return Path("/" + uri[len(LOCAL_FOLDER_PREFIX):])  # a local folder as job properties report it
         if uri.startswith("s3://") and self.s3_root is not None:
             return self.s3_root / uri[len("s3://"):]
         raise ValidationException(
@@ -563,11 +569,20 @@ class HealthImagingBackend:
                 row = db.execute("SELECT * FROM import_jobs WHERE job_id = ?", (job_id,)).fetchone()
         return {"datastoreId": datastoreId, "jobId": row["job_id"], "jobStatus": row["status"], "submittedAt": row["submitted_at"]}
 
+    @staticmethod
+    def _reported_uri(uri: str | None) -> str | None:
+        """A URI as job properties report it. The model wants ``s3://…``, so a local folder (emulator
+        extension) is shown as ``s3://local-folder/<absolute path>`` [I], which ``resolve_input`` reads back."""
+        if uri and uri.startswith(("/", "file://")):
+            return LOCAL_FOLDER_PREFIX + str(Path(uri.removeprefix("file://"))).lstrip("/")
+        return uri
+
     def _import_job_properties(self, row) -> dict[str, Any]:
         return {
             "jobId": row["job_id"], "jobName": row["job_name"], "jobStatus": row["status"], "datastoreId": row["datastore_id"],
             "dataAccessRoleArn": row["data_access_role_arn"], "endedAt": row["ended_at"], "submittedAt": row["submitted_at"],
-            "inputS3Uri": row["input_uri"], "outputS3Uri": row["output_uri"], "message": row["message"],
+            "inputS3Uri": self._reported_uri(row["input_uri"]), "outputS3Uri": self._reported_uri(row["output_uri"]),
+            "message": row["message"],
         }
 
     def get_dicom_import_job(self, datastoreId: str, jobId: str) -> dict[str, Any]:
@@ -601,10 +616,10 @@ class HealthImagingBackend:
         created = self.import_documents(job["datastore_id"], documents)
         status = "COMPLETED" if documents else "FAILED"
         message = None if documents else f"No importable DICOM files found under the input ({len(rejected)} files rejected)."
+        self._write_import_output(job, created, rejected)  # before the job ends: a client that sees it ended finds the output
         with self.store.transaction() as db:
             db.execute("UPDATE import_jobs SET status = ?, ended_at = ?, message = ? WHERE job_id = ?",
                        (status, time.time(), message, job_id))
-        self._write_import_output(job, created, rejected)
 
     def import_documents(self, datastore_id: str, documents: list[dicom_metadata.SeriesDocument]) -> list[tuple[str, dicom_metadata.SeriesDocument]]:
         """Create one ACTIVE image set per series document, as an import does."""
@@ -651,10 +666,12 @@ class HealthImagingBackend:
         if not arn.startswith(prefix):
             raise ResourceNotFoundException(f"Resource {arn} does not exist in this account and region.")
         parts = arn[len(prefix):].split("/")
-        if len(parts) == 1:
-            self._datastore(db, parts[0], active=False)
-        else:
-            self._image_set(db, parts[0], parts[2], allow_deleted=True)
+        # Any data store that is not DELETED is taggable: the tagging operations declare no
+        # ConflictException, so a CREATING or DELETING data store must not answer one.
+        self._datastore(db, parts[0], active=False)
+        if len(parts) > 1 and db.execute("SELECT 1 FROM image_sets WHERE datastore_id = ? AND image_set_id = ?",
+                                         (parts[0], parts[2])).fetchone() is None:
+            raise ResourceNotFoundException(f"Image set {parts[2]} does not exist in datastore {parts[0]}.")
 
     def _put_tags(self, db, arn: str, tags: dict[str, str]) -> None:
         db.executemany("INSERT OR REPLACE INTO tags VALUES (?,?,?)", [(arn, k, v) for k, v in tags.items()])

@@ -232,7 +232,36 @@ class Realism:
         unknown = set(changes) - {"profile", "rates", "timing", "seed", "faults", "script", "max_frames_per_copy", "max_concurrent_copies"}
         if unknown:
             raise ValueError(f"unknown configuration keys: {', '.join(sorted(unknown))}")
+        # Validate everything before changing anything: a rejected change leaves every setting as it was.
+        for key in ("rates", "timing", "faults", "script"):
+            if key in changes and not isinstance(changes[key], dict):
+                raise ValueError(f"{key}: must be a JSON object, got {changes[key]!r}")
+        for op, kinds in (changes.get("script") or {}).items():
+            if not isinstance(kinds, list):
+                raise ValueError(f"script.{op}: must be a list of fault kinds, got {kinds!r}")
+        timing = changes.get("timing") or {}
+        for key, value in timing.items():
+            if not hasattr(self.timing, key):
+                raise ValueError(f"timing.{key}: unknown; expected one of {', '.join(vars(self.timing))}")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise ValueError(f"timing.{key}: must be a number of seconds >= 0, got {value!r}")
+        seed = changes.get("seed", None)
+        if "seed" in changes:
+            try:
+                if isinstance(seed, (bool, float)):
+                    raise TypeError
+                seed = int(seed)
+            except (TypeError, ValueError):
+                raise ValueError(f"seed: must be a whole number, got {changes['seed']!r}") from None
+        for key in ("max_frames_per_copy", "max_concurrent_copies"):
+            if key in changes:
+                value = changes[key]
+                if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                    raise ValueError(f"{key}: must be a whole number >= 1, got {value!r}")
         with self._lock:
+            faults = changes.get("faults", self.faults.probabilities)
+            script = changes.get("script", {})
+            validate_faults(faults, script)
             if "profile" in changes or "rates" in changes:
                 overrides = dict(self.rate_overrides)
                 for op, spec in (changes.get("rates") or {}).items():
@@ -240,30 +269,18 @@ class Realism:
                 profile = changes.get("profile", self.profile)
                 if "profile" in changes and "rates" not in changes:
                     overrides = {}
-                self._set_rates(profile, overrides)
-            if "timing" in changes:
-                for key, value in changes["timing"].items():
-                    if not hasattr(self.timing, key):
-                        raise ValueError(f"timing.{key}: unknown; expected one of {', '.join(vars(self.timing))}")
-                    if not isinstance(value, (int, float)) or value < 0:
-                        raise ValueError(f"timing.{key}: must be a number of seconds >= 0, got {value!r}")
-                    setattr(self.timing, key, float(value))
-            faults = changes.get("faults", self.faults.probabilities)
-            script = changes.get("script", {})
-            validate_faults(faults, script)
+                self._set_rates(profile, overrides)  # raises before changing anything on a bad profile
+            for key, value in timing.items():
+                setattr(self.timing, key, float(value))
             if "seed" in changes or "faults" in changes:
-                seed = int(changes.get("seed", self.faults.seed))
                 kept_script = self.faults.scripted
-                self.faults = FaultPlan(seed=seed, probabilities=dict(faults))
+                self.faults = FaultPlan(seed=self.faults.seed if seed is None else seed, probabilities=dict(faults))
                 self.faults.scripted = kept_script
             for op, kinds in script.items():
                 self.faults.scripted[op].extend(kinds)
             for key in ("max_frames_per_copy", "max_concurrent_copies"):
                 if key in changes:
-                    value = changes[key]
-                    if not isinstance(value, int) or value < 1:
-                        raise ValueError(f"{key}: must be a whole number >= 1, got {value!r}")
-                    setattr(self, key, value)
+                    setattr(self, key, changes[key])
         return self.describe()
 
 
