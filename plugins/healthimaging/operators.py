@@ -1,0 +1,342 @@
+"""Operators for AWS HealthImaging."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+from airflow.providers.amazon.aws.operators.base_aws import AwsBaseOperator
+from airflow.providers.amazon.aws.utils import validate_execute_complete_event
+from airflow.providers.amazon.aws.utils.mixins import aws_template_fields
+from airflow.providers.amazon.aws.utils.waiter_with_logging import wait
+from airflow.providers.common.compat.sdk import AirflowException, conf
+
+from healthimaging import lineage, states
+from healthimaging.copiable_attributes import CopyRequestError
+from healthimaging.copy_plan import CopyPlan, resolve_plan, uid_digest
+from healthimaging.copy_submission import CopySubmissionError, SubmissionPolicy, reconcile, snapshot_series, submit_copy
+from healthimaging.hooks import HealthImagingHook
+from healthimaging.links import HealthImagingImageSetLink
+from healthimaging.triggers import HealthImagingImageSetTrigger
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+#: The task_state_store key of the copy a task instance has in flight. Renaming it breaks retries in flight.
+COPY_STATE_KEY = "healthimaging_copy"
+
+
+class HealthImagingCopyImageSetOperator(AwsBaseOperator[HealthImagingHook]):
+    """
+    Copy an AWS HealthImaging image set, exactly once, and wait for the copy.
+
+    Copies to a new image set, or into ``destination_image_set_id`` (a merge); all of the source or a
+    subset (``copiable_attributes``, or ``series_instance_uids`` / ``sop_instance_uids`` from which it
+    is built). CopyImageSet has no idempotency token: the SDK never repeats the call, the copy is
+    recorded in ``task_state_store`` before waiting so that a retry of the task resumes the same copy,
+    and after an ambiguous failure the data store is reconciled before anything is sent again.
+
+    .. seealso::
+        https://docs.aws.amazon.com/healthimaging/latest/APIReference/API_CopyImageSet.html
+
+    :param datastore_id: The data store holding source and destination.
+    :param source_image_set_id: The image set to copy.
+    :param source_version_id: The source version to copy; the latest when None. A pinned version
+        that is no longer the latest fails the task.
+    :param destination_image_set_id: Copy into this image set (a merge); a new image set when None.
+    :param destination_version_id: The destination's expected latest version; the latest when None.
+    :param copiable_attributes: The subset to copy, as a dict or JSON string in the documented
+        schema (keys are DICOM Series/SOP Instance UIDs).
+    :param series_instance_uids: Copy these whole series of the source (builds copiable_attributes).
+    :param sop_instance_uids: Copy these SOP instances of the source (builds copiable_attributes).
+    :param copy_image_set_information: The AWS CLI's ``--copy-image-set-information`` JSON, verbatim;
+        replaces the version, destination and subset arguments.
+    :param force: Copy even if Patient/Study/Series metadata of source and destination disagree.
+    :param promote_to_primary: Make the destination a primary image set.
+    :param wait_for_completion: Wait until the copy ends. (default: True)
+    :param deferrable: Wait in the triggerer, holding no worker slot.
+        (default: the ``[operators] default_deferrable`` setting)
+    :param waiter_delay: Seconds between status checks. (default: 10)
+    :param waiter_max_attempts: Status checks before giving up. (default: 360)
+    :param verify_copy: After the copy, check that the destination version holds exactly the SOP
+        instances meant to be copied (plus, for a merge, those it had). (default: True)
+    :param max_submit_attempts: Attempts to have the copy accepted, throttling not counted. (default: 8)
+    :param aws_conn_id: The Airflow connection used for AWS credentials.
+        If this is ``None`` or empty then the default boto3 behaviour is used.
+    :param region_name: AWS region_name. If not specified then the default boto3 behaviour is used.
+    :param verify: Whether or not to verify SSL certificates.
+    :param botocore_config: Configuration dictionary (key-values) for botocore client.
+    :return: a dict: datastore, source id and version, destination id and version, final workflow
+        status, forced, is_primary, copy kind, verified, attempts and timings.
+    """
+
+    aws_hook_class = HealthImagingHook
+    template_fields: Sequence[str] = aws_template_fields(
+        "datastore_id",
+        "source_image_set_id",
+        "source_version_id",
+        "destination_image_set_id",
+        "destination_version_id",
+        "copiable_attributes",
+        "series_instance_uids",
+        "sop_instance_uids",
+        "copy_image_set_information",
+        "force",
+        "promote_to_primary",
+        "wait_for_completion",
+        "deferrable",
+        "waiter_delay",
+        "waiter_max_attempts",
+        "verify_copy",
+    )
+    template_fields_renderers = {"copiable_attributes": "json", "copy_image_set_information": "json"}
+    operator_extra_links = (HealthImagingImageSetLink(),)
+    ui_color = "#66c3ff"
+
+    def __init__(
+        self,
+        *,
+        datastore_id: str,
+        source_image_set_id: str,
+        source_version_id: str | None = None,
+        destination_image_set_id: str | None = None,
+        destination_version_id: str | None = None,
+        copiable_attributes: dict[str, Any] | str | None = None,
+        series_instance_uids: list[str] | None = None,
+        sop_instance_uids: list[str] | None = None,
+        copy_image_set_information: dict[str, Any] | str | None = None,
+        force: bool = False,
+        promote_to_primary: bool = False,
+        wait_for_completion: bool = True,
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        waiter_delay: int = 10,
+        waiter_max_attempts: int = 360,
+        verify_copy: bool = True,
+        max_submit_attempts: int = 8,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.datastore_id = datastore_id
+        self.source_image_set_id = source_image_set_id
+        self.source_version_id = source_version_id
+        self.destination_image_set_id = destination_image_set_id
+        self.destination_version_id = destination_version_id
+        self.copiable_attributes = copiable_attributes
+        self.series_instance_uids = series_instance_uids
+        self.sop_instance_uids = sop_instance_uids
+        self.copy_image_set_information = copy_image_set_information
+        self.force = force
+        self.promote_to_primary = promote_to_primary
+        self.wait_for_completion = wait_for_completion
+        self.deferrable = deferrable
+        self.waiter_delay = waiter_delay
+        self.waiter_max_attempts = waiter_max_attempts
+        self.verify_copy = verify_copy
+        self.max_submit_attempts = max_submit_attempts
+        self._lineage_copy: dict[str, Any] | None = None
+        self._lineage_error: str | None = None
+
+    # ------------------------------------------------------------------ execution
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        store = context.get("task_state_store")
+        copy = self._resume(store)
+        if copy is None:
+            plan = self._plan()
+            self._lineage_copy = self._describe(plan)
+            plan = snapshot_series(self.hook, plan)
+            intent = {"phase": "submitting", "plan": plan.to_dict(), "started_at": time.time()}
+            if store is not None:
+                store.set(COPY_STATE_KEY, intent)  # a crash after this point reconciles instead of copying again
+            try:
+                submitted = submit_copy(self.hook, plan, SubmissionPolicy(max_attempts=self.max_submit_attempts))
+            except CopySubmissionError as exc:
+                self._lineage_error = str(exc)
+                raise AirflowException(f"CopyImageSet of image set {plan.source_image_set_id} failed: {exc}") from exc
+            copy = self._describe(submitted.plan, submitted)
+            if store is not None:
+                store.set(COPY_STATE_KEY, {"phase": "submitted", "copy": copy})
+            self.log.info(
+                "Copy accepted: image set %s version %s -> %s version %s (%s copy%s)",
+                copy["source_image_set_id"], copy["source_version_id"], copy["destination_image_set_id"],
+                copy["destination_version_id"], copy["copy_kind"], ", reconciled after a lost response" if submitted.reconciled else "")
+        self._lineage_copy = copy
+        HealthImagingImageSetLink.persist(
+            context=context, operator=self, region_name=self.hook.conn_region_name, aws_partition=self.hook.conn_partition,
+            datastore_id=copy["datastore_id"], image_set_id=copy["destination_image_set_id"],
+        )
+        if self.deferrable:
+            self.defer(
+                trigger=HealthImagingImageSetTrigger(
+                    datastore_id=copy["datastore_id"],
+                    image_set_id=copy["destination_image_set_id"],
+                    version_id=copy["destination_version_id"],
+                    waiter_name="image_set_copied",
+                    return_value=copy,
+                    waiter_delay=self.waiter_delay,
+                    waiter_max_attempts=self.waiter_max_attempts,
+                    aws_conn_id=self.aws_conn_id,
+                    region_name=self.region_name,
+                    verify=self.verify,
+                    botocore_config=self.botocore_config,
+                ),
+                method_name="execute_complete",
+            )
+        if not self.wait_for_completion:
+            return copy
+        try:
+            wait(
+                waiter=self.hook.get_waiter("image_set_copied"),
+                waiter_delay=self.waiter_delay,
+                waiter_max_attempts=self.waiter_max_attempts,
+                args={"datastoreId": copy["datastore_id"], "imageSetId": copy["destination_image_set_id"],
+                      "versionId": copy["destination_version_id"]},
+                failure_message=f"Copy to image set {copy['destination_image_set_id']} failed",
+                status_message="Copy destination is",
+                status_args=["imageSetWorkflowStatus", "message"],
+            )
+        except AirflowException as exc:
+            self._lineage_error = str(exc)
+            raise
+        return self._complete(context, copy)
+
+    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
+        validated_event = validate_execute_complete_event(event)
+        copy = validated_event["value"]
+        self._lineage_copy = copy
+        if validated_event["status"] != "success":
+            self._lineage_error = validated_event.get("message", "")
+            raise AirflowException(
+                f"Copy to image set {copy['destination_image_set_id']} version {copy['destination_version_id']} "
+                f"failed: {validated_event.get('message')}"
+            )
+        return self._complete(context, copy)
+
+    # ------------------------------------------------------------------ steps
+
+    def _plan(self) -> CopyPlan:
+        try:
+            return resolve_plan(
+                self.hook,
+                datastore_id=self.datastore_id,
+                source_image_set_id=self.source_image_set_id,
+                source_version_id=self.source_version_id,
+                destination_image_set_id=self.destination_image_set_id,
+                destination_version_id=self.destination_version_id,
+                copiable_attributes=self.copiable_attributes,
+                series_instance_uids=self.series_instance_uids,
+                sop_instance_uids=self.sop_instance_uids,
+                copy_image_set_information=self.copy_image_set_information,
+                force=self.force,
+                promote_to_primary=self.promote_to_primary,
+            )
+        except CopyRequestError as exc:
+            raise AirflowException(f"Cannot copy image set {self.source_image_set_id}: {exc}") from exc
+
+    def _resume(self, store: Any) -> dict[str, Any] | None:
+        """The copy an earlier try of this task instance started, if it is still worth waiting for."""
+        state = store.get(COPY_STATE_KEY) if store is not None else None
+        if not state:
+            return None
+        if state["phase"] == "submitting":
+            plan = CopyPlan.from_dict(state["plan"])
+            self.log.warning("An earlier try stopped while sending CopyImageSet; checking whether the copy took effect")
+            found = reconcile(self.hook, plan, state["started_at"])
+            if found is None:
+                self.log.info("No copy took effect; sending it again")
+                return None
+            copy = self._describe(plan, found)
+            store.set(COPY_STATE_KEY, {"phase": "submitted", "copy": copy})
+            return copy
+        copy = state["copy"]
+        status = self.hook.get_image_set(copy["datastore_id"], copy["destination_image_set_id"], copy["destination_version_id"])
+        workflow = status.get("imageSetWorkflowStatus")
+        if workflow == states.COPY_FAILED:
+            self.log.warning("The copy an earlier try started ended COPY_FAILED (%s); copying again", status.get("message"))
+            return None
+        self.log.info("Resuming the copy an earlier try started: image set %s version %s is %s",
+                      copy["destination_image_set_id"], copy["destination_version_id"], workflow)
+        return copy
+
+    def _describe(self, plan: CopyPlan, submitted: Any = None) -> dict[str, Any]:
+        """The copy as JSON: what goes to task_state_store, the trigger event and XCom."""
+        copy = {
+            "datastore_id": plan.datastore_id,
+            "source_image_set_id": plan.source_image_set_id,
+            "source_version_id": plan.source_version_id,
+            "destination_image_set_id": plan.destination_image_set_id,
+            "destination_version_id": None,
+            "copy_kind": plan.copy_kind,
+            "subset": plan.copiable_attributes is not None,
+            "force": plan.force,
+            "promote_to_primary": plan.promote_to_primary,
+            "previous_destination_version_id": plan.destination_version_id,
+            "expected_instance_count": plan.expected_instance_count,
+            "expected_instance_digest": plan.expected_instance_digest,
+        }
+        if submitted is not None:
+            copy.update(
+                destination_image_set_id=submitted.destination_image_set_id,
+                destination_version_id=submitted.destination_version_id,
+                submitted_at=submitted.submitted_at,
+                attempts=submitted.attempts,
+                reconciled=submitted.reconciled,
+                source_image_set_arn=submitted.source_image_set_arn,
+                destination_image_set_arn=submitted.destination_image_set_arn,
+            )
+        return copy
+
+    def _complete(self, context: Context, copy: dict[str, Any]) -> dict[str, Any]:
+        hook = self.hook
+        final = hook.get_image_set(copy["datastore_id"], copy["destination_image_set_id"], copy["destination_version_id"])
+        workflow = final.get("imageSetWorkflowStatus")
+        if workflow != states.COPIED:
+            self._lineage_error = f"{workflow}: {final.get('message')}"
+            raise AirflowException(
+                f"Copy to image set {copy['destination_image_set_id']} version {copy['destination_version_id']} "
+                f"ended {workflow}: {final.get('message', 'no message from the service')}"
+            )
+        result = {
+            **copy,
+            "workflow_status": workflow,
+            "forced": bool((final.get("overrides") or {}).get("forced")),
+            "is_primary": bool(final.get("isPrimary")),
+            "destination_image_set_arn": final.get("imageSetArn") or copy.get("destination_image_set_arn"),
+            "completed_at": time.time(),
+            "verified": False,
+        }
+        result.setdefault("source_image_set_arn", None)
+        if copy.get("submitted_at"):
+            result["duration_seconds"] = round(result["completed_at"] - copy["submitted_at"], 3)
+            result["submitted_at_iso"] = datetime.fromtimestamp(copy["submitted_at"], timezone.utc).isoformat()
+        if self.verify_copy and copy.get("expected_instance_digest"):
+            held = hook.get_sop_instance_uids(copy["datastore_id"], copy["destination_image_set_id"], copy["destination_version_id"])
+            if uid_digest(held) != copy["expected_instance_digest"]:
+                self._lineage_error = "verification failed"
+                raise AirflowException(
+                    f"Copy verification failed: destination image set {copy['destination_image_set_id']} version "
+                    f"{copy['destination_version_id']} holds {len(held)} SOP instances, expected "
+                    f"{copy['expected_instance_count']} (the copied ones plus any the destination already held)"
+                )
+            result["verified"] = True
+        self._lineage_copy = result
+        self.log.info("Copy complete: image set %s version %s is %s (forced=%s, primary=%s, verified=%s)",
+                      result["destination_image_set_id"], result["destination_version_id"], workflow, result["forced"],
+                      result["is_primary"], result["verified"])
+        return result
+
+    # ------------------------------------------------------------------ lineage
+
+    def get_openlineage_facets_on_start(self):
+        from airflow.providers.openlineage.extractors import OperatorLineage
+
+        return OperatorLineage()
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any):
+        """Source image set version in, destination image set version out; ids only, no patient data."""
+        return lineage.copy_lineage(self._lineage_copy or {})
+
+    def get_openlineage_facets_on_failure(self, task_instance: Any):
+        return lineage.copy_lineage(self._lineage_copy or {}, error=self._lineage_error)

@@ -1,0 +1,76 @@
+"""Trigger that waits on an AWS HealthImaging image set (serves the copy operator and the sensor)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow.providers.amazon.aws.triggers.base import AwsBaseWaiterTrigger
+
+from healthimaging.hooks import HealthImagingHook
+
+
+class HealthImagingImageSetTrigger(AwsBaseWaiterTrigger):
+    """
+    Poll an image set (optionally one version) with a waiter until it succeeds or fails.
+
+    :param datastore_id: The data store of the image set.
+    :param image_set_id: The image set to watch.
+    :param version_id: The version to watch; the latest when None.
+    :param waiter_name: ``image_set_copied`` (a copy's destination version) or ``image_set_settled``
+        (ACTIVE again, failing fast on a ``*_FAILED`` status), from ``waiters/medical-imaging.json``.
+    :param return_value: What the TriggerEvent carries back to the task (``value`` key): everything
+        ``execute_complete`` needs, because attributes set before deferring are not kept.
+    :param acceptors: Waiter acceptors replacing the named waiter's ones (a sensor's custom targets).
+    :param waiter_delay: The amount of time in seconds to wait between attempts.
+    :param waiter_max_attempts: The maximum number of attempts to be made.
+    :param aws_conn_id: The Airflow connection used for AWS credentials.
+    :param region_name: AWS region name.
+    :param verify: Whether or not to verify SSL certificates.
+    :param botocore_config: Configuration dictionary (key-values) for botocore client.
+    """
+
+    aws_hook_class = HealthImagingHook
+
+    def __init__(
+        self,
+        *,
+        datastore_id: str,
+        image_set_id: str,
+        version_id: str | None = None,
+        waiter_name: str = "image_set_copied",
+        return_value: Any = None,
+        acceptors: list[dict[str, Any]] | None = None,
+        waiter_delay: int = 10,
+        waiter_max_attempts: int = 360,
+        aws_conn_id: str | None = "aws_default",
+        region_name: str | None = None,
+        verify: bool | str | None = None,
+        botocore_config: dict | None = None,
+    ) -> None:
+        waiter_args: dict[str, Any] = {"datastoreId": datastore_id, "imageSetId": image_set_id}
+        if version_id is not None:
+            waiter_args["versionId"] = str(version_id)
+        super().__init__(
+            serialized_fields={
+                "datastore_id": datastore_id,
+                "image_set_id": image_set_id,
+                "version_id": version_id,
+                "waiter_name": waiter_name,
+                "return_value": return_value,
+                "acceptors": acceptors,
+            },
+            waiter_name=waiter_name,
+            waiter_args=waiter_args,
+            failure_message=f"HealthImaging image set {image_set_id} failed",
+            status_message=f"Image set {image_set_id} is",
+            status_queries=["imageSetState", "imageSetWorkflowStatus", "message"],
+            return_key="value",
+            return_value=return_value,
+            waiter_delay=waiter_delay,
+            waiter_max_attempts=waiter_max_attempts,
+            waiter_config_overrides={"acceptors": acceptors} if acceptors else None,
+            aws_conn_id=aws_conn_id,
+            region_name=region_name,
+            verify=verify,
+            botocore_config=botocore_config,
+        )
