@@ -47,10 +47,11 @@ def example_healthimaging_copy():
     forced_subset_copy = HealthImagingCopyImageSetOperator(
         task_id="forced_subset_copy",
         destination_image_set_id="{{ params.destination_image_set_id }}",
-        copiable_attributes={
-            "SchemaVersion": "1.1",
-            "Study": {"Series": {"{{ params.series_instance_uid }}": {"Instances": {"{{ params.sop_instance_uid }}": {}}}}},
-        },
+        # A JSON string as the CLI takes it: Jinja renders strings, not dict keys.
+        copiable_attributes=(
+            '{"SchemaVersion":"1.1","Study":{"Series":{"{{ params.series_instance_uid }}":'
+            '{"Instances":{"{{ params.sop_instance_uid }}":{}}}}}}'
+        ),
         force=True,
         **common,
     )
