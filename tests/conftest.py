@@ -4,7 +4,7 @@
 - An isolated Airflow configuration for the session (tests/airflow_env.py). It is applied here, at
   conftest import time, because Airflow reads its configuration once, when ``airflow`` is first
   imported, and test modules import it at collection time. Airflow itself is not imported here.
-  Fixtures: airflow_home, airflow_db, aws_connection, emulator_connection.
+  Fixtures: airflow_home, airflow_db, dag_bundle, aws_connection, emulator_connection.
 """
 
 import pytest
@@ -12,7 +12,6 @@ import pytest
 pytest.register_assert_rewrite("tests.airflow_env", "tests.airflow_stack")
 
 from tests import airflow_env  # noqa: E402
-
 
 airflow_env.configure()
 
