@@ -1,0 +1,94 @@
+"""One CopyImageSet rate limit shared by every worker and every DAG run of a deployment.
+
+The quota is per account and region, so a limiter in one process is not enough: the bucket lives
+in a table of the ledger database (PostgreSQL in a deployment), and a token is taken with a single
+atomic UPDATE, so concurrent workers never both spend the last token. On PostgreSQL the refill is
+computed with the database's clock, so workers' clocks need not agree.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from healthimaging.ledger import metadata
+
+#: CopyImageSet's default quota: 0.25 requests per second, burst 1 (shared/reference/healthimaging-api.md).
+DEFAULT_RATE = 0.25
+DEFAULT_BURST = 1.0
+
+buckets = sa.Table(
+    "healthimaging_rate_limit",
+    metadata,
+    sa.Column("name", sa.String(200), primary_key=True),
+    sa.Column("tokens", sa.Float, nullable=False),
+    sa.Column("stamp", sa.Float, nullable=False),
+    sa.Column("rate", sa.Float, nullable=False),
+    sa.Column("burst", sa.Float, nullable=False),
+)
+
+
+class SharedTokenBucket:
+    """A token bucket in a database row: ``rate`` tokens a second, at most ``burst`` stored."""
+
+    def __init__(self, engine: Engine, name: str, rate: float = DEFAULT_RATE, burst: float = DEFAULT_BURST,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        if rate <= 0 or burst < 1:
+            raise ValueError(f"rate must be > 0 and burst >= 1, got rate={rate}, burst={burst}")
+        self.engine = engine
+        self.name = name
+        self.rate = float(rate)
+        self.burst = float(burst)
+        self.sleep = sleep
+        buckets.create(engine, checkfirst=True)
+        self._ensure_row()
+
+    def _now(self):
+        if self.engine.dialect.name == "postgresql":
+            return sa.func.extract("epoch", sa.func.clock_timestamp())
+        return sa.literal(time.time(), sa.Float)
+
+    def _ensure_row(self) -> None:
+        with self.engine.begin() as db:
+            row = db.execute(sa.select(buckets.c.rate, buckets.c.burst).where(buckets.c.name == self.name)).first()
+            if row is None:
+                try:
+                    now = db.execute(sa.select(self._now())).scalar_one()
+                    db.execute(buckets.insert().values(name=self.name, tokens=self.burst, stamp=now, rate=self.rate,
+                                                       burst=self.burst))
+                except sa.exc.IntegrityError:  # another worker created it first
+                    pass
+            elif (row.rate, row.burst) != (self.rate, self.burst):
+                # The configured limit changed: every user of the bucket follows the latest setting.
+                db.execute(buckets.update().where(buckets.c.name == self.name).values(rate=self.rate, burst=self.burst))
+
+    def try_acquire(self) -> float:
+        """Take a token if one is there: returns 0.0, else the seconds until one will be."""
+        now = self._now()
+        elapsed = sa.case((now > buckets.c.stamp, now - buckets.c.stamp), else_=0.0)
+        refilled = buckets.c.tokens + elapsed * buckets.c.rate
+        available = sa.case((refilled > buckets.c.burst, buckets.c.burst), else_=refilled)
+        with self.engine.begin() as db:
+            taken = db.execute(
+                buckets.update()
+                .where(buckets.c.name == self.name, available >= 1.0)
+                .values(tokens=available - 1.0, stamp=sa.case((now > buckets.c.stamp, now), else_=buckets.c.stamp))
+            ).rowcount
+            if taken:
+                return 0.0
+            row = db.execute(sa.select(available.label("available"), buckets.c.rate).where(buckets.c.name == self.name)).one()
+        return max((1.0 - row.available) / row.rate, 0.01)
+
+    def acquire(self, timeout: float | None = None) -> float:
+        """Wait for a token; returns the seconds waited. Raises TimeoutError after ``timeout`` seconds."""
+        started = time.monotonic()
+        while True:
+            wait = self.try_acquire()
+            if wait == 0.0:
+                return time.monotonic() - started
+            if timeout is not None and time.monotonic() - started + wait > timeout:
+                raise TimeoutError(f"no CopyImageSet token from {self.name!r} within {timeout:.0f}s")
+            self.sleep(min(wait, 5.0))
