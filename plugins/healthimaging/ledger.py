@@ -20,9 +20,12 @@ from sqlalchemy.engine import URL, Engine
 CONNECTION_ID = "healthimaging_lineage"
 DEFAULT_SQLITE_NAME = "healthimaging_ledger.sqlite3"
 
-#: Row statuses. ``pending`` and ``submitted`` are in progress; the others are final.
-PENDING, SUBMITTED, SUCCEEDED, FAILED, REJECTED, SKIPPED, PLANNED = (
-    "pending", "submitted", "succeeded", "failed", "rejected", "skipped", "planned")
+#: Row statuses. ``pending``, ``submitting`` (claimed; the copy may have been sent) and ``submitted``
+#: (accepted, running) are in progress; the others are final.
+PENDING, SUBMITTING, SUBMITTED = "pending", "submitting", "submitted"
+SUCCEEDED, FAILED, REJECTED, SKIPPED, PLANNED = "succeeded", "failed", "rejected", "skipped", "planned"
+IN_PROGRESS_STATUSES = (PENDING, SUBMITTING, SUBMITTED)
+IN_FLIGHT_STATUSES = (SUBMITTING, SUBMITTED)
 FINAL_STATUSES = (SUCCEEDED, FAILED, REJECTED, SKIPPED, PLANNED)
 
 metadata = sa.MetaData()
@@ -54,12 +57,21 @@ copies = sa.Table(
     sa.Column("completed_at", sa.Float),
     sa.Column("verified", sa.Boolean),
     sa.Column("updated_at", sa.Float, nullable=False),
+    # execution state of the bulk-copy engine
+    sa.Column("batch", sa.Integer),
+    sa.Column("request_json", sa.Text),  # the validated manifest row
+    sa.Column("plan_json", sa.Text),  # the resolved CopyPlan, stored before the copy is sent
+    sa.Column("claim", sa.String(64)),  # which engine instance holds the row
+    sa.Column("claimed_at", sa.Float),
+    sa.Column("next_poll_at", sa.Float),
     sa.UniqueConstraint("dag_id", "run_id", "manifest_sha256", "row_number", name="uq_healthimaging_ledger_run_row"),
     sa.Index("ix_healthimaging_ledger_run_status", "dag_id", "run_id", "status"),
     sa.Index("ix_healthimaging_ledger_source", "datastore_id", "source_image_set_id"),
     sa.Index("ix_healthimaging_ledger_destination", "datastore_id", "destination_image_set_id"),
     sa.Index("ix_healthimaging_ledger_copy_key", "copy_key", "status"),
     sa.Index("ix_healthimaging_ledger_status_completed", "status", "completed_at"),
+    sa.Index("ix_healthimaging_ledger_run_batch", "dag_id", "run_id", "batch", "status"),
+    sa.Index("ix_healthimaging_ledger_in_flight", "status", "datastore_id"),
 )
 
 manifests = sa.Table(
@@ -140,9 +152,13 @@ class Ledger:
     def record_rows(self, rows: Iterable[Mapping[str, Any]]) -> int:
         """Insert rows (one dict per manifest row, ledger column names); existing ones are left alone."""
         now = time.time()
-        batch = [{"attempts": 0, "force": False, "promote_to_primary": False, **row, "updated_at": now} for row in rows]
+        defaults = {"attempts": 0, "force": False, "promote_to_primary": False}
+        batch = [{**defaults, **{k: v for k, v in row.items() if v is not None or k not in defaults}, "updated_at": now}
+                 for row in rows]
         if not batch:
             return 0
+        columns = sorted({key for row in batch for key in row})
+        batch = [{column: row.get(column, defaults.get(column)) for column in columns} for row in batch]
         with self.engine.begin() as db:
             existing = {
                 r.row_number

@@ -1,0 +1,378 @@
+"""The bulk-copy engine: runs one batch of manifest rows to completion, exactly once, from the ledger.
+
+All state is in the ledger, so any process can pick a batch up where another stopped:
+
+- ``pending`` rows are claimed one at a time (an atomic UPDATE), planned (versions, subset,
+  expected contents; the plan is stored), then sent within the deployment-wide token bucket and
+  the in-flight cap per data store, and never while another copy of the same source is in flight;
+- ``submitting`` rows left by a process that died are reconciled against the data store (the copy
+  took effect → ``submitted``; it did not → back to ``pending``), never blindly re-sent;
+- ``submitted`` rows are polled until COPIED (verified → ``succeeded``) or COPY_FAILED (``failed``
+  with the service's message).
+
+The engine is synchronous and advances in small steps (:meth:`BatchCopyEngine.step`), so the same
+code runs in a deferrable trigger (in a thread of the triggerer) and in plain tests.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from botocore.exceptions import BotoCoreError, ClientError
+
+from healthimaging import states
+from healthimaging.copiable_attributes import CopyRequestError
+from healthimaging.copy_plan import CopyPlan, resolve_plan, uid_digest
+from healthimaging.copy_submission import CopySubmissionError, SubmissionPolicy, reconcile, snapshot_series, submit_copy
+from healthimaging.hooks import HealthImagingHook
+from healthimaging.ledger import (
+    FAILED,
+    IN_FLIGHT_STATUSES,
+    PENDING,
+    SUBMITTED,
+    SUBMITTING,
+    SUCCEEDED,
+    Ledger,
+    copies,
+)
+from healthimaging.rate_limit import SharedTokenBucket
+
+log = logging.getLogger(__name__)
+
+@dataclass
+class BulkCopySettings:
+    """How a bulk copy runs; JSON-serializable (it travels in the trigger's kwargs)."""
+
+    aws_conn_id: str | None = "aws_default"
+    region_name: str | None = None
+    copies_per_second: float = 0.25
+    burst: float = 1.0
+    max_in_flight: int = 20
+    poll_interval: float = 5.0
+    verify_copies: bool = True
+    progress_interval: float = 30.0
+    rate_limit_name: str = "CopyImageSet"
+    max_submit_attempts: int = 8
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def state_line(event: str, row: dict[str, Any], **fields: Any) -> str:
+    """One structured JSON log line for a row's state change: ids, statuses and codes, no patient data."""
+    payload = {
+        "event": event,
+        "dag_id": row.get("dag_id"),
+        "run_id": row.get("run_id"),
+        "row": row.get("row_number"),
+        "label": row.get("label"),
+        "datastore_id": row.get("datastore_id"),
+        "source_image_set_id": row.get("source_image_set_id"),
+        **fields,
+    }
+    return json.dumps({k: v for k, v in payload.items() if v is not None}, sort_keys=True)
+
+
+class BatchCopyEngine:
+    """Runs the rows of one batch of one run; see the module docstring."""
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        *,
+        dag_id: str,
+        run_id: str,
+        manifest_sha256: str,
+        batch: int,
+        settings: BulkCopySettings,
+        hook: HealthImagingHook | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.ledger = ledger
+        self.dag_id, self.run_id, self.manifest_sha256, self.batch = dag_id, run_id, manifest_sha256, batch
+        self.settings = settings
+        self.hook = hook or HealthImagingHook(aws_conn_id=settings.aws_conn_id, region_name=settings.region_name)
+        self.bucket = SharedTokenBucket(ledger.engine, settings.rate_limit_name, settings.copies_per_second, settings.burst)
+        self.clock = clock
+        self.claim = uuid.uuid4().hex
+        self.started = clock()
+        self._recovered = False
+        self._last_progress = 0.0
+        self._done_at_start: int | None = None
+
+    # ------------------------------------------------------------------ ledger access
+
+    def _mine(self):
+        return sa.and_(copies.c.dag_id == self.dag_id, copies.c.run_id == self.run_id,
+                       copies.c.manifest_sha256 == self.manifest_sha256, copies.c.batch == self.batch)
+
+    def _rows(self, *statuses: str, limit: int | None = None) -> list[dict[str, Any]]:
+        query = sa.select(copies).where(self._mine(), copies.c.status.in_(statuses)).order_by(copies.c.row_number)
+        if limit:
+            query = query.limit(limit)
+        with self.ledger.engine.connect() as db:
+            return [dict(r) for r in db.execute(query).mappings()]
+
+    def _set(self, row: dict[str, Any], status: str | None = None, **changes: Any) -> None:
+        if status is not None:
+            changes["status"] = status
+        changes["updated_at"] = self.clock()
+        with self.ledger.engine.begin() as db:
+            db.execute(copies.update().where(copies.c.id == row["id"]).values(**changes))
+        row.update(changes)
+        if status is not None:
+            log.info(state_line("copy_state", row, status=status, destination_image_set_id=row.get("destination_image_set_id"),
+                                destination_version_id=row.get("destination_version_id"), error_code=row.get("error_code")))
+
+    def counts(self) -> dict[str, int]:
+        with self.ledger.engine.connect() as db:
+            query = sa.select(copies.c.status, sa.func.count()).where(self._mine()).group_by(copies.c.status)
+            return {status: count for status, count in db.execute(query)}
+
+    # ------------------------------------------------------------------ the loop
+
+    def run(self, sleep: Callable[[float], None] = time.sleep) -> dict[str, int]:
+        """Run the batch to the end in this thread (tests, synchronous use)."""
+        while (wait := self.step()) is not None:
+            sleep(wait)
+        return self.counts()
+
+    def step(self) -> float | None:
+        """Advance the batch; returns seconds to wait before the next step, or None when it is done."""
+        if not self._recovered:
+            self._recover()
+            self._recovered = True
+        next_poll = self._poll_in_flight()
+        wait = self._submit_some()
+        self._progress()
+        if not self._rows(PENDING, SUBMITTING, SUBMITTED, limit=1):
+            return None
+        candidates = [w for w in (wait, next_poll) if w is not None]
+        return max(0.05, min(candidates)) if candidates else self.settings.poll_interval
+
+    def _recover(self) -> None:
+        """Rows an earlier (dead) engine of this batch left in ``submitting``: reconcile before anything is re-sent.
+
+        A batch belongs to one task instance, so at start no other live engine holds its rows.
+        """
+        for row in self._rows(SUBMITTING):
+            if not row["plan_json"]:
+                self._set(row, PENDING, claim=None, claimed_at=None)  # never sent: nothing to reconcile
+                continue
+            plan = CopyPlan.from_dict(json.loads(row["plan_json"]))
+            found = reconcile(self.hook, plan, row["claimed_at"] or row["submitted_at"] or 0.0)
+            if found is None:
+                log.warning(state_line("copy_reconciled", row, outcome="not_sent"))
+                self._set(row, PENDING, claim=None, claimed_at=None, plan_json=None)
+            else:
+                log.warning(state_line("copy_reconciled", row, outcome="took_effect"))
+                self._set(row, SUBMITTED, destination_image_set_id=found.destination_image_set_id,
+                          destination_version_id=found.destination_version_id, next_poll_at=self.clock())
+
+    def _in_flight_for(self, datastore_id: str) -> int:
+        with self.ledger.engine.connect() as db:
+            return db.execute(sa.select(sa.func.count()).select_from(copies).where(
+                copies.c.status.in_(IN_FLIGHT_STATUSES), copies.c.datastore_id == datastore_id)).scalar_one()
+
+    def _source_busy(self, row: dict[str, Any]) -> bool:
+        with self.ledger.engine.connect() as db:
+            return db.execute(sa.select(copies.c.id).where(
+                copies.c.status.in_(IN_FLIGHT_STATUSES), copies.c.datastore_id == row["datastore_id"],
+                copies.c.source_image_set_id == row["source_image_set_id"]).limit(1)).first() is not None
+
+    def _claim(self, row: dict[str, Any]) -> bool:
+        now = self.clock()
+        with self.ledger.engine.begin() as db:
+            claimed = db.execute(copies.update().where(copies.c.id == row["id"], copies.c.status == PENDING).values(
+                status=SUBMITTING, claim=self.claim, claimed_at=now, updated_at=now)).rowcount
+        if claimed:
+            row.update(status=SUBMITTING, claim=self.claim, claimed_at=now)
+        return bool(claimed)
+
+    def _submit_some(self) -> float | None:
+        """Send pending rows while tokens and in-flight room allow; returns the wait for the next token."""
+        blocked_sources: set[str] = set()
+        for row in self._rows(PENDING, limit=200):
+            if row["source_image_set_id"] in blocked_sources:
+                continue
+            if self._in_flight_for(row["datastore_id"]) >= self.settings.max_in_flight:
+                return self.settings.poll_interval / 2
+            if self._source_busy(row):
+                blocked_sources.add(row["source_image_set_id"])  # the source is locked by a copy in flight
+                continue
+            wait = self.bucket.try_acquire()
+            if wait:
+                return wait
+            if not self._claim(row):
+                continue
+            self._send(row)
+        return None
+
+    def _send(self, row: dict[str, Any]) -> None:
+        request = json.loads(row["request_json"])
+        try:
+            plan = resolve_plan(
+                self.hook,
+                datastore_id=request["datastore_id"],
+                source_image_set_id=request["source_image_set_id"],
+                source_version_id=request.get("source_version_id"),
+                destination_image_set_id=request.get("destination_image_set_id"),
+                destination_version_id=request.get("destination_version_id"),
+                copiable_attributes=request.get("copiable_attributes"),
+                series_instance_uids=request.get("series_instance_uids") or None,
+                sop_instance_uids=request.get("sop_instance_uids") or None,
+                copy_image_set_information=request.get("copy_image_set_information"),
+                force=request.get("force", False),
+                promote_to_primary=request.get("promote_to_primary", False),
+            )
+            plan = snapshot_series(self.hook, plan)
+        except CopyRequestError as exc:
+            self._set(row, FAILED, error_code="InvalidCopyRequest", message=str(exc), completed_at=self.clock())
+            return
+        except ClientError as exc:
+            error = exc.response.get("Error", {})
+            self._set(row, FAILED, error_code=error.get("Code", "ClientError"), message=error.get("Message", str(exc)),
+                      completed_at=self.clock())
+            return
+        except BotoCoreError as exc:
+            # The service could not be reached to plan the row: leave it pending for the next step.
+            log.warning(state_line("copy_plan_retry", row, error=type(exc).__name__))
+            self._set(row, PENDING, claim=None, claimed_at=None)
+            return
+        self._set(row, None, plan_json=json.dumps(plan.to_dict()), source_version_id=plan.source_version_id,
+                  destination_version_id=None, copy_kind=plan.copy_kind)
+        try:
+            submitted = submit_copy(self.hook, plan, SubmissionPolicy(max_attempts=self.settings.max_submit_attempts))
+        except CopySubmissionError as exc:
+            self._set(row, FAILED, error_code=exc.code, message=exc.message, completed_at=self.clock(),
+                      attempts=(row.get("attempts") or 0) + 1)
+            return
+        self._set(row, SUBMITTED, destination_image_set_id=submitted.destination_image_set_id,
+                  destination_version_id=submitted.destination_version_id, submitted_at=submitted.submitted_at,
+                  attempts=(row.get("attempts") or 0) + submitted.attempts, next_poll_at=self.clock() + 1.0)
+
+    def _poll_in_flight(self) -> float | None:
+        """Check the copies in flight that are due; returns the wait until the next one is due."""
+        now = self.clock()
+        rows = self._rows(SUBMITTED)
+        interval = max(self.settings.poll_interval, len(rows) / 10.0)  # stays well under GetImageSet's 25/s
+        next_due = None
+        for row in rows:
+            if row["next_poll_at"] and row["next_poll_at"] > now:
+                next_due = min(next_due or row["next_poll_at"], row["next_poll_at"])
+                continue
+            try:
+                image_set = self.hook.get_image_set(row["datastore_id"], row["destination_image_set_id"],
+                                                    row["destination_version_id"])
+            except (ClientError, BotoCoreError) as exc:
+                log.warning(state_line("copy_poll_error", row, error=type(exc).__name__))
+                self._set(row, None, next_poll_at=now + interval)
+                continue
+            workflow = image_set.get("imageSetWorkflowStatus")
+            if workflow == states.COPIED:
+                self._finish(row, image_set)
+            elif workflow == states.COPY_FAILED:
+                self._set(row, FAILED, error_code="COPY_FAILED", message=image_set.get("message"), completed_at=self.clock())
+            else:
+                self._set(row, None, next_poll_at=now + interval)
+                next_due = min(next_due or now + interval, now + interval)
+        return None if next_due is None else max(0.0, next_due - self.clock())
+
+    def _finish(self, row: dict[str, Any], image_set: dict[str, Any]) -> None:
+        verified = None
+        if self.settings.verify_copies and row.get("plan_json"):
+            plan = CopyPlan.from_dict(json.loads(row["plan_json"]))
+            held = self.hook.get_sop_instance_uids(row["datastore_id"], row["destination_image_set_id"],
+                                                   row["destination_version_id"])
+            verified = uid_digest(held) == plan.expected_instance_digest
+            if not verified:
+                self._set(row, FAILED, error_code="VerificationFailed", verified=False, completed_at=self.clock(),
+                          message=f"the destination holds {len(held)} SOP instances, expected {plan.expected_instance_count}")
+                return
+        self._set(row, SUCCEEDED, verified=verified, completed_at=self.clock(), error_code=None, message=None)
+
+    def _progress(self) -> None:
+        now = self.clock()
+        if now - self._last_progress < self.settings.progress_interval:
+            return
+        self._last_progress = now
+        counts = self.counts()
+        total = sum(counts.values())
+        done = sum(counts.get(s, 0) for s in (SUCCEEDED, FAILED, "skipped", "rejected"))
+        if self._done_at_start is None:
+            self._done_at_start = done
+        elapsed = max(now - self.started, 1e-6)
+        rate = (done - self._done_at_start) / elapsed
+        eta = (total - done) / rate if rate > 0 else None
+        log.info("batch %d: %d/%d rows done (%d succeeded, %d failed, %d in flight), %.2f rows/s, ETA %s",
+                 self.batch, done, total, counts.get(SUCCEEDED, 0), counts.get(FAILED, 0),
+                 counts.get(SUBMITTED, 0) + counts.get(SUBMITTING, 0), rate,
+                 f"{eta:.0f}s" if eta is not None else "unknown")
+
+
+@dataclass
+class RegisteredManifest:
+    """What :func:`register_manifest` put in the ledger for a run."""
+
+    batches: list[int]
+    total_rows: int
+    pending: int
+    rejected: int
+    skipped: int
+
+
+def register_manifest(ledger: Ledger, *, dag_id: str, run_id: str, manifest_uri: str, validated: Any,
+                      batch_size: int, skip_copied: bool = True) -> RegisteredManifest:
+    """Record every row of a validated manifest for a run: valid rows ``pending`` in batches, invalid
+    ones ``rejected`` with their errors, rows copied by an earlier run ``skipped``. Idempotent for a run."""
+    from healthimaging.ledger import REJECTED, SKIPPED
+
+    base = {"dag_id": dag_id, "run_id": run_id, "manifest_uri": manifest_uri, "manifest_sha256": validated.sha256}
+    already = ledger.succeeded_copy_keys(r.copy_key for r in validated.rows) if skip_copied else {}
+    records: list[dict[str, Any]] = []
+    pending_index = 0
+    for row in validated.rows:
+        record = {
+            **base, "row_number": row.row, "label": row.label, "datastore_id": row.datastore_id,
+            "source_image_set_id": row.source_image_set_id, "source_version_id": row.source_version_id,
+            "destination_image_set_id": row.destination_image_set_id, "force": row.force,
+            "promote_to_primary": row.promote_to_primary, "copy_key": row.copy_key, "request_json": json.dumps(row.to_dict()),
+        }
+        previous = already.get(row.copy_key)
+        if previous is not None:
+            record.update(status=SKIPPED, destination_image_set_id=previous["destination_image_set_id"],
+                          destination_version_id=previous["destination_version_id"], error_code="AlreadyCopied",
+                          message=f"copied by run {previous['run_id']} (row {previous['row_number']})")
+        else:
+            record.update(status=PENDING, batch=pending_index // batch_size)
+            pending_index += 1
+        records.append(record)
+    for row_number, raw, errors in validated.rejected:
+        records.append({
+            **base, "row_number": row_number, "status": REJECTED, "error_code": "InvalidManifestRow",
+            "message": "; ".join(str(e) for e in errors)[:4000],
+            "label": (str(raw.get("label"))[:256] if raw and raw.get("label") else None),
+            "source_image_set_id": _short_id(raw.get("source_image_set_id")) if raw else None,
+            "datastore_id": _short_id(raw.get("datastore_id")) if raw else None,
+        })
+    ledger.record_rows(records)
+    with ledger.engine.connect() as db:
+        batches = sorted(b for (b,) in db.execute(sa.select(copies.c.batch).distinct().where(
+            copies.c.dag_id == dag_id, copies.c.run_id == run_id, copies.c.manifest_sha256 == validated.sha256,
+            copies.c.status.in_((PENDING, SUBMITTING, SUBMITTED)))) if b is not None)
+    counts = ledger.status_counts(dag_id, run_id)
+    return RegisteredManifest(batches=batches, total_rows=validated.total_rows, pending=counts.get(PENDING, 0),
+                              rejected=counts.get(REJECTED, 0), skipped=counts.get(SKIPPED, 0))
+
+
+def _short_id(value: Any) -> str | None:
+    """An id column of a rejected row, kept only if it fits (a bad value must not break the insert)."""
+    text = str(value).strip() if value is not None else ""
+    return text if 0 < len(text) <= 32 else None
