@@ -194,6 +194,7 @@ class BatchCopyEngine:
                 status=SUBMITTING, claim=self.claim, claimed_at=now, updated_at=now)).rowcount
         if claimed:
             row.update(status=SUBMITTING, claim=self.claim, claimed_at=now)
+            log.info(state_line("copy_state", row, status=SUBMITTING))
         return bool(claimed)
 
     def _submit_some(self) -> float | None:

@@ -11,7 +11,7 @@ from airflow.providers.amazon.aws.operators.base_aws import AwsBaseOperator
 from airflow.providers.amazon.aws.utils import validate_execute_complete_event
 from airflow.providers.amazon.aws.utils.mixins import aws_template_fields
 from airflow.providers.amazon.aws.utils.waiter_with_logging import wait
-from airflow.providers.common.compat.sdk import AirflowException, conf
+from airflow.providers.common.compat.sdk import AirflowException, BaseOperator, conf
 
 from healthimaging import lineage, states
 from healthimaging.copiable_attributes import CopyRequestError
@@ -19,7 +19,7 @@ from healthimaging.copy_plan import CopyPlan, resolve_plan, uid_digest
 from healthimaging.copy_submission import CopySubmissionError, SubmissionPolicy, reconcile, snapshot_series, submit_copy
 from healthimaging.hooks import HealthImagingHook
 from healthimaging.links import HealthImagingImageSetLink
-from healthimaging.triggers import HealthImagingImageSetTrigger
+from healthimaging.triggers import HealthImagingBulkCopyTrigger, HealthImagingImageSetTrigger
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -340,3 +340,53 @@ class HealthImagingCopyImageSetOperator(AwsBaseOperator[HealthImagingHook]):
 
     def get_openlineage_facets_on_failure(self, task_instance: Any):
         return lineage.copy_lineage(self._lineage_copy or {}, error=self._lineage_error)
+
+
+class HealthImagingBulkCopyBatchOperator(BaseOperator):
+    """
+    Copy one batch of a manifest registered in the ledger (see ``dags/healthimaging_bulk_copy.py``).
+
+    Deferrable by default: the batch runs in the triggerer (:class:`HealthImagingBulkCopyTrigger`) and
+    holds no worker slot while its copies are sent and run. The batch's state is the ledger, so a
+    retry of this task, or a restart of the triggerer, resumes it without copying anything twice.
+
+    :param batch: The batch number (mapped).
+    :param manifest_sha256: The manifest's digest.
+    :param settings: :class:`~healthimaging.bulk_copy.BulkCopySettings` as a dict.
+    :param ledger_conn_id: The Airflow connection of the ledger database.
+    :param deferrable: Run the batch in the triggerer (default) or in this worker.
+    :return: the batch's row counts by status.
+    """
+
+    template_fields: Sequence[str] = ("batch", "manifest_sha256", "settings", "ledger_conn_id")
+    ui_color = "#66c3ff"
+
+    def __init__(self, *, batch: int, manifest_sha256: str, settings: dict[str, Any],
+                 ledger_conn_id: str = "healthimaging_lineage", deferrable: bool = True, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.batch = batch
+        self.manifest_sha256 = manifest_sha256
+        self.settings = settings
+        self.ledger_conn_id = ledger_conn_id
+        self.deferrable = deferrable
+
+    def _trigger(self, context: Context) -> HealthImagingBulkCopyTrigger:
+        return HealthImagingBulkCopyTrigger(
+            dag_id=context["dag"].dag_id, run_id=context["run_id"], manifest_sha256=self.manifest_sha256,
+            batch=int(self.batch), settings=dict(self.settings), ledger_conn_id=self.ledger_conn_id,
+        )
+
+    def execute(self, context: Context) -> dict[str, int]:
+        trigger = self._trigger(context)
+        if self.deferrable:
+            self.defer(trigger=trigger, method_name="execute_complete")
+        counts = trigger.engine().run()
+        self.log.info("Batch %s done: %s", self.batch, counts)
+        return counts
+
+    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, int]:
+        if not event or event.get("status") != "success":
+            raise AirflowException(f"Batch {self.batch} stopped: {(event or {}).get('message', 'no event')}; "
+                                   "a retry resumes it from the ledger")
+        self.log.info("Batch %s done: %s", self.batch, event["counts"])
+        return event["counts"]

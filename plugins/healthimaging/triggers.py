@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
 from typing import Any
 
 from airflow.providers.amazon.aws.triggers.base import AwsBaseWaiterTrigger
+from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from healthimaging.hooks import HealthImagingHook
 
@@ -74,3 +77,57 @@ class HealthImagingImageSetTrigger(AwsBaseWaiterTrigger):
             verify=verify,
             botocore_config=botocore_config,
         )
+
+
+class HealthImagingBulkCopyTrigger(BaseTrigger):
+    """
+    Run one batch of a bulk copy in the triggerer: send, wait for and verify its copies.
+
+    The work is the :class:`~healthimaging.bulk_copy.BatchCopyEngine`, whose state is the ledger, run
+    step by step in a thread so the event loop stays free. If the triggerer restarts, the trigger
+    starts again and the engine resumes from the ledger (rows left ``submitting`` are reconciled).
+
+    :param dag_id: The run's DAG.
+    :param run_id: The run.
+    :param manifest_sha256: The manifest's digest (part of the ledger key).
+    :param batch: The batch number.
+    :param settings: :class:`~healthimaging.bulk_copy.BulkCopySettings` as a dict.
+    :param ledger_conn_id: The Airflow connection of the ledger database.
+    """
+
+    def __init__(self, *, dag_id: str, run_id: str, manifest_sha256: str, batch: int, settings: dict[str, Any],
+                 ledger_conn_id: str = "healthimaging_lineage") -> None:
+        super().__init__()
+        self.dag_id = dag_id
+        self.run_id = run_id
+        self.manifest_sha256 = manifest_sha256
+        self.batch = batch
+        self.settings = settings
+        self.ledger_conn_id = ledger_conn_id
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (
+            f"{type(self).__module__}.{type(self).__qualname__}",
+            {"dag_id": self.dag_id, "run_id": self.run_id, "manifest_sha256": self.manifest_sha256, "batch": self.batch,
+             "settings": self.settings, "ledger_conn_id": self.ledger_conn_id},
+        )
+
+    def engine(self):
+        from healthimaging.bulk_copy import BatchCopyEngine, BulkCopySettings
+        from healthimaging.ledger import Ledger
+
+        return BatchCopyEngine(Ledger.from_airflow(self.ledger_conn_id), dag_id=self.dag_id, run_id=self.run_id,
+                               manifest_sha256=self.manifest_sha256, batch=self.batch,
+                               settings=BulkCopySettings(**self.settings))
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        try:
+            engine = await asyncio.to_thread(self.engine)
+            while (wait := await asyncio.to_thread(engine.step)) is not None:
+                await asyncio.sleep(wait)
+            counts = await asyncio.to_thread(engine.counts)
+        except Exception as exc:  # reported to the task, which fails and can be retried: the ledger keeps the state
+            self.log.exception("batch %s failed", self.batch)
+            yield TriggerEvent({"status": "error", "batch": self.batch, "message": f"{type(exc).__name__}: {exc}"})
+            return
+        yield TriggerEvent({"status": "success", "batch": self.batch, "counts": counts})

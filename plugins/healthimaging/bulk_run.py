@@ -1,0 +1,198 @@
+"""The steps of a bulk-copy run, as plain functions the DAGs' tasks call: prepare, dry-run plan, finish."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from healthimaging import report, states, storage
+from healthimaging.bulk_copy import BulkCopySettings, register_manifest, state_line
+from healthimaging.consistency import disagreements
+from healthimaging.copiable_attributes import CopyRequestError, selection_of
+from healthimaging.copy_plan import resolve_plan
+from healthimaging.hooks import HealthImagingHook, series_instances
+from healthimaging.ledger import FAILED, PENDING, PLANNED, REJECTED, SKIPPED, Ledger, copies
+from healthimaging.manifest import ManifestError, validate_manifest
+
+log = logging.getLogger(__name__)
+
+#: Batches per run at most: far below ``[core] max_map_length`` (1024), so 100,000 rows need no setting.
+MAX_BATCHES = 500
+
+
+class BulkCopyRunError(Exception):
+    """The run cannot go on (bad manifest, strict mode, too many failures); the message says why."""
+
+
+def settings_from_params(params: dict[str, Any]) -> BulkCopySettings:
+    return BulkCopySettings(
+        aws_conn_id=params.get("aws_conn_id") or "aws_default",
+        region_name=params.get("region_name") or None,
+        copies_per_second=float(params.get("copies_per_second", 0.25)),
+        burst=float(params.get("burst", 1)),
+        max_in_flight=int(params.get("max_copies_in_flight", 20)),
+        poll_interval=float(params.get("poll_interval_seconds", 5)),
+        verify_copies=bool(params.get("verify_copies", True)),
+        progress_interval=float(params.get("progress_interval_seconds", 30)),
+    )
+
+
+def prepare(ledger: Ledger, *, dag_id: str, run_id: str, params: dict[str, Any]) -> dict[str, Any]:
+    """Read and validate the manifest and record every row in the ledger; returns what the next tasks need."""
+    uri = params["manifest"]
+    data = storage.read_bytes(uri, params.get("aws_conn_id"))
+    try:
+        validated = validate_manifest(data, uri, default_datastore_id=params.get("default_datastore_id") or None)
+    except ManifestError as exc:
+        raise BulkCopyRunError(f"manifest {uri}: {exc}") from exc
+    for _, _, errors in validated.rejected[:50]:
+        for error in errors:
+            log.warning("manifest %s: %s", uri, error)
+    if len(validated.rejected) > 50:
+        log.warning("manifest %s: %d more rejected rows; see rejected.csv", uri, len(validated.rejected) - 50)
+    batch_size = max(int(params.get("batch_size", 1000)), math.ceil(len(validated.rows) / MAX_BATCHES) or 1)
+    registered = register_manifest(ledger, dag_id=dag_id, run_id=run_id, manifest_uri=uri, validated=validated,
+                                   batch_size=batch_size, skip_copied=bool(params.get("skip_already_copied", True)))
+    log.info("manifest %s: %d rows: %d to copy in %d batches of up to %d, %d rejected, %d already copied",
+             uri, registered.total_rows, registered.pending, len(registered.batches), batch_size, registered.rejected,
+             registered.skipped)
+    prepared = {
+        "manifest_uri": uri,
+        "manifest_sha256": validated.sha256,
+        "total_rows": validated.total_rows,
+        "dry_run": bool(params.get("dry_run")),
+        "batches": [] if params.get("dry_run") else registered.batches,
+        "settings": settings_from_params(params).to_dict(),
+        "rejected": registered.rejected,
+    }
+    if params.get("strict") and registered.rejected:
+        raise BulkCopyRunError(f"strict mode: {registered.rejected} of {registered.total_rows} manifest rows are invalid "
+                               f"(first: {validated.errors[0]}); nothing was copied. Fix them or run without strict.")
+    return prepared
+
+
+def plan(ledger: Ledger, *, dag_id: str, run_id: str, prepared: dict[str, Any]) -> dict[str, int]:
+    """The dry run: check every pending row against the data store and mark it planned (or failed, with why)."""
+    settings = BulkCopySettings(**prepared["settings"])
+    hook = HealthImagingHook(aws_conn_id=settings.aws_conn_id, region_name=settings.region_name)
+    rows = [r for r in ledger.run_rows(dag_id, run_id) if r["status"] == PENDING]
+    outcome = {"planned": 0, "failed": 0}
+    for row in rows:
+        status, code, message, kind = _plan_row(hook, json.loads(row["request_json"]))
+        ledger.update(dag_id, run_id, prepared["manifest_sha256"], row["row_number"], status=status, error_code=code,
+                      message=message, copy_kind=kind)
+        log.info(state_line("copy_state", row, status=status, error_code=code))
+        outcome["planned" if status == PLANNED else "failed"] += 1
+    return outcome
+
+
+def _plan_row(hook: HealthImagingHook, request: dict[str, Any]) -> tuple[str, str | None, str, str | None]:
+    """(status, error code, message, copy kind) for one row of a dry run."""
+    try:
+        copy = resolve_plan(
+            hook, datastore_id=request["datastore_id"], source_image_set_id=request["source_image_set_id"],
+            source_version_id=request.get("source_version_id"), destination_image_set_id=request.get("destination_image_set_id"),
+            destination_version_id=request.get("destination_version_id"), copiable_attributes=request.get("copiable_attributes"),
+            series_instance_uids=request.get("series_instance_uids") or None, sop_instance_uids=request.get("sop_instance_uids") or None,
+            copy_image_set_information=request.get("copy_image_set_information"), force=request.get("force", False),
+            promote_to_primary=request.get("promote_to_primary", False),
+        )
+        source = hook.get_image_set(copy.datastore_id, copy.source_image_set_id, copy.source_version_id)
+        problems = []
+        if source["imageSetState"] != states.ACTIVE:
+            problems.append(f"the source is {source['imageSetState']}")
+        if copy.source_version_pinned:
+            latest = hook.get_latest_version_id(copy.datastore_id, copy.source_image_set_id)
+            if latest != copy.source_version_id:
+                problems.append(f"source version {copy.source_version_id} is not the latest ({latest})")
+        notes = []
+        if copy.destination_image_set_id:
+            destination = hook.get_image_set(copy.datastore_id, copy.destination_image_set_id)
+            if destination["imageSetState"] != states.ACTIVE:
+                problems.append(f"the destination is {destination['imageSetState']}")
+            if copy.destination_version_pinned and destination["versionId"] != copy.destination_version_id:
+                problems.append(f"destination version {copy.destination_version_id} is not the latest ({destination['versionId']})")
+            source_doc = hook.get_image_set_metadata(copy.datastore_id, copy.source_image_set_id, copy.source_version_id)
+            destination_doc = hook.get_image_set_metadata(copy.datastore_id, copy.destination_image_set_id, copy.destination_version_id)
+            series = sorted(selection_of(json.loads(copy.copiable_attributes))) if copy.copiable_attributes else sorted(series_instances(source_doc))
+            differing = disagreements(source_doc, destination_doc, series)
+            if differing and not copy.force:
+                return FAILED, "ForceRequired", f"metadata disagree at {'; '.join(differing)}: the copy would end COPY_FAILED without force", copy.copy_kind
+            if differing:
+                notes.append(f"force overrides {'; '.join(differing)}")
+        if problems:
+            return FAILED, "NotCopyable", "; ".join(problems), copy.copy_kind
+        frames = f", {copy.frame_count} frames" if copy.frame_count is not None else ""
+        return PLANNED, None, f"would copy ({copy.copy_kind}{frames})" + (f"; {'; '.join(notes)}" if notes else ""), copy.copy_kind
+    except CopyRequestError as exc:
+        return FAILED, "InvalidCopyRequest", str(exc), None
+    except ClientError as exc:
+        error = exc.response.get("Error", {})
+        return FAILED, error.get("Code", "ClientError"), error.get("Message", str(exc)), None
+    except BotoCoreError as exc:
+        return FAILED, type(exc).__name__, str(exc), None
+
+
+def report_folder(params: dict[str, Any], dag_id: str, run_id: str) -> Path:
+    base = params.get("report_folder") or os.path.join(os.environ.get("AIRFLOW_HOME", "."), "healthimaging_reports")
+    safe_run = "".join(c if c.isalnum() or c in "-_.+" else "_" for c in run_id)
+    return Path(base) / dag_id / safe_run
+
+
+def finish(ledger: Ledger, *, dag_id: str, run_id: str, params: dict[str, Any], prepared: dict[str, Any] | None) -> dict[str, Any]:
+    """Write the report (locally, and next to an S3 manifest); returns the summary. Decides nothing."""
+    rows = ledger.run_rows(dag_id, run_id)
+    summary = report.summarize(
+        rows, dag_id=dag_id, run_id=run_id, manifest_uri=params.get("manifest", ""),
+        manifest_sha256=(prepared or {}).get("manifest_sha256", ""),
+        total_rows=(prepared or {}).get("total_rows", len(rows)), dry_run=bool(params.get("dry_run")),
+        tolerated_failure_percent=float(params.get("tolerated_failure_percent", 0)),
+    )
+    files = report.report_files(rows, summary)
+    folder = report.write_local(report_folder(params, dag_id, run_id), files)
+    summary["reportFolder"] = str(folder)
+    summary["ledger"] = str(ledger.engine.url.render_as_string(hide_password=True))
+    if prepared:
+        remote = storage.write_next_to(params["manifest"], f"healthimaging-report-{folder.name}", files, params.get("aws_conn_id"))
+        if remote:
+            summary["reportS3"] = remote
+    (folder / "report.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
+    counts = summary["counts"]
+    log.info("run %s: %d rows: %d succeeded, %d failed, %d rejected, %d skipped, %d planned, %d unfinished; report in %s",
+             run_id, summary["manifest"]["rows"], counts["succeeded"], counts["failed"], counts["rejected"], counts["skipped"],
+             counts["planned"], counts["unfinished"], folder)
+    return summary
+
+
+def verdict(summary: dict[str, Any]) -> str | None:
+    """Why the run must fail, or None: failures over the tolerated share, or rows left unfinished."""
+    counts = summary["counts"]
+    if counts["unfinished"]:
+        return f"{counts['unfinished']} rows did not finish; re-run the DAG with the same manifest to resume them"
+    if summary["failurePercent"] > summary["toleratedFailurePercent"]:
+        return (f"{counts['failed']} copies failed ({summary['failurePercent']:.2f}% of attempted), more than the tolerated "
+                f"{summary['toleratedFailurePercent']}%; see failed.csv in {summary.get('reportFolder')}")
+    return None
+
+
+def datastore_summaries(ledger: Ledger, dag_id: str, run_id: str) -> dict[str, dict[str, int]]:
+    """Per data store, the run's row counts by status (the extra of its Asset event)."""
+    import sqlalchemy as sa
+
+    with ledger.engine.connect() as db:
+        query = (sa.select(copies.c.datastore_id, copies.c.status, sa.func.count())
+                 .where(copies.c.dag_id == dag_id, copies.c.run_id == run_id, copies.c.datastore_id.is_not(None))
+                 .group_by(copies.c.datastore_id, copies.c.status))
+        result: dict[str, dict[str, int]] = {}
+        for datastore_id, status, count in db.execute(query):
+            result.setdefault(datastore_id, {})[status] = count
+    return result
+
+
+__all__ = ["BulkCopyRunError", "REJECTED", "SKIPPED", "datastore_summaries", "finish", "plan", "prepare", "verdict"]

@@ -1,0 +1,104 @@
+"""Completion reports in the style of S3 Batch Operations: ``report.json`` plus one CSV per outcome.
+
+``report.json`` holds counts (every manifest row is accounted for: succeeded + failed + rejected +
+skipped (+ planned, in a dry run) = rows), throughput, latency percentiles and the error breakdown.
+The CSVs list ids, versions, codes and messages; never patient data.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import statistics
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from healthimaging.ledger import FAILED, PLANNED, REJECTED, SKIPPED, SUCCEEDED
+
+CSV_COLUMNS = (
+    "row_number", "label", "datastore_id", "source_image_set_id", "source_version_id", "destination_image_set_id",
+    "destination_version_id", "copy_kind", "force", "promote_to_primary", "status", "error_code", "message", "attempts",
+    "submitted_at", "completed_at", "verified",
+)
+#: The CSV file of each status.
+OUTCOME_FILES = {SUCCEEDED: "succeeded.csv", FAILED: "failed.csv", REJECTED: "rejected.csv", SKIPPED: "skipped.csv",
+                 PLANNED: "plan.csv"}
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """The q-th percentile (0-100) by linear interpolation, or None without values."""
+    if not values:
+        return None
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[max(0, min(98, round(q) - 1))] if q < 100 else max(values)
+
+
+def summarize(rows: list[dict[str, Any]], *, dag_id: str, run_id: str, manifest_uri: str, manifest_sha256: str,
+              total_rows: int, dry_run: bool = False, tolerated_failure_percent: float = 0.0) -> dict[str, Any]:
+    """The content of report.json."""
+    counts = Counter(row["status"] for row in rows)
+    latencies = sorted(row["completed_at"] - row["submitted_at"] for row in rows
+                       if row["status"] == SUCCEEDED and row.get("completed_at") and row.get("submitted_at"))
+    submitted = [row["submitted_at"] for row in rows if row.get("submitted_at")]
+    completed = [row["completed_at"] for row in rows if row.get("completed_at") and row["status"] in (SUCCEEDED, FAILED)]
+    span = (max(completed) - min(submitted)) if submitted and completed else None
+    attempted = counts[SUCCEEDED] + counts[FAILED]
+    failure_percent = 100.0 * counts[FAILED] / attempted if attempted else 0.0
+    accounted = sum(counts[s] for s in (SUCCEEDED, FAILED, REJECTED, SKIPPED, PLANNED))
+    return {
+        "dagId": dag_id,
+        "runId": run_id,
+        "manifest": {"uri": manifest_uri, "sha256": manifest_sha256, "rows": total_rows},
+        "dryRun": dry_run,
+        "counts": {
+            "succeeded": counts[SUCCEEDED], "failed": counts[FAILED], "rejected": counts[REJECTED],
+            "skipped": counts[SKIPPED], "planned": counts[PLANNED],
+            "unfinished": len(rows) - accounted, "accountedFor": accounted,
+        },
+        "allRowsAccountedFor": accounted == total_rows,
+        "failurePercent": round(failure_percent, 3),
+        "toleratedFailurePercent": tolerated_failure_percent,
+        "throughput": {
+            "copiesPerSecond": round(counts[SUCCEEDED] / span, 4) if span else None,
+            "copiesPerHour": round(3600 * counts[SUCCEEDED] / span, 1) if span else None,
+            "wallSeconds": round(span, 3) if span else None,
+        },
+        "latencySeconds": {
+            "p50": _round(percentile(latencies, 50)), "p90": _round(percentile(latencies, 90)),
+            "p99": _round(percentile(latencies, 99)), "max": _round(max(latencies) if latencies else None),
+        },
+        "errors": dict(Counter(row["error_code"] or "Unknown" for row in rows if row["status"] in (FAILED, REJECTED))),
+    }
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
+def to_csv(rows: Iterable[dict[str, Any]]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow(row)
+    return out.getvalue()
+
+
+def report_files(rows: list[dict[str, Any]], summary: dict[str, Any]) -> dict[str, str]:
+    """File name → content of a run's report."""
+    files = {"report.json": json.dumps(summary, indent=2, sort_keys=True)}
+    statuses = (PLANNED, REJECTED) if summary.get("dryRun") else (SUCCEEDED, FAILED, REJECTED, SKIPPED)
+    for status in statuses:
+        files[OUTCOME_FILES[status]] = to_csv(row for row in rows if row["status"] == status)
+    return files
+
+
+def write_local(folder: Path, files: dict[str, str]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, content in files.items():
+        (folder / name).write_text(content)
+    return folder
