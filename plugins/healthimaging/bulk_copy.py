@@ -368,7 +368,7 @@ def register_manifest(ledger: Ledger, *, dag_id: str, run_id: str, manifest_uri:
         batches = sorted(b for (b,) in db.execute(sa.select(copies.c.batch).distinct().where(
             copies.c.dag_id == dag_id, copies.c.run_id == run_id, copies.c.manifest_sha256 == validated.sha256,
             copies.c.status.in_((PENDING, SUBMITTING, SUBMITTED)))) if b is not None)
-    counts = ledger.status_counts(dag_id, run_id)
+    counts = ledger.status_counts(dag_id, run_id, validated.sha256)
     return RegisteredManifest(batches=batches, total_rows=validated.total_rows, pending=counts.get(PENDING, 0),
                               rejected=counts.get(REJECTED, 0), skipped=counts.get(SKIPPED, 0))
 

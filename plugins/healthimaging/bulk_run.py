@@ -43,9 +43,10 @@ def settings_from_params(params: dict[str, Any]) -> BulkCopySettings:
     )
 
 
-def prepare(ledger: Ledger, *, dag_id: str, run_id: str, params: dict[str, Any]) -> dict[str, Any]:
-    """Read and validate the manifest and record every row in the ledger; returns what the next tasks need."""
-    uri = params["manifest"]
+def prepare(ledger: Ledger, *, dag_id: str, run_id: str, params: dict[str, Any], manifest_uri: str | None = None) -> dict[str, Any]:
+    """Read and validate a manifest (``params["manifest"]`` unless given) and record every row in the
+    ledger; returns what the next tasks need."""
+    uri = manifest_uri or params["manifest"]
     data = storage.read_bytes(uri, params.get("aws_conn_id"))
     try:
         validated = validate_manifest(data, uri, default_datastore_id=params.get("default_datastore_id") or None)
@@ -81,7 +82,7 @@ def plan(ledger: Ledger, *, dag_id: str, run_id: str, prepared: dict[str, Any]) 
     """The dry run: check every pending row against the data store and mark it planned (or failed, with why)."""
     settings = BulkCopySettings(**prepared["settings"])
     hook = HealthImagingHook(aws_conn_id=settings.aws_conn_id, region_name=settings.region_name)
-    rows = [r for r in ledger.run_rows(dag_id, run_id) if r["status"] == PENDING]
+    rows = [r for r in ledger.run_rows(dag_id, run_id, prepared["manifest_sha256"]) if r["status"] == PENDING]
     outcome = {"planned": 0, "failed": 0}
     for row in rows:
         status, code, message, kind = _plan_row(hook, json.loads(row["request_json"]))
@@ -139,27 +140,34 @@ def _plan_row(hook: HealthImagingHook, request: dict[str, Any]) -> tuple[str, st
         return FAILED, type(exc).__name__, str(exc), None
 
 
-def report_folder(params: dict[str, Any], dag_id: str, run_id: str) -> Path:
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_.+" else "_" for c in name)
+
+
+def report_folder(params: dict[str, Any], dag_id: str, run_id: str, manifest_uri: str | None = None) -> Path:
+    """``<report folder>/<dag_id>/<run_id>`` (plus the manifest's name when a run handles several)."""
     base = params.get("report_folder") or os.path.join(os.environ.get("AIRFLOW_HOME", "."), "healthimaging_reports")
-    safe_run = "".join(c if c.isalnum() or c in "-_.+" else "_" for c in run_id)
-    return Path(base) / dag_id / safe_run
+    folder = Path(base) / dag_id / _safe(run_id)
+    return folder / _safe(Path(manifest_uri).name) if manifest_uri else folder
 
 
-def finish(ledger: Ledger, *, dag_id: str, run_id: str, params: dict[str, Any], prepared: dict[str, Any] | None) -> dict[str, Any]:
-    """Write the report (locally, and next to an S3 manifest); returns the summary. Decides nothing."""
-    rows = ledger.run_rows(dag_id, run_id)
+def finish(ledger: Ledger, *, dag_id: str, run_id: str, params: dict[str, Any], prepared: dict[str, Any] | None,
+           per_manifest_folder: bool = False) -> dict[str, Any]:
+    """Write the report of one manifest of a run (locally, and next to an S3 manifest); returns the summary."""
+    manifest_uri = (prepared or {}).get("manifest_uri") or params.get("manifest", "")
+    rows = ledger.run_rows(dag_id, run_id, (prepared or {}).get("manifest_sha256"))
     summary = report.summarize(
-        rows, dag_id=dag_id, run_id=run_id, manifest_uri=params.get("manifest", ""),
+        rows, dag_id=dag_id, run_id=run_id, manifest_uri=manifest_uri,
         manifest_sha256=(prepared or {}).get("manifest_sha256", ""),
         total_rows=(prepared or {}).get("total_rows", len(rows)), dry_run=bool(params.get("dry_run")),
         tolerated_failure_percent=float(params.get("tolerated_failure_percent", 0)),
     )
     files = report.report_files(rows, summary)
-    folder = report.write_local(report_folder(params, dag_id, run_id), files)
+    folder = report.write_local(report_folder(params, dag_id, run_id, manifest_uri if per_manifest_folder else None), files)
     summary["reportFolder"] = str(folder)
     summary["ledger"] = str(ledger.engine.url.render_as_string(hide_password=True))
     if prepared:
-        remote = storage.write_next_to(params["manifest"], f"healthimaging-report-{folder.name}", files, params.get("aws_conn_id"))
+        remote = storage.write_next_to(manifest_uri, f"healthimaging-report-{_safe(run_id)}", files, params.get("aws_conn_id"))
         if remote:
             summary["reportS3"] = remote
     (folder / "report.json").write_text(json.dumps(summary, indent=2, sort_keys=True))

@@ -191,15 +191,22 @@ class Ledger:
                     found.setdefault(row["copy_key"], dict(row))
         return found
 
-    def run_rows(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
+    def run_rows(self, dag_id: str, run_id: str, manifest_sha256: str | None = None) -> list[dict[str, Any]]:
+        """A run's rows (of one manifest, when given), in manifest order."""
+        conditions = [copies.c.dag_id == dag_id, copies.c.run_id == run_id]
+        if manifest_sha256:
+            conditions.append(copies.c.manifest_sha256 == manifest_sha256)
         with self.engine.connect() as db:
-            query = sa.select(copies).where(copies.c.dag_id == dag_id, copies.c.run_id == run_id).order_by(copies.c.row_number)
+            query = sa.select(copies).where(*conditions).order_by(copies.c.manifest_sha256, copies.c.row_number)
             return [dict(r) for r in db.execute(query).mappings()]
 
-    def status_counts(self, dag_id: str, run_id: str) -> dict[str, int]:
+    def status_counts(self, dag_id: str, run_id: str, manifest_sha256: str | None = None) -> dict[str, int]:
+        """A run's row counts by status (of one manifest, when given)."""
+        conditions = [copies.c.dag_id == dag_id, copies.c.run_id == run_id]
+        if manifest_sha256:
+            conditions.append(copies.c.manifest_sha256 == manifest_sha256)
         with self.engine.connect() as db:
-            query = (sa.select(copies.c.status, sa.func.count()).where(copies.c.dag_id == dag_id, copies.c.run_id == run_id)
-                     .group_by(copies.c.status))
+            query = sa.select(copies.c.status, sa.func.count()).where(*conditions).group_by(copies.c.status)
             return {status: count for status, count in db.execute(query)}
 
     def take_manifest(self, manifest_uri: str, manifest_sha256: str, dag_id: str, run_id: str) -> bool:

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
+from airflow.providers.amazon.aws.exceptions import WaiterTerminalFailure
 from airflow.providers.amazon.aws.operators.base_aws import AwsBaseOperator
 from airflow.providers.amazon.aws.utils import validate_execute_complete_event
 from airflow.providers.amazon.aws.utils.mixins import aws_template_fields
@@ -185,7 +186,8 @@ class HealthImagingCopyImageSetOperator(AwsBaseOperator[HealthImagingHook]):
                 method_name="execute_complete",
             )
         if not self.wait_for_completion:
-            return copy
+            status = self.hook.get_image_set(copy["datastore_id"], copy["destination_image_set_id"], copy["destination_version_id"])
+            return {**copy, "workflow_status": status.get("imageSetWorkflowStatus")}
         try:
             wait(
                 waiter=self.hook.get_waiter("image_set_copied"),
@@ -197,6 +199,14 @@ class HealthImagingCopyImageSetOperator(AwsBaseOperator[HealthImagingHook]):
                 status_message="Copy destination is",
                 status_args=["imageSetWorkflowStatus", "message"],
             )
+        except WaiterTerminalFailure as exc:
+            # The waiter's own text says only which acceptor matched: name the status and the service's message.
+            response = exc.last_response or {}
+            self._lineage_error = (
+                f"Copy to image set {copy['destination_image_set_id']} version {copy['destination_version_id']} "
+                f"ended {response.get('imageSetWorkflowStatus')}: {response.get('message', 'no message from the service')}"
+            )
+            raise AirflowException(self._lineage_error) from exc
         except AirflowException as exc:
             self._lineage_error = str(exc)
             raise

@@ -1,0 +1,165 @@
+"""
+### Scheduled bulk copies of HealthImaging image sets
+
+Each interval this DAG takes the manifests that are new in a folder or S3 prefix (each manifest is
+taken by exactly one run, tracked in the ledger), and can build one more manifest from
+SearchImageSets over the data interval (for example every non-primary image set updated in the
+interval, copied and promoted to primary). Every manifest is then copied like in
+`healthimaging_bulk_copy`: validated, batched, rate-limited, exactly once, with a report each.
+
+Configure it with environment variables (the defaults of its params):
+`HEALTHIMAGING_SCHEDULE` (default `@hourly`), `HEALTHIMAGING_MANIFEST_LOCATION` (folder or `s3://` prefix),
+`HEALTHIMAGING_SEARCH_DATASTORE_ID` and `HEALTHIMAGING_SEARCH_FILTER` (`non_primary_updated` or `updated`),
+`HEALTHIMAGING_COPIES_PER_SECOND` (default 0.25), `HEALTHIMAGING_AWS_CONN_ID` (default `aws_default`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+
+import pendulum
+from airflow.sdk import Asset, Param, dag, get_current_context, task
+
+from healthimaging.operators import HealthImagingBulkCopyBatchOperator
+
+LEDGER_CONN_ID = "healthimaging_lineage"
+log = logging.getLogger(__name__)
+ID_PATTERN = "^$|^[0-9a-z]{32}$"
+
+# Reading the environment is cheap and local: no work at import time beyond it.
+PARAMS = {
+    "manifest_location": Param(os.environ.get("HEALTHIMAGING_MANIFEST_LOCATION", ""), type="string", title="Manifest folder or S3 prefix",
+                               description="New .csv/.jsonl manifests here are copied once each. Empty: none."),
+    "search_datastore_id": Param(os.environ.get("HEALTHIMAGING_SEARCH_DATASTORE_ID", ""), type="string", pattern=ID_PATTERN,
+                                 title="Data store to search", description="Build a manifest from SearchImageSets over the data interval. Empty: off."),
+    "search_filter": Param(os.environ.get("HEALTHIMAGING_SEARCH_FILTER", "non_primary_updated"), type="string",
+                           enum=["non_primary_updated", "updated"], title="Search filter"),
+    "manual_search_window_hours": Param(1, type="number", exclusiveMinimum=0, title="Search window of a manual run (hours)",
+                                        description="A manual run has no data interval; it searches this many hours back."),
+    "default_datastore_id": Param("", type="string", pattern=ID_PATTERN, title="Default data store id"),
+    "copies_per_second": Param(float(os.environ.get("HEALTHIMAGING_COPIES_PER_SECOND", "0.25")), type="number", exclusiveMinimum=0,
+                               title="CopyImageSet rate limit (per second)"),
+    "burst": Param(1, type="number", minimum=1, title="Rate limit burst"),
+    "max_copies_in_flight": Param(20, type="integer", minimum=1, maximum=100, title="Max copies in flight"),
+    "tolerated_failure_percent": Param(0.0, type="number", minimum=0, maximum=100, title="Tolerated failure percent"),
+    "batch_size": Param(1000, type="integer", minimum=1, title="Rows per batch"),
+    "skip_already_copied": Param(True, type="boolean", title="Skip rows already copied"),
+    "verify_copies": Param(True, type="boolean", title="Verify copies"),
+    "aws_conn_id": Param(os.environ.get("HEALTHIMAGING_AWS_CONN_ID", "aws_default"), type="string", minLength=1, title="AWS connection id"),
+    "region_name": Param("", type="string", title="AWS region"),
+    "poll_interval_seconds": Param(5, type="number", minimum=0.1, title="Poll interval (seconds)"),
+    "progress_interval_seconds": Param(30, type="number", minimum=1, title="Progress log interval (seconds)"),
+    "report_folder": Param("", type="string", title="Report folder"),
+    "strict": Param(False, type="boolean", title="Strict"),
+}
+
+
+@dag(
+    dag_id="healthimaging_scheduled_copy",
+    schedule=os.environ.get("HEALTHIMAGING_SCHEDULE", "@hourly"),
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    params=PARAMS,
+    tags=["healthimaging", "bulk-copy", "scheduled"],
+    doc_md=__doc__,
+)
+def healthimaging_scheduled_copy():
+    @task
+    def take_new_manifests() -> list[str]:
+        """The manifests this run copies: new files in the location, plus one built from the search."""
+        from healthimaging.hooks import HealthImagingHook
+        from healthimaging.ledger import Ledger
+        from healthimaging.manifest_sources import list_manifests, search_rows, write_generated
+        from healthimaging.storage import read_bytes
+
+        context = get_current_context()
+        params, dag_id, run_id = context["params"], context["dag"].dag_id, context["run_id"]
+        ledger = Ledger.from_airflow(LEDGER_CONN_ID)
+        location = params["manifest_location"]
+        candidates = list_manifests(location, params["aws_conn_id"]) if location else []
+        if params["search_datastore_id"]:
+            start, end = context["data_interval_start"], context["data_interval_end"]
+            if start == end:  # a manual run has an empty interval: search the window before it
+                start = end - pendulum.duration(hours=params["manual_search_window_hours"])
+            hook = HealthImagingHook(aws_conn_id=params["aws_conn_id"], region_name=params["region_name"] or None)
+            rows = search_rows(hook, params["search_datastore_id"], params["search_filter"], start, end)
+            log.info("search %s over [%s, %s): %d image sets", params["search_filter"], start, end, len(rows))
+            if rows:
+                if not location:
+                    raise ValueError("search_datastore_id needs manifest_location to write the generated manifest to")
+                name = f"{params['search_filter']}-{start:%Y%m%dT%H%M%S}-{end:%Y%m%dT%H%M%S}.jsonl"
+                candidates.append(write_generated(location, name, rows, params["aws_conn_id"]))
+        taken = []
+        for uri in candidates:
+            digest = hashlib.sha256(read_bytes(uri, params["aws_conn_id"])).hexdigest()
+            if ledger.take_manifest(uri, digest, dag_id, run_id):
+                taken.append(uri)
+        log.info("%d new manifests of %d found: %s", len(taken), len(candidates), taken)
+        return taken
+
+    @task
+    def prepare_manifests(manifests: list[str]) -> list[dict]:
+        """Validate each manifest and record its rows in the ledger (a broken manifest is reported, not fatal)."""
+        from healthimaging.bulk_run import BulkCopyRunError, prepare
+        from healthimaging.ledger import Ledger
+
+        context = get_current_context()
+        ledger = Ledger.from_airflow(LEDGER_CONN_ID)
+        prepared = []
+        for uri in manifests:
+            try:
+                prepared.append(prepare(ledger, dag_id=context["dag"].dag_id, run_id=context["run_id"],
+                                        params=dict(context["params"]), manifest_uri=uri))
+            except (BulkCopyRunError, FileNotFoundError) as exc:
+                log.error("manifest %s not copied: %s", uri, exc)
+                prepared.append({"manifest_uri": uri, "error": str(exc), "batches": []})
+        return prepared
+
+    @task
+    def batches_of(prepared: list[dict]) -> list[dict]:
+        return [
+            {"batch": batch, "manifest_sha256": p["manifest_sha256"], "settings": p["settings"]}
+            for p in prepared if "error" not in p for batch in p["batches"]
+        ]
+
+    @task(trigger_rule="all_done", outlets=[Asset(name="healthimaging-scheduled-copies", uri="healthimaging://scheduled-copies")])
+    def finish_run(*, outlet_events=None) -> list[dict]:
+        """One report per manifest; the run fails if any manifest failed past its tolerance or was unusable."""
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from healthimaging.bulk_run import finish, verdict
+        from healthimaging.ledger import Ledger
+
+        context = get_current_context()
+        dag_id, run_id, params = context["dag"].dag_id, context["run_id"], dict(context["params"])
+        prepared = context["ti"].xcom_pull(task_ids="prepare_manifests")
+        if prepared is None:
+            raise AirflowFailException("the manifests were not prepared; see the task prepare_manifests")
+        ledger = Ledger.from_airflow(LEDGER_CONN_ID)
+        summaries, problems = [], []
+        for item in prepared:
+            if "error" in item:
+                problems.append(f"{item['manifest_uri']}: {item['error']}")
+                continue
+            summary = finish(ledger, dag_id=dag_id, run_id=run_id, params=params, prepared=item, per_manifest_folder=True)
+            summaries.append(summary)
+            reason = verdict(summary)
+            if reason:
+                problems.append(f"{item['manifest_uri']}: {reason}")
+        outlet_events[Asset(name="healthimaging-scheduled-copies", uri="healthimaging://scheduled-copies")].extra = {
+            "run_id": run_id, "manifests": len(prepared), "counts": [s["counts"] for s in summaries]}
+        if problems:
+            raise AirflowFailException("; ".join(problems))
+        return summaries
+
+    prepared = prepare_manifests(take_new_manifests())
+    copies = HealthImagingBulkCopyBatchOperator.partial(
+        task_id="copy_batch", ledger_conn_id=LEDGER_CONN_ID, retries=3, max_active_tis_per_dagrun=8,
+    ).expand_kwargs(batches_of(prepared))
+    copies >> finish_run()
+
+
+healthimaging_scheduled_copy()
