@@ -181,6 +181,8 @@ def finish(ledger: Ledger, *, dag_id: str, run_id: str, params: dict[str, Any], 
 def verdict(summary: dict[str, Any]) -> str | None:
     """Why the run must fail, or None: failures over the tolerated share, or rows left unfinished."""
     counts = summary["counts"]
+    if not summary["dryRun"] and counts["rejected"] and not (counts["succeeded"] + counts["failed"] + counts["skipped"]):
+        return f"all {counts['rejected']} manifest rows were rejected; see rejected.csv in {summary.get('reportFolder')}"
     if counts["unfinished"]:
         return f"{counts['unfinished']} rows did not finish; re-run the DAG with the same manifest to resume them"
     if summary["failurePercent"] > summary["toleratedFailurePercent"]:

@@ -110,7 +110,7 @@ class ValidatedManifest:
 
 
 class ManifestError(ValueError):
-    """The manifest as a whole is unusable (empty, unknown columns, unreadable)."""
+    """The manifest as a whole is unusable: it holds no rows, or its CSV header is not UTF-8."""
 
 
 def detect_format(name: str, data: bytes) -> str:
@@ -172,13 +172,16 @@ def read_raw_rows(data: bytes, fmt: str) -> Iterator[tuple[int, dict[str, Any] |
         header = [h.strip() for h in next(reader)]
     except StopIteration:
         return
-    _check_header(header)
+    header_problem = _header_problem(header)
     bad_lines = {n: p for n, _, p in lines if p}
     row = 0
     for record in reader:
         if not record or all(not cell.strip() for cell in record):
             continue
         row += 1
+        if header_problem:
+            yield row, None, f"not read: {header_problem}"
+            continue
         if any("\x00BAD\x00" in cell for cell in record):
             line = reader.line_num
             yield row, None, bad_lines.get(line) or next(iter(bad_lines.values()), "not valid UTF-8")
@@ -189,16 +192,18 @@ def read_raw_rows(data: bytes, fmt: str) -> Iterator[tuple[int, dict[str, Any] |
         yield row, dict(zip(header, record)), None
 
 
-def _check_header(header: list[str]) -> None:
+def _header_problem(header: list[str]) -> str | None:
+    """What is wrong with a CSV header (every row is then rejected with it), or None."""
     unknown = [h for h in header if h not in COLUMNS]
     if unknown:
-        raise ManifestError(f"unknown columns {unknown}; the columns are {', '.join(COLUMNS)}")
+        return f"the header has unknown columns {unknown} (the columns are {', '.join(COLUMNS)})"
     duplicated = sorted({h for h in header if header.count(h) > 1})
     if duplicated:
-        raise ManifestError(f"columns {duplicated} appear more than once in the header")
+        return f"the header repeats columns {duplicated}"
     missing = [c for c in REQUIRED_COLUMNS if c not in header]
     if missing:
-        raise ManifestError(f"missing required columns {missing}; the columns are {', '.join(COLUMNS)}")
+        return f"the header lacks the required columns {missing}"
+    return None
 
 
 def validate_manifest(data: bytes, name: str = "manifest.csv", *, default_datastore_id: str | None = None) -> ValidatedManifest:
@@ -209,7 +214,9 @@ def validate_manifest(data: bytes, name: str = "manifest.csv", *, default_datast
     for row, raw, problem in read_raw_rows(data, fmt):
         result.total_rows += 1
         if problem:
-            result.rejected.append((row, {}, [RowError(row, None, problem, "a UTF-8 line holding one row" if fmt == "csv" else "one JSON object per line")]))
+            expected = ("a header naming known columns" if problem.startswith("not read") else
+                        "a UTF-8 line holding one row" if fmt == "csv" else "one JSON object per line")
+            result.rejected.append((row, {}, [RowError(row, None, problem, expected)]))
             continue
         valid, errors = validate_row(row, raw, default_datastore_id=default_datastore_id)
         if valid is not None:
