@@ -297,7 +297,8 @@ class BatchCopyEngine:
                 self._set(row, FAILED, error_code="VerificationFailed", verified=False, completed_at=self.clock(),
                           message=f"the destination holds {len(held)} SOP instances, expected {plan.expected_instance_count}")
                 return
-        self._set(row, SUCCEEDED, verified=verified, completed_at=self.clock(), error_code=None, message=None)
+        self._set(row, SUCCEEDED, verified=verified, completed_at=self.clock(), error_code=None, message=None,
+                  destination_image_set_arn=image_set.get("imageSetArn"))
 
     def _progress(self) -> None:
         now = self.clock()

@@ -45,6 +45,7 @@ copies = sa.Table(
     sa.Column("source_version_id", sa.String(20)),
     sa.Column("destination_image_set_id", sa.String(32)),
     sa.Column("destination_version_id", sa.String(20)),
+    sa.Column("destination_image_set_arn", sa.Text),
     sa.Column("copy_kind", sa.String(16)),
     sa.Column("force", sa.Boolean, nullable=False, default=False),
     sa.Column("promote_to_primary", sa.Boolean, nullable=False, default=False),

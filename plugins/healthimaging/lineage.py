@@ -74,3 +74,26 @@ def copy_lineage(copy: dict[str, Any], *, error: str | None = None):
     if error:
         run_facets["errorMessage"] = ErrorMessageRunFacet(message=error, programmingLanguage="python")
     return OperatorLineage(inputs=inputs, outputs=outputs, run_facets=run_facets)
+
+
+def batch_lineage(rows: list[dict[str, Any]], counts: dict[str, int]):
+    """OperatorLineage for a bulk-copy batch: each copied source version in, each destination version out."""
+    from airflow.providers.openlineage.extractors import OperatorLineage
+
+    inputs, outputs = [], []
+    for row in rows:
+        arn = row.get("destination_image_set_arn")
+        if row.get("status") != "succeeded" or not arn:
+            continue
+        inputs.append(dataset(arn, row["datastore_id"], row["source_image_set_id"], row.get("source_version_id")))
+        outputs.append(dataset(arn, row["datastore_id"], row["destination_image_set_id"], row.get("destination_version_id")))
+    return OperatorLineage(inputs=inputs, outputs=outputs, run_facets={"healthImagingBulkCopy": HealthImagingBulkCopyRunFacet(
+        succeeded=counts.get("succeeded", 0), failed=counts.get("failed", 0))})
+
+
+@attr.define
+class HealthImagingBulkCopyRunFacet(RunFacet):
+    """Counts of one bulk-copy batch."""
+
+    succeeded: int = 0
+    failed: int = 0

@@ -379,6 +379,8 @@ class HealthImagingBulkCopyBatchOperator(BaseOperator):
         self.settings = settings
         self.ledger_conn_id = ledger_conn_id
         self.deferrable = deferrable
+        self._lineage_rows: list[dict[str, Any]] = []
+        self._counts: dict[str, int] = {}
 
     def _trigger(self, context: Context) -> HealthImagingBulkCopyTrigger:
         return HealthImagingBulkCopyTrigger(
@@ -392,6 +394,7 @@ class HealthImagingBulkCopyBatchOperator(BaseOperator):
             self.defer(trigger=trigger, method_name="execute_complete")
         counts = trigger.engine().run()
         self.log.info("Batch %s done: %s", self.batch, counts)
+        self._remember(context, counts)
         return counts
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, int]:
@@ -399,4 +402,17 @@ class HealthImagingBulkCopyBatchOperator(BaseOperator):
             raise AirflowException(f"Batch {self.batch} stopped: {(event or {}).get('message', 'no event')}; "
                                    "a retry resumes it from the ledger")
         self.log.info("Batch %s done: %s", self.batch, event["counts"])
+        self._remember(context, event["counts"])
         return event["counts"]
+
+    def _remember(self, context: Context, counts: dict[str, int]) -> None:
+        """Keep the batch's rows for OpenLineage."""
+        from healthimaging.ledger import Ledger
+
+        self._counts = counts
+        rows = Ledger.from_airflow(self.ledger_conn_id).run_rows(context["dag"].dag_id, context["run_id"], self.manifest_sha256)
+        self._lineage_rows = [r for r in rows if r.get("batch") == int(self.batch)]
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any):
+        """Every copied source version in, every destination version out; ids only, no patient data."""
+        return lineage.batch_lineage(self._lineage_rows, self._counts)
