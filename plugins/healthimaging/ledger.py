@@ -129,8 +129,21 @@ def engine_for(url: URL | str) -> Engine:
         if engine.dialect.name == "sqlite":
             sa.event.listen(engine, "connect", _sqlite_pragmas)
         metadata.create_all(engine)
+        _add_missing_columns(engine)
         _engines[key] = engine
     return _engines[key]
+
+
+def _add_missing_columns(engine: Engine) -> None:
+    """Bring a ledger created by an older version up to date: columns are only ever added, nullable."""
+    inspector = sa.inspect(engine)
+    for table in metadata.sorted_tables:
+        present = {column["name"] for column in inspector.get_columns(table.name)}
+        missing = [column for column in table.columns if column.name not in present]
+        with engine.begin() as db:
+            for column in missing:
+                kind = column.type.compile(dialect=engine.dialect)
+                db.execute(sa.text(f'ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}'))
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
