@@ -106,6 +106,7 @@ class BatchCopyEngine:
         self._recovered = False
         self._last_progress = 0.0
         self._done_at_start: int | None = None
+        self._ready: tuple[dict[str, Any], CopyPlan] | None = None
 
     # ------------------------------------------------------------------ ledger access
 
@@ -150,7 +151,9 @@ class BatchCopyEngine:
             self._recover()
             self._recovered = True
         next_poll = self._poll_in_flight()
-        wait = self._submit_some()
+        wait = self._send_ready()
+        if wait is None:
+            wait = self._submit_some()
         self._progress()
         if not self._rows(PENDING, SUBMITTING, SUBMITTED, limit=1):
             return None
@@ -173,8 +176,10 @@ class BatchCopyEngine:
                 self._set(row, PENDING, claim=None, claimed_at=None, plan_json=None)
             else:
                 log.warning(state_line("copy_reconciled", row, outcome="took_effect"))
+                # The dead engine never recorded the submission: the copy was sent after the claim, once.
                 self._set(row, SUBMITTED, destination_image_set_id=found.destination_image_set_id,
-                          destination_version_id=found.destination_version_id, next_poll_at=self.clock())
+                          destination_version_id=found.destination_version_id, next_poll_at=self.clock(),
+                          submitted_at=row["submitted_at"] or row["claimed_at"], attempts=(row.get("attempts") or 0) + 1)
 
     def _in_flight_for(self, datastore_id: str) -> int:
         with self.ledger.engine.connect() as db:
@@ -188,10 +193,20 @@ class BatchCopyEngine:
                 copies.c.source_image_set_id == row["source_image_set_id"]).limit(1)).first() is not None
 
     def _claim(self, row: dict[str, Any]) -> bool:
+        """Take a pending row, atomically with the checks that guard sending it: the data store's in-flight cap
+        and no other copy of the source in flight (two engines checking first and claiming after could both pass)."""
         now = self.clock()
+        other = copies.alias("in_flight")
+        in_flight = (sa.select(sa.func.count()).select_from(other)
+                     .where(other.c.status.in_(IN_FLIGHT_STATUSES), other.c.datastore_id == row["datastore_id"]).scalar_subquery())
+        source_busy = sa.exists().where(other.c.status.in_(IN_FLIGHT_STATUSES), other.c.datastore_id == row["datastore_id"],
+                                        other.c.source_image_set_id == row["source_image_set_id"])
         with self.ledger.engine.begin() as db:
-            claimed = db.execute(copies.update().where(copies.c.id == row["id"], copies.c.status == PENDING).values(
-                status=SUBMITTING, claim=self.claim, claimed_at=now, updated_at=now)).rowcount
+            if db.dialect.name == "postgresql":  # READ COMMITTED would let two claims count the same rows
+                db.execute(sa.select(sa.func.pg_advisory_xact_lock(sa.func.hashtext(f"healthimaging-claim:{row['datastore_id']}"))))
+            claimed = db.execute(copies.update().where(
+                copies.c.id == row["id"], copies.c.status == PENDING, in_flight < self.settings.max_in_flight, ~source_busy,
+            ).values(status=SUBMITTING, claim=self.claim, claimed_at=now, updated_at=now)).rowcount
         if claimed:
             row.update(status=SUBMITTING, claim=self.claim, claimed_at=now)
             log.info(state_line("copy_state", row, status=SUBMITTING))
@@ -208,15 +223,33 @@ class BatchCopyEngine:
             if self._source_busy(row):
                 blocked_sources.add(row["source_image_set_id"])  # the source is locked by a copy in flight
                 continue
-            wait = self.bucket.try_acquire()
-            if wait:
-                return wait
             if not self._claim(row):
                 continue
-            self._send(row)
+            plan = self._plan(row)
+            if plan is None:
+                continue
+            # The token is taken right before CopyImageSet is sent, so that planning times (a few reads that
+            # vary with load) do not bunch the sends of several engines together.
+            wait = self.bucket.try_acquire()
+            if wait:
+                self._ready = (row, plan)  # claimed and planned: sent first at the next step
+                return wait
+            self._submit(row, plan)
         return None
 
-    def _send(self, row: dict[str, Any]) -> None:
+    def _send_ready(self) -> float | None:
+        """Send the row planned at an earlier step once a token is there; returns the wait for one, else None."""
+        if self._ready is None:
+            return None
+        wait = self.bucket.try_acquire()
+        if wait:
+            return wait
+        (row, plan), self._ready = self._ready, None
+        self._submit(row, plan)
+        return None
+
+    def _plan(self, row: dict[str, Any]) -> CopyPlan | None:
+        """Resolve a claimed row's copy and store the plan; None if the row failed or went back to pending."""
         request = json.loads(row["request_json"])
         try:
             plan = resolve_plan(
@@ -236,21 +269,30 @@ class BatchCopyEngine:
             plan = snapshot_series(self.hook, plan)
         except CopyRequestError as exc:
             self._set(row, FAILED, error_code="InvalidCopyRequest", message=str(exc), completed_at=self.clock())
-            return
+            return None
         except ClientError as exc:
             error = exc.response.get("Error", {})
             self._set(row, FAILED, error_code=error.get("Code", "ClientError"), message=error.get("Message", str(exc)),
                       completed_at=self.clock())
-            return
+            return None
         except BotoCoreError as exc:
             # The service could not be reached to plan the row: leave it pending for the next step.
             log.warning(state_line("copy_plan_retry", row, error=type(exc).__name__))
             self._set(row, PENDING, claim=None, claimed_at=None)
-            return
+            return None
         self._set(row, None, plan_json=json.dumps(plan.to_dict()), source_version_id=plan.source_version_id,
                   destination_version_id=None, copy_kind=plan.copy_kind)
+        # The CopyImageSet client is built now (once per engine), not between the token and the send: building
+        # it takes long enough that a send of another engine, paced after this one, would overtake it.
+        self.hook.no_retry_conn  # noqa: B018
+        return plan
+
+    def _submit(self, row: dict[str, Any], plan: CopyPlan) -> None:
+        """Send a planned row's CopyImageSet (exactly once: see copy_submission) and record the outcome."""
         try:
-            submitted = submit_copy(self.hook, plan, SubmissionPolicy(max_attempts=self.settings.max_submit_attempts))
+            # The first send uses the token taken before this call; every resend takes one of its own.
+            policy = SubmissionPolicy(max_attempts=self.settings.max_submit_attempts, before_resend=self.bucket.acquire)
+            submitted = submit_copy(self.hook, plan, policy)
         except CopySubmissionError as exc:
             self._set(row, FAILED, error_code=exc.code, message=exc.message, completed_at=self.clock(),
                       attempts=(row.get("attempts") or 0) + 1)
@@ -331,13 +373,20 @@ class RegisteredManifest:
 
 
 def register_manifest(ledger: Ledger, *, dag_id: str, run_id: str, manifest_uri: str, validated: Any,
-                      batch_size: int, skip_copied: bool = True) -> RegisteredManifest:
+                      batch_size: int, skip_copied: bool = True,
+                      is_run_over: Callable[[str, str], bool] | None = None) -> RegisteredManifest:
     """Record every row of a validated manifest for a run: valid rows ``pending`` in batches, invalid
-    ones ``rejected`` with their errors, rows copied by an earlier run ``skipped``. Idempotent for a run."""
+    ones ``rejected`` with their errors, rows copied by an earlier run ``skipped``. Idempotent for a run.
+
+    With ``is_run_over(dag_id, run_id)``, a copy that an earlier run which is over left in flight
+    (``submitting`` or ``submitted``: its process died) is taken over by this run, state and all, so that
+    it is reconciled or polled rather than blocking its source forever or being sent a second time."""
     from healthimaging.ledger import REJECTED, SKIPPED
 
     base = {"dag_id": dag_id, "run_id": run_id, "manifest_uri": manifest_uri, "manifest_sha256": validated.sha256}
     already = ledger.succeeded_copy_keys(r.copy_key for r in validated.rows) if skip_copied else {}
+    orphans = _orphaned_copies(ledger, dag_id, run_id, [r.copy_key for r in validated.rows], is_run_over) if is_run_over else {}
+    takeovers: list[tuple[int, int]] = []
     records: list[dict[str, Any]] = []
     pending_index = 0
     for row in validated.rows:
@@ -352,6 +401,11 @@ def register_manifest(ledger: Ledger, *, dag_id: str, run_id: str, manifest_uri:
             record.update(status=SKIPPED, destination_image_set_id=previous["destination_image_set_id"],
                           destination_version_id=previous["destination_version_id"], error_code="AlreadyCopied",
                           message=f"copied by run {previous['run_id']} (row {previous['row_number']})")
+        elif (orphan := orphans.get(row.copy_key)) is not None:
+            record.update({column: orphan[column] for column in _RESUMED_COLUMNS}, batch=pending_index // batch_size,
+                          next_poll_at=time.time())
+            takeovers.append((orphan["id"], row.row))
+            pending_index += 1
         else:
             record.update(status=PENDING, batch=pending_index // batch_size)
             pending_index += 1
@@ -365,6 +419,11 @@ def register_manifest(ledger: Ledger, *, dag_id: str, run_id: str, manifest_uri:
             "datastore_id": _short_id(raw.get("datastore_id")) if raw else None,
         })
     ledger.record_rows(records)
+    for orphan_id, row_number in takeovers:
+        with ledger.engine.begin() as db:
+            db.execute(copies.update().where(copies.c.id == orphan_id, copies.c.status.in_(IN_FLIGHT_STATUSES)).values(
+                status=SKIPPED, claim=None, error_code="ResumedByLaterRun", updated_at=time.time(),
+                message=f"resumed by run {run_id} (row {row_number})"))
     with ledger.engine.connect() as db:
         batches = sorted(b for (b,) in db.execute(sa.select(copies.c.batch).distinct().where(
             copies.c.dag_id == dag_id, copies.c.run_id == run_id, copies.c.manifest_sha256 == validated.sha256,
@@ -372,6 +431,31 @@ def register_manifest(ledger: Ledger, *, dag_id: str, run_id: str, manifest_uri:
     counts = ledger.status_counts(dag_id, run_id, validated.sha256)
     return RegisteredManifest(batches=batches, total_rows=validated.total_rows, pending=counts.get(PENDING, 0),
                               rejected=counts.get(REJECTED, 0), skipped=counts.get(SKIPPED, 0))
+
+
+#: What a run taking over a dead run's copy in flight inherits from its ledger row.
+_RESUMED_COLUMNS = ("status", "plan_json", "claimed_at", "submitted_at", "attempts", "source_version_id", "copy_kind",
+                    "destination_image_set_id", "destination_version_id", "destination_image_set_arn")
+
+
+def _orphaned_copies(ledger: Ledger, dag_id: str, run_id: str, keys: list[str],
+                     is_run_over: Callable[[str, str], bool]) -> dict[str, dict[str, Any]]:
+    """Copy key → the ledger row of a copy left in flight by another run that is over."""
+    found: dict[str, dict[str, Any]] = {}
+    over: dict[tuple[str, str], bool] = {}
+    with ledger.engine.connect() as db:
+        for start in range(0, len(keys), 500):
+            query = sa.select(copies).where(copies.c.copy_key.in_(keys[start:start + 500]),
+                                            copies.c.status.in_(IN_FLIGHT_STATUSES)).order_by(copies.c.id)
+            for row in db.execute(query).mappings():
+                owner = (row["dag_id"], row["run_id"])
+                if owner == (dag_id, run_id) or row["copy_key"] in found:
+                    continue
+                if owner not in over:
+                    over[owner] = is_run_over(*owner)
+                if over[owner]:
+                    found[row["copy_key"]] = dict(row)
+    return found
 
 
 def _short_id(value: Any) -> str | None:

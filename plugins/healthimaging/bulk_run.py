@@ -6,9 +6,12 @@ import json
 import logging
 import math
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
 from botocore.exceptions import BotoCoreError, ClientError
 
 from healthimaging import report, states, storage
@@ -43,9 +46,11 @@ def settings_from_params(params: dict[str, Any]) -> BulkCopySettings:
     )
 
 
-def prepare(ledger: Ledger, *, dag_id: str, run_id: str, params: dict[str, Any], manifest_uri: str | None = None) -> dict[str, Any]:
+def prepare(ledger: Ledger, *, dag_id: str, run_id: str, params: dict[str, Any], manifest_uri: str | None = None,
+            is_run_over: Callable[[str, str], bool] | None = None) -> dict[str, Any]:
     """Read and validate a manifest (``params["manifest"]`` unless given) and record every row in the
-    ledger; returns what the next tasks need."""
+    ledger; returns what the next tasks need. ``is_run_over`` lets this run resume copies a dead run left
+    in flight (see :func:`~healthimaging.bulk_copy.register_manifest`; the DAGs pass :func:`airflow_run_is_over`)."""
     uri = manifest_uri or params["manifest"]
     data = storage.read_bytes(uri, params.get("aws_conn_id"))
     try:
@@ -59,7 +64,8 @@ def prepare(ledger: Ledger, *, dag_id: str, run_id: str, params: dict[str, Any],
         log.warning("manifest %s: %d more rejected rows; see rejected.csv", uri, len(validated.rejected) - 50)
     batch_size = max(int(params.get("batch_size", 1000)), math.ceil(len(validated.rows) / MAX_BATCHES) or 1)
     registered = register_manifest(ledger, dag_id=dag_id, run_id=run_id, manifest_uri=uri, validated=validated,
-                                   batch_size=batch_size, skip_copied=bool(params.get("skip_already_copied", True)))
+                                   batch_size=batch_size, skip_copied=bool(params.get("skip_already_copied", True)),
+                                   is_run_over=is_run_over)
     log.info("manifest %s: %d rows: %d to copy in %d batches of up to %d, %d rejected, %d already copied",
              uri, registered.total_rows, registered.pending, len(registered.batches), batch_size, registered.rejected,
              registered.skipped)
@@ -73,9 +79,33 @@ def prepare(ledger: Ledger, *, dag_id: str, run_id: str, params: dict[str, Any],
         "rejected": registered.rejected,
     }
     if params.get("strict") and registered.rejected:
+        # Nothing is copied; the valid rows are recorded as skipped so that every row is accounted for.
+        with ledger.engine.begin() as db:
+            db.execute(copies.update().where(
+                copies.c.dag_id == dag_id, copies.c.run_id == run_id, copies.c.manifest_sha256 == validated.sha256,
+                copies.c.status == PENDING,
+            ).values(status=SKIPPED, batch=None, error_code="StrictMode", updated_at=time.time(),
+                     message=f"not copied: strict mode and {registered.rejected} manifest rows are invalid"))
         raise BulkCopyRunError(f"strict mode: {registered.rejected} of {registered.total_rows} manifest rows are invalid "
                                f"(first: {validated.errors[0]}); nothing was copied. Fix them or run without strict.")
     return prepared
+
+
+def airflow_run_is_over(dag_id: str, run_id: str) -> bool:
+    """Whether an Airflow DAG run has ended or no longer exists (asked from inside a task, through the Task SDK)."""
+    from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
+
+    try:
+        state = RuntimeTaskInstance.get_dagrun_state(dag_id, run_id)
+    except Exception as exc:
+        # 404: the run was deleted, nothing of it is alive. A worker gets an AirflowRuntimeError whose detail
+        # carries the status; a task run in-process (dag.test) gets the API client's ServerResponseError.
+        detail = getattr(getattr(exc, "error", None), "detail", None)
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+        if status == 404 or (isinstance(detail, dict) and detail.get("status_code") == 404):
+            return True
+        raise
+    return state not in ("queued", "running")
 
 
 def plan(ledger: Ledger, *, dag_id: str, run_id: str, prepared: dict[str, Any]) -> dict[str, int]:
@@ -158,7 +188,7 @@ def finish(ledger: Ledger, *, dag_id: str, run_id: str, params: dict[str, Any], 
     rows = ledger.run_rows(dag_id, run_id, (prepared or {}).get("manifest_sha256"))
     summary = report.summarize(
         rows, dag_id=dag_id, run_id=run_id, manifest_uri=manifest_uri,
-        manifest_sha256=(prepared or {}).get("manifest_sha256", ""),
+        manifest_sha256=(prepared or {}).get("manifest_sha256") or (rows[0]["manifest_sha256"] if rows else ""),
         total_rows=(prepared or {}).get("total_rows", len(rows)), dry_run=bool(params.get("dry_run")),
         tolerated_failure_percent=float(params.get("tolerated_failure_percent", 0)),
     )

@@ -56,6 +56,10 @@ class SubmissionPolicy:
     reconcile_attempts: int = 3
     reconcile_delay_seconds: float = 2.0
     sleep: Callable[[float], None] = field(default=time.sleep, repr=False)
+    #: Called before every CopyImageSet after the first (after throttling, a 5xx, a lost response, a
+    #: conflict): a caller that paces its sends with a shared rate limit takes a token there, so that
+    #: every call the service sees was paid for (an unpaid resend takes the quota of someone else's send).
+    before_resend: Callable[[], object] | None = field(default=None, repr=False)
 
     def backoff(self, attempt: int) -> float:
         return min(self.backoff_cap_seconds, self.backoff_base_seconds * 2**attempt) * random.uniform(0.5, 1.0)
@@ -86,9 +90,12 @@ def submit_copy(hook: HealthImagingHook, plan: CopyPlan, policy: SubmissionPolic
     replan = replan or (lambda p: refresh_versions(hook, p))
     plan = snapshot_series(hook, plan)
     started = time.time()
-    throttles = conflicts = attempts = 0
+    throttles = conflicts = attempts = sends = 0
     while True:
         attempts += 1
+        if sends and policy.before_resend is not None:
+            policy.before_resend()
+        sends += 1
         try:
             response = hook.no_retry_conn.copy_image_set(**plan.request())
             return _accepted(plan, response, started, attempts)

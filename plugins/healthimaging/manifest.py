@@ -110,7 +110,7 @@ class ValidatedManifest:
 
 
 class ManifestError(ValueError):
-    """The manifest as a whole is unusable: it holds no rows, or its CSV header is not UTF-8."""
+    """The manifest as a whole is unusable: it holds no rows."""
 
 
 def detect_format(name: str, data: bytes) -> str:
@@ -159,8 +159,6 @@ def read_raw_rows(data: bytes, fmt: str) -> Iterator[tuple[int, dict[str, Any] |
     header_line = next(((n, t, p) for n, t, p in lines if t is None or t.strip()), None)
     if header_line is None:
         return
-    if header_line[2]:
-        raise ManifestError(f"the CSV header is not valid UTF-8: {header_line[2]}")
     # Decode line by line so that one bad line is one rejected row; quoted fields spanning lines
     # are rejoined by the csv module from the decoded text.
     good = "\n".join(t if t is not None else "\x00BAD\x00" for _, t, _ in lines)
@@ -172,7 +170,8 @@ def read_raw_rows(data: bytes, fmt: str) -> Iterator[tuple[int, dict[str, Any] |
         header = [h.strip() for h in next(reader)]
     except StopIteration:
         return
-    header_problem = _header_problem(header)
+    # A header that is not UTF-8 cannot name the columns: every row is rejected with that problem.
+    header_problem = f"the CSV header is not valid UTF-8 ({header_line[2]})" if header_line[2] else _header_problem(header)
     bad_lines = {n: p for n, _, p in lines if p}
     row = 0
     for record in reader:

@@ -46,7 +46,7 @@ def summarize(rows: list[dict[str, Any]], *, dag_id: str, run_id: str, manifest_
     submitted = [row["submitted_at"] for row in rows if row.get("submitted_at")]
     completed = [row["completed_at"] for row in rows if row.get("completed_at") and row["status"] in (SUCCEEDED, FAILED)]
     span = (max(completed) - min(submitted)) if submitted and completed else None
-    attempted = counts[SUCCEEDED] + counts[FAILED]
+    attempted = counts[SUCCEEDED] + counts[FAILED] + counts[PLANNED]  # a dry run attempts a plan for each row
     failure_percent = 100.0 * counts[FAILED] / attempted if attempted else 0.0
     accounted = sum(counts[s] for s in (SUCCEEDED, FAILED, REJECTED, SKIPPED, PLANNED))
     return {
@@ -91,7 +91,7 @@ def to_csv(rows: Iterable[dict[str, Any]]) -> str:
 def report_files(rows: list[dict[str, Any]], summary: dict[str, Any]) -> dict[str, str]:
     """File name → content of a run's report."""
     files = {"report.json": json.dumps(summary, indent=2, sort_keys=True)}
-    statuses = (PLANNED, REJECTED) if summary.get("dryRun") else (SUCCEEDED, FAILED, REJECTED, SKIPPED)
+    statuses = (PLANNED, FAILED, REJECTED, SKIPPED) if summary.get("dryRun") else (SUCCEEDED, FAILED, REJECTED, SKIPPED)
     for status in statuses:
         files[OUTCOME_FILES[status]] = to_csv(row for row in rows if row["status"] == status)
     return files

@@ -1,0 +1,874 @@
+"""End to end: the bulk-copy DAGs run with ``dag.test()`` against the HealthImaging emulator.
+
+Each test has its own emulator, its own ledger (a SQLite file under tmp_path, or PostgreSQL where the
+test says so) and its own report folder. Copies last 50 ms in the emulator and batches poll every
+0.2 s, so a run takes a few seconds; the rate limit is raised unless the test is about it.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import hashlib
+import io
+import json
+import logging
+import re
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pendulum
+import pytest
+import sqlalchemy as sa
+
+from healthimaging import bulk_copy
+from healthimaging.bulk_copy import BatchCopyEngine, BulkCopySettings
+from healthimaging.bulk_run import MAX_BATCHES, prepare, report_folder
+from healthimaging.ledger import Ledger, copies, engine_for, manifests
+from healthimaging.manifest import template
+from healthimaging_emulator.exceptions import ValidationException
+from tests.airflow_env import DAGS_FOLDER
+
+BULK_DAG_ID = "healthimaging_bulk_copy"
+SCHEDULED_DAG_ID = "healthimaging_scheduled_copy"
+FAST = {"copies_per_second": 50, "burst": 10, "poll_interval_seconds": 0.2, "progress_interval_seconds": 1}
+MISSING = "f" * 32  # a well-formed image set id that no data store holds
+POSTGRES = {"conn_type": "postgres", "host": "127.0.0.1", "port": 5432, "login": "postgres", "schema": "test"}
+POSTGRES_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
+PROGRESS = re.compile(r"batch (\d+): (\d+)/(\d+) rows done \((\d+) succeeded, (\d+) failed, (\d+) in flight\), "
+                      r"([\d.]+) rows/s, ETA (\d+s|unknown)")
+
+
+# ------------------------------------------------------------------------------------------ fixtures
+
+
+def load_dag(dag_id: str):
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(DAGS_FOLDER / f"{dag_id}.py"))
+    assert bag.import_errors == {}
+    dag = bag.get_dag(dag_id)
+    # A failed batch is retried at once here (the DAG's retry delay is Airflow's default, 5 minutes).
+    dag.task_dict["copy_batch"].retry_delay = timedelta(0)
+    return dag
+
+
+@pytest.fixture
+def bulk_dag(airflow_db):
+    # A fresh DAG object per test: dag.test() runs tasks in this process, and a run's conf would otherwise stay
+    # in the params of the next run of the same object (a worker parses the DAG anew for each task).
+    return load_dag(BULK_DAG_ID)
+
+
+@pytest.fixture
+def ledger(tmp_path, monkeypatch) -> Ledger:
+    """A ledger of this test's own: the connection healthimaging_lineage points at a SQLite file in tmp_path."""
+    path = tmp_path / "ledger.sqlite3"
+    monkeypatch.setenv("AIRFLOW_CONN_HEALTHIMAGING_LINEAGE", json.dumps({"conn_type": "sqlite", "host": str(path)}))
+    return Ledger(engine_for(f"sqlite:///{path}"))
+
+
+@pytest.fixture
+def postgres_ledger(monkeypatch) -> Ledger:
+    """The ledger in PostgreSQL (database ``test``); tests key their rows by their own data store and run ids."""
+    try:
+        engine = engine_for(POSTGRES_URL)
+    except sa.exc.OperationalError as exc:  # pragma: no cover - the CI machine has it
+        pytest.skip(f"PostgreSQL is not reachable at 127.0.0.1:5432: {exc}")
+    monkeypatch.setenv("AIRFLOW_CONN_HEALTHIMAGING_LINEAGE", json.dumps(POSTGRES))
+    return Ledger(engine)
+
+
+class Messages(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+    def states(self, run_id: str) -> list[dict[str, Any]]:
+        """The JSON state-change lines of a run."""
+        lines = [json.loads(m) for m in self.messages if m.startswith("{")]
+        return [line for line in lines if line.get("run_id") == run_id]
+
+
+@pytest.fixture
+def bulk_logs():
+    """What the healthimaging package logs (state changes, progress, retries)."""
+    handler = Messages()
+    logger = logging.getLogger("healthimaging")
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    yield handler
+    logger.removeHandler(handler)
+    logger.setLevel(level)
+
+
+def seed(emulator, count: int) -> tuple[str, list[str]]:
+    """A synthetic data store of ``count`` image sets: (data store id, image set ids sorted)."""
+    datastore_id = emulator.seed(f"synthetic:{count}")["datastoreId"]
+    return datastore_id, sorted(image_set_ids(emulator.client(), datastore_id))
+
+
+def image_set_ids(client, datastore_id: str) -> set[str]:
+    return {summary["imageSetId"] for page in client.get_paginator("search_image_sets").paginate(datastoreId=datastore_id)
+            for summary in page["imageSetsMetadataSummaries"]}
+
+
+def document(client, datastore_id: str, image_set_id: str) -> dict[str, Any]:
+    blob = client.get_image_set_metadata(datastoreId=datastore_id, imageSetId=image_set_id)["imageSetMetadataBlob"].read()
+    return json.loads(gzip.decompress(blob))
+
+
+def series_copies(client, datastore_id: str, image_set_id: str) -> set[str]:
+    """The image sets holding the series of ``image_set_id`` (itself included)."""
+    series_uid = next(iter(document(client, datastore_id, image_set_id)["Study"]["Series"]))
+    criteria = {"filters": [{"operator": "EQUAL", "values": [{"DICOMSeriesInstanceUID": series_uid}]}]}
+    return {s["imageSetId"] for s in client.search_image_sets(datastoreId=datastore_id, searchCriteria=criteria)
+            ["imageSetsMetadataSummaries"]}
+
+
+def copy_calls(emulator) -> dict[str, Any]:
+    return emulator.counters().get("CopyImageSet", {"calls": 0, "succeeded": 0, "throttled": 0, "faults": {}, "errors": {}})
+
+
+@dataclass
+class Run:
+    dag_run: Any
+    run_id: str
+    state: str
+    tis: dict[tuple[str, int], tuple[str, int]]
+    events: list[tuple[str, int, str]]
+    folder: Path
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def report(self) -> dict[str, Any]:
+        return json.loads((self.folder / "report.json").read_text())
+
+    def csv(self, name: str) -> list[dict[str, str]]:
+        return list(csv.DictReader(io.StringIO((self.folder / name).read_text())))
+
+    def row(self, number: int) -> dict[str, Any]:
+        return next(r for r in self.rows if r["row_number"] == number)
+
+    def ti_state(self, task_id: str, map_index: int = -1) -> str:
+        return self.tis[(task_id, map_index)][0]
+
+
+def run_dag(dag, conf: dict[str, Any], ledger: Ledger, *, logical_date: datetime | None = None) -> Run:
+    from airflow.models.log import Log
+    from airflow.utils.session import create_session
+
+    kwargs = {"logical_date": logical_date} if logical_date else {}
+    dag_run = dag.test(run_conf=conf, **kwargs)
+    with create_session() as session:
+        tis = {(ti.task_id, ti.map_index): (ti.state, ti.try_number) for ti in dag_run.get_task_instances(session=session)}
+        events = [(r.task_id, r.map_index, r.event) for r in
+                  session.query(Log).filter(Log.dag_id == dag.dag_id, Log.run_id == dag_run.run_id).order_by(Log.id)]
+    folder = report_folder(conf, dag.dag_id, dag_run.run_id)
+    return Run(dag_run, dag_run.run_id, dag_run.state, tis, events, folder, ledger.run_rows(dag.dag_id, dag_run.run_id))
+
+
+def bulk_conf(tmp_path: Path, manifest: str | Path, datastore_id: str, **changes: Any) -> dict[str, Any]:
+    return {"manifest": str(manifest), "default_datastore_id": datastore_id, "report_folder": str(tmp_path / "reports"),
+            **FAST, **changes}
+
+
+def write_manifest(path: Path, rows: list[dict[str, Any]]) -> Path:
+    path.write_text(template(rows))
+    return path
+
+
+def accounted(report: dict[str, Any]) -> None:
+    counts = report["counts"]
+    total = counts["succeeded"] + counts["failed"] + counts["rejected"] + counts["skipped"] + counts["planned"]
+    assert total == report["manifest"]["rows"] and report["allRowsAccountedFor"], report
+
+
+def asset_events(name: str) -> list[tuple[str, dict[str, Any]]]:
+    """(asset URI, extra) of the events of the asset called ``name``, oldest first."""
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        query = (sa.select(AssetModel.uri, AssetEvent.extra).join(AssetModel, AssetEvent.asset_id == AssetModel.id)
+                 .where(AssetModel.name == name).order_by(AssetEvent.id))
+        return [(uri, dict(extra)) for uri, extra in session.execute(query)]
+
+
+# ------------------------------------------------------------------------------------------ the trigger form
+
+
+@pytest.mark.parametrize(("conf", "problem"), [
+    ({"default_datastore_id": "NOT-A-DATASTORE"}, "Invalid input for param default_datastore_id: 'NOT-A-DATASTORE' does not match"),
+    ({"tolerated_failure_percent": 150}, "Invalid input for param tolerated_failure_percent: 150 is greater than the maximum of 100"),
+    ({"copies_per_second": 0}, "Invalid input for param copies_per_second: 0 is less than or equal to the minimum of 0"),
+    ({"max_copies_in_flight": 101}, "Invalid input for param max_copies_in_flight: 101 is greater than the maximum of 100"),
+    ({"dry_run": "yes"}, "Invalid input for param dry_run: 'yes' is not of type 'boolean'"),
+    ({"manifest": ""}, "Invalid input for param manifest: '' should be non-empty"),
+])
+def test_the_trigger_form_rejects_bad_input_before_anything_runs(bulk_dag, ledger, conf, problem):
+    from airflow.sdk.exceptions import ParamValidationError
+
+    with pytest.raises(ParamValidationError) as excinfo:
+        bulk_dag.test(run_conf={"manifest": "/nowhere.csv", **conf})
+    assert str(excinfo.value).startswith(problem)
+    with ledger.engine.connect() as db:
+        assert db.execute(sa.select(sa.func.count()).select_from(copies)).scalar_one() == 0
+
+
+def test_the_manifest_is_required(bulk_dag):
+    from airflow.sdk.exceptions import ParamValidationError
+
+    with pytest.raises(ParamValidationError, match="Invalid input for param manifest: No value passed"):
+        bulk_dag.test(run_conf={})
+
+
+# ------------------------------------------------------------------------------------------ the whole story
+
+
+def test_bulk_copy_end_to_end_with_faults_a_killed_batch_and_failures(
+        bulk_dag, ledger, emulator_connection, bulk_logs, tmp_path, monkeypatch, capfd):
+    """Throttling, an internal error, a lost response, COPY_FAILED, NotFound and ValidationException, a
+    batch whose engine dies right after CopyImageSet was accepted (the task is retried and resumes),
+    rejected rows, a subset copy waiting for another copy of its source; then lineage, logs, report
+    and the Asset event."""
+    emulator = emulator_connection
+    client = emulator.client()
+    datastore_id, ids = seed(emulator, 8)
+    sop_uid = sorted(next(iter(document(client, datastore_id, ids[0])["Study"]["Series"].values()))["Instances"])[0]
+    rows = [
+        {"source_image_set_id": ids[0], "label": "engine dies after sending"},  # 1
+        {"source_image_set_id": ids[1], "label": "throttled"},  # 2
+        {"source_image_set_id": ids[2], "label": "internal error"},  # 3
+        {"source_image_set_id": ids[3], "label": "lost response"},  # 4
+        {"source_image_set_id": ids[4], "label": "copy failed"},  # 5
+        {"source_image_set_id": MISSING, "label": "no such source"},  # 6
+        {"source_image_set_id": ids[5], "label": "service says invalid"},  # 7
+        {"source_image_set_id": "not-an-id", "label": "bad id"},  # 8
+        {"source_image_set_id": ids[1], "label": "duplicate of row 2"},  # 9
+        {"source_image_set_id": ids[0], "sop_instance_uids": sop_uid, "label": "subset of row 1's source"},  # 10
+    ]
+    manifest = write_manifest(tmp_path / "copies.csv", rows)
+    before = image_set_ids(client, datastore_id)
+
+    # CopyImageSet's calls in order: row 1; row 2 throttled then accepted; row 3 a 500 then (reconciled:
+    # nothing took effect) accepted; row 4 accepted but the answer lost; row 5 accepted, then COPY_FAILED.
+    emulator.configure(script={"CopyImageSet": ["none", "throttle", "none", "internal_error", "none", "lost_response",
+                                                "copy_failed"]})
+    real_copy_image_set = emulator.backend.copy_image_set
+
+    def copy_image_set(**params):
+        if params["sourceImageSetId"] == ids[5]:
+            raise ValidationException("copiableAttributes selects nothing this image set can copy (injected).")
+        return real_copy_image_set(**params)
+
+    monkeypatch.setattr(emulator.backend, "copy_image_set", copy_image_set)
+    real_submit = bulk_copy.submit_copy
+    sent = []
+
+    def submit_then_die_once(*args, **kwargs):
+        accepted = real_submit(*args, **kwargs)
+        sent.append(accepted.destination_image_set_id)
+        if len(sent) == 1:  # the copy is accepted, the ledger never hears of it
+            raise RuntimeError("the triggerer died")
+        return accepted
+
+    monkeypatch.setattr(bulk_copy, "submit_copy", submit_then_die_once)
+
+    run = run_dag(bulk_dag, bulk_conf(tmp_path, manifest, datastore_id, tolerated_failure_percent=40), ledger)
+    output = capfd.readouterr()
+
+    # --- the run: 3 failures of 8 copies attempted (37.5%) are tolerated at 40%
+    assert run.state == "success", run.tis
+    assert run.tis[("copy_batch", 0)] == ("success", 2)  # failed once, retried once
+    batch_events = [event for task, _, event in run.events if task == "copy_batch"]
+    assert batch_events == ["running", "deferred", "running", "up_for_retry", "running", "deferred", "running", "success"]
+    report = run.report
+    assert report["counts"] == {"succeeded": 5, "failed": 3, "rejected": 2, "skipped": 0, "planned": 0, "unfinished": 0,
+                                "accountedFor": 10}
+    accounted(report)
+    assert report["failurePercent"] == 37.5 and report["toleratedFailurePercent"] == 40
+    assert report["errors"] == {"COPY_FAILED": 1, "ResourceNotFoundException": 1, "ValidationException": 1,
+                                "InvalidManifestRow": 2}
+
+    # --- exactly one new image set per copy sent: rows 1-5 and 10 (row 5's copy failed, but it exists)
+    after = image_set_ids(client, datastore_id)
+    assert len(after - before) == 6
+    assert len(series_copies(client, datastore_id, ids[0])) == 3  # the source, the copy (row 1) and the subset (row 10)
+    for source in ids[1:5]:
+        assert len(series_copies(client, datastore_id, source)) == 2, source
+    counters = copy_calls(emulator)
+    assert counters["faults"] == {"throttle": 1, "internal_error": 1, "lost_response": 1, "copy_failed": 1}
+    assert counters["errors"] == {"ThrottlingException": 1, "InternalServerException": 1, "ValidationException": 1}
+    assert counters["succeeded"] == 6  # accepted copies, the lost response included
+
+    # --- the ledger: every column of the lineage
+    status = {r["row_number"]: r["status"] for r in run.rows}
+    assert status == {1: "succeeded", 2: "succeeded", 3: "succeeded", 4: "succeeded", 5: "failed", 6: "failed",
+                      7: "failed", 8: "rejected", 9: "rejected", 10: "succeeded"}
+    digest = hashlib.sha256(manifest.read_bytes()).hexdigest()
+    for row in run.rows:
+        assert (row["dag_id"], row["run_id"], row["manifest_uri"], row["manifest_sha256"]) == (
+            BULK_DAG_ID, run.run_id, str(manifest), digest)
+        assert row["label"] == rows[row["row_number"] - 1]["label"]
+    for number in (1, 2, 3, 4, 10):
+        row = run.row(number)
+        assert row["datastore_id"] == datastore_id and row["source_version_id"] == "1"
+        assert row["destination_image_set_id"] in after - before and row["destination_version_id"] == "1"
+        assert row["destination_image_set_arn"].endswith(f"datastore/{datastore_id}/imageset/{row['destination_image_set_id']}")
+        assert row["copy_kind"] == ("subset" if number == 10 else "new")
+        assert row["force"] is False and row["promote_to_primary"] is False
+        assert row["error_code"] is None and row["message"] is None and row["verified"] is True
+        assert row["attempts"] == (2 if number == 3 else 1), number  # throttling is no attempt; the 500 is
+        assert 0 < row["submitted_at"] <= row["completed_at"]
+    assert run.row(1)["destination_image_set_id"] == sent[0]  # the copy the dead engine sent, found again
+    assert run.row(10)["claimed_at"] >= run.row(1)["completed_at"]  # taken only once row 1's copy was over
+    failed = {number: (run.row(number)["error_code"], run.row(number)["message"]) for number in (5, 6, 7)}
+    assert failed[5] == ("COPY_FAILED", "INTERNAL_FAILURE: Copy failed due to an injected fault.")
+    assert failed[6] == ("ResourceNotFoundException", f"Image set {MISSING} does not exist in datastore {datastore_id}.")
+    assert failed[7] == ("ValidationException", "copiableAttributes selects nothing this image set can copy (injected).")
+    assert run.row(5)["destination_image_set_id"] and run.row(5)["completed_at"] and run.row(6)["attempts"] == 0
+
+    # --- the report files
+    assert sorted(p.name for p in run.folder.iterdir()) == ["failed.csv", "rejected.csv", "report.json", "skipped.csv",
+                                                            "succeeded.csv"]
+    assert {(r["row_number"], r["error_code"], r["message"]) for r in run.csv("failed.csv")} == {
+        (str(n), code, message) for n, (code, message) in failed.items()}
+    assert sorted(int(r["row_number"]) for r in run.csv("succeeded.csv")) == [1, 2, 3, 4, 10]
+    rejected = {r["row_number"]: r["message"] for r in run.csv("rejected.csv")}
+    assert rejected["8"].startswith("row 8, column source_image_set_id: 'not-an-id' is not an id")
+    assert rejected["9"].startswith("row 9: duplicates row 2")
+    assert report["throughput"]["copiesPerSecond"] > 0 and report["throughput"]["wallSeconds"] > 0
+    latency = report["latencySeconds"]
+    assert 0 < latency["p50"] <= latency["p90"] <= latency["p99"] <= latency["max"]
+
+    # --- one JSON log line per state change
+    by_row: dict[int, list[str]] = {}
+    for line in bulk_logs.states(run.run_id):
+        if line["event"] == "copy_state":
+            by_row.setdefault(line["row"], []).append(line["status"])
+            assert line["dag_id"] == BULK_DAG_ID and line["datastore_id"] == datastore_id
+    assert by_row == {
+        1: ["submitting", "submitted", "succeeded"], 2: ["submitting", "submitted", "succeeded"],
+        3: ["submitting", "submitted", "succeeded"], 4: ["submitting", "submitted", "succeeded"],
+        5: ["submitting", "submitted", "failed"], 6: ["submitting", "failed"], 7: ["submitting", "failed"],
+        10: ["submitting", "submitted", "succeeded"],
+    }
+    reconciled = [line for line in bulk_logs.states(run.run_id) if line["event"] == "copy_reconciled"]
+    assert [(line["row"], line["outcome"]) for line in reconciled] == [(1, "took_effect")]
+    assert any("CopyImageSet throttled; retrying" in m for m in bulk_logs.messages)
+    assert any("InternalServerException" in m and "no copy took effect; retrying" in m for m in bulk_logs.messages)
+
+    # --- progress: rows done / total, rate, ETA
+    progress = [PROGRESS.search(m) for m in bulk_logs.messages]
+    progress = [m for m in progress if m]
+    assert progress and progress[-1].group(2, 3, 4, 5, 6) == ("8", "8", "5", "3", "0")
+    assert all(m.group(8) for m in progress)
+
+    # --- no patient data anywhere
+    patients = set()
+    for image_set_id in ids[:6]:
+        dicom = document(client, datastore_id, image_set_id)["Patient"]["DICOM"]
+        patients |= {dicom["PatientName"], dicom["PatientID"]}
+    assert patients and all(len(value) >= 8 for value in patients)
+    written = "\n".join([*bulk_logs.messages, output.out, output.err, json.dumps(run.rows, default=str)]
+                        + [p.read_text() for p in run.folder.iterdir()])
+    assert not [value for value in patients if value in written]
+
+    # --- the Asset event of the data store, summarizing the run
+    ((uri, extra),) = asset_events(f"healthimaging-datastore-{datastore_id}")
+    assert uri == f"healthimaging://datastore/{datastore_id}"
+    assert extra["run_id"] == run.run_id and extra["manifest"] == str(manifest) and extra["dry_run"] is False
+    assert extra["counts"]["succeeded"] == 5 and extra["counts"]["failed"] == 3
+
+
+# ------------------------------------------------------------------------------------------ exactly once, resume
+
+
+def test_a_process_death_mid_batch_then_a_rerun_copies_each_row_once(
+        bulk_dag, ledger, emulator_connection, tmp_path, monkeypatch):
+    """The whole process dies (SystemExit) right after CopyImageSet accepted row 1's copy; the DAG is
+    triggered again with the same manifest: the new run takes the dead run's copy over and finds it."""
+    emulator = emulator_connection
+    client = emulator.client()
+    datastore_id, ids = seed(emulator, 4)
+    manifest = write_manifest(tmp_path / "copies.csv", [{"source_image_set_id": i} for i in ids[:3]])
+    real_submit = bulk_copy.submit_copy
+
+    def submit_then_exit(*args, **kwargs):
+        real_submit(*args, **kwargs)
+        raise SystemExit(137)
+
+    monkeypatch.setattr(bulk_copy, "submit_copy", submit_then_exit)
+    conf = bulk_conf(tmp_path, manifest, datastore_id)
+    with pytest.raises(SystemExit):
+        bulk_dag.test(run_conf=conf)
+    with ledger.engine.connect() as db:
+        left = [dict(r) for r in db.execute(sa.select(copies).order_by(copies.c.row_number)).mappings()]
+    assert [(r["row_number"], r["status"]) for r in left] == [(1, "submitting"), (2, "pending"), (3, "pending")]
+    assert left[0]["plan_json"] and copy_calls(emulator)["succeeded"] == 1
+    dead = left[0]["run_id"]
+    monkeypatch.setattr(bulk_copy, "submit_copy", real_submit)
+    # Nothing of the dead run is alive; the scheduler (or its user) marks it failed, then the DAG is triggered again.
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        dag_run = session.scalar(sa.select(DagRun).where(DagRun.dag_id == BULK_DAG_ID, DagRun.run_id == dead))
+        assert dag_run.state == "running"
+        dag_run.state = "failed"
+
+    run = run_dag(bulk_dag, conf, ledger)
+
+    assert run.state == "success" and run.run_id != dead
+    assert [r["status"] for r in run.rows] == ["succeeded"] * 3
+    accounted(run.report)
+    assert copy_calls(emulator)["calls"] == 3  # row 1 was not sent again
+    for source in ids[:3]:
+        assert len(series_copies(client, datastore_id, source)) == 2, source  # one copy each
+    assert len(image_set_ids(client, datastore_id)) == 4 + 3
+    resumed = run.row(1)
+    assert resumed["attempts"] == 1 and resumed["submitted_at"] and resumed["verified"] is True
+    (old,) = [r for r in ledger.run_rows(BULK_DAG_ID, dead) if r["row_number"] == 1]
+    assert (old["status"], old["error_code"], old["message"]) == ("skipped", "ResumedByLaterRun", f"resumed by run {run.run_id} (row 1)")
+
+
+def test_a_rerun_skips_the_rows_already_copied_on_postgresql(bulk_dag, postgres_ledger, emulator_connection, tmp_path):
+    emulator = emulator_connection
+    client = emulator.client()
+    datastore_id, ids = seed(emulator, 3)
+    manifest = write_manifest(tmp_path / "copies.csv", [{"source_image_set_id": i, "label": f"copy {n}"} for n, i in enumerate(ids)])
+    conf = bulk_conf(tmp_path, manifest, datastore_id)
+    try:
+        first = run_dag(bulk_dag, conf, postgres_ledger)
+        assert first.state == "success" and [r["status"] for r in first.rows] == ["succeeded"] * 3
+        assert str(postgres_ledger.engine.url).startswith("postgresql") and first.report["ledger"].startswith("postgresql")
+        calls = copy_calls(emulator)["calls"]
+
+        second = run_dag(bulk_dag, conf, postgres_ledger)
+
+        assert second.state == "success" and second.run_id != first.run_id
+        assert copy_calls(emulator)["calls"] == calls
+        assert len(image_set_ids(client, datastore_id)) == 6
+        assert second.report["counts"]["skipped"] == 3 and second.report["counts"]["succeeded"] == 0
+        accounted(second.report)
+        skipped = second.csv("skipped.csv")
+        assert [(r["row_number"], r["error_code"], r["message"]) for r in skipped] == [
+            (str(n), "AlreadyCopied", f"copied by run {first.run_id} (row {n})") for n in (1, 2, 3)]
+        assert [r["destination_image_set_id"] for r in skipped] == [r["destination_image_set_id"] for r in first.rows]
+    finally:
+        with postgres_ledger.engine.begin() as db:
+            db.execute(copies.delete().where(copies.c.datastore_id == datastore_id))
+
+
+# ------------------------------------------------------------------------------------------ dry run, strict, tolerance
+
+
+def test_a_dry_run_checks_every_row_and_copies_nothing(bulk_dag, ledger, emulator_connection, tmp_path):
+    emulator = emulator_connection
+    client = emulator.client()
+    datastore_id, ids = seed(emulator, 4)
+    manifest = write_manifest(tmp_path / "plan.csv", [
+        {"source_image_set_id": ids[0], "label": "new"},
+        {"source_image_set_id": ids[1], "destination_image_set_id": ids[2], "label": "merge of another patient"},
+        {"source_image_set_id": ids[1], "destination_image_set_id": ids[3], "force": "true", "label": "forced merge"},
+        {"source_image_set_id": MISSING, "label": "missing"},
+        {"source_image_set_id": "x", "label": "bad"},
+    ])
+
+    run = run_dag(bulk_dag, bulk_conf(tmp_path, manifest, datastore_id, dry_run=True, tolerated_failure_percent=50), ledger)
+
+    assert run.state == "success"
+    assert run.ti_state("finish_run") == "success" and ("copy_batch", -1) in run.tis  # no batch to map
+    assert "CopyImageSet" not in emulator.counters() and len(image_set_ids(client, datastore_id)) == 4
+    report = run.report
+    assert report["dryRun"] is True
+    assert report["counts"] == {"succeeded": 0, "failed": 2, "rejected": 1, "skipped": 0, "planned": 2, "unfinished": 0,
+                                "accountedFor": 5}
+    accounted(report)
+    assert report["failurePercent"] == 50.0  # 2 of the 4 rows checked
+    planned = {r["row_number"]: r["message"] for r in run.csv("plan.csv")}
+    assert planned["1"] == "would copy (new, 3 frames)"
+    assert planned["3"].startswith("would copy (merge, 3 frames); force overrides")
+    failed = {r["row_number"]: (r["error_code"], r["message"]) for r in run.csv("failed.csv")}
+    assert failed["2"][0] == "ForceRequired" and failed["2"][1].startswith("metadata disagree at ")
+    assert failed["2"][1].endswith("the copy would end COPY_FAILED without force")
+    assert failed["4"] == ("ResourceNotFoundException", f"Image set {MISSING} does not exist in datastore {datastore_id}.")
+    assert [r["row_number"] for r in run.csv("rejected.csv")] == ["5"]
+
+
+def test_strict_mode_fails_before_copying(bulk_dag, ledger, emulator_connection, tmp_path, capfd):
+    emulator = emulator_connection
+    datastore_id, ids = seed(emulator, 2)
+    manifest = write_manifest(tmp_path / "strict.csv", [
+        {"source_image_set_id": ids[0]}, {"source_image_set_id": "nope"}, {"source_image_set_id": ids[1]}])
+
+    run = run_dag(bulk_dag, bulk_conf(tmp_path, manifest, datastore_id, strict=True), ledger)
+    output = capfd.readouterr().out
+
+    assert run.state == "failed"
+    assert run.ti_state("prepare_manifest") == "failed" and run.ti_state("finish_run") == "failed"
+    assert not [key for key, (state, _) in run.tis.items() if key[0] == "copy_batch" and state == "success"]
+    assert "CopyImageSet" not in emulator.counters()
+    assert ("strict mode: 1 of 3 manifest rows are invalid (first: row 2, column source_image_set_id: 'nope' is not an id; "
+            "expected 32 characters of 0-9 and a-z); nothing was copied") in output
+    report = run.report
+    assert report["counts"]["rejected"] == 1 and report["counts"]["skipped"] == 2 and report["manifest"]["rows"] == 3
+    accounted(report)
+    assert {r["row_number"]: r["error_code"] for r in run.csv("skipped.csv")} == {"1": "StrictMode", "3": "StrictMode"}
+
+
+def test_the_tolerated_failure_percent_decides_the_run(bulk_dag, ledger, emulator_connection, tmp_path, capfd):
+    emulator = emulator_connection
+    datastore_id, ids = seed(emulator, 4)
+    manifest = write_manifest(tmp_path / "four.csv", [{"source_image_set_id": i} for i in ids])
+
+    emulator.configure(script={"CopyImageSet": ["copy_failed"]})
+    tolerant = run_dag(bulk_dag, bulk_conf(tmp_path, manifest, datastore_id, tolerated_failure_percent=30), ledger)
+    emulator.configure(script={"CopyImageSet": ["copy_failed"]})
+    strict = run_dag(bulk_dag, bulk_conf(tmp_path, manifest, datastore_id, tolerated_failure_percent=10,
+                                         skip_already_copied=False), ledger)
+    output = capfd.readouterr().out
+
+    for run in (tolerant, strict):
+        assert (run.report["counts"]["succeeded"], run.report["counts"]["failed"]) == (3, 1)
+        assert run.report["failurePercent"] == 25.0
+        assert run.row(1)["error_code"] == "COPY_FAILED"
+        assert run.tis[("copy_batch", 0)][0] == "success"
+    assert tolerant.state == "success" and tolerant.ti_state("finish_run") == "success"
+    assert strict.state == "failed" and strict.ti_state("finish_run") == "failed"
+    assert ("1 copies failed (25.00% of attempted), more than the tolerated 10.0%; see failed.csv in "
+            f"{strict.folder}") in output
+
+
+# ------------------------------------------------------------------------------------------ bad manifests
+
+
+def bad_jsonl(ids: list[str]) -> bytes:
+    rows = [
+        json.dumps({"source_image_set_id": ids[0], "label": "the good row"}),
+        json.dumps({"source_image_set_id": "BAD-ID"}),
+        '{"source_image_set_id": ',
+        json.dumps({"source_image_set_id": ids[0], "label": "duplicate"}),
+        json.dumps({"source_image_set_id": ids[1], "copiable_attributes": "z" * 300_000}),
+        json.dumps({"source_image_set_id": ids[1], "colour": "blue"}),
+    ]
+    return ("\n".join(rows) + "\n").encode() + b'{"source_image_set_id": "' + ids[1].encode() + b'", "label": "\xc3("}\n'
+
+
+BAD_MANIFESTS = {
+    # name: (file name, content (ids -> bytes), run state, rows, rejected, expected error in the report or log)
+    "unknown column": ("unknown.csv", lambda ids: f"source_image_set_id,colour\n{ids[0]},red\n{ids[1]},blue\n".encode(),
+                       "failed", 2, 2, "row 2: not read: the header has unknown columns ['colour']"),
+    "missing column": ("missing.csv", lambda ids: f"datastore_id,label\n{'d' * 32},x\n".encode(),
+                       "failed", 1, 1, "row 1: not read: the header lacks the required columns ['source_image_set_id']"),
+    "empty file": ("empty.csv", lambda ids: b"", "failed", 0, 0, "the manifest has no rows"),
+    "bad rows": ("rows.jsonl", bad_jsonl, "success", 7, 6, "row 5, column copiable_attributes: is 300,000 characters long"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_MANIFESTS))
+def test_a_bad_manifest_is_reported_with_every_row_accounted_for(case, bulk_dag, ledger, emulator_connection, tmp_path, capfd):
+    name, content, state, total, rejected, error = BAD_MANIFESTS[case]
+    datastore_id, ids = seed(emulator_connection, 2)
+    manifest = tmp_path / name
+    manifest.write_bytes(content(ids))
+
+    run = run_dag(bulk_dag, bulk_conf(tmp_path, manifest, datastore_id), ledger)
+    output = capfd.readouterr().out
+
+    assert run.state == state
+    report = run.report
+    assert report["manifest"]["rows"] == total and report["counts"]["rejected"] == rejected
+    accounted(report)
+    messages = [r["message"] for r in run.csv("rejected.csv")]
+    assert len(messages) == rejected
+    assert any(m.startswith(error) for m in messages) or error in output
+    if case == "bad rows":
+        assert report["counts"]["succeeded"] == 1
+        assert {r["row_number"] for r in run.csv("rejected.csv")} == {"2", "3", "4", "5", "6", "7"}
+        assert all(len(m) < 1000 for m in messages)  # the 300,000 characters are not echoed
+    if case == "empty file":
+        assert run.ti_state("prepare_manifest") == "failed" and f"manifest {manifest}: the manifest has no rows" in output
+    if case in ("unknown column", "missing column"):
+        assert f"all {rejected} manifest rows were rejected; see rejected.csv" in output
+
+
+# ------------------------------------------------------------------------------------------ many rows
+
+
+def test_a_100000_row_manifest_is_registered_in_at_most_500_batches(tmp_path):
+    ledger = Ledger(engine_for(f"sqlite:///{tmp_path / 'ledger.sqlite3'}"))
+    lines = ["source_image_set_id,label"] + [f"{hashlib.md5(str(n).encode()).hexdigest()},row {n}" for n in range(100_000)]
+    manifest = tmp_path / "big.csv"
+    manifest.write_text("\n".join(lines) + "\n")
+
+    prepared = prepare(ledger, dag_id="big", run_id="r", params={"manifest": str(manifest), "default_datastore_id": "d" * 32,
+                                                                  "batch_size": 10})
+
+    assert prepared["total_rows"] == 100_000 and len(prepared["batches"]) == MAX_BATCHES == 500
+    assert ledger.status_counts("big", "r") == {"pending": 100_000}
+    with ledger.engine.connect() as db:
+        sizes = {size for (size,) in db.execute(sa.select(sa.func.count()).select_from(copies).group_by(copies.c.batch))}
+    assert sizes == {200}  # batch_size raised from 10 to 200
+    from airflow.configuration import conf
+
+    assert len(prepared["batches"]) < conf.getint("core", "max_map_length")  # the mapped copy_batch needs no setting
+
+
+# ------------------------------------------------------------------------------------------ rate limit, in-flight cap
+
+
+def prepared_batches(ledger: Ledger, tmp_path: Path, datastore_id: str, rows: list[dict[str, Any]], *, batch_size: int,
+                     dag_id: str = "engine-test", **settings: Any):
+    manifest = write_manifest(tmp_path / f"{uuid.uuid4().hex}.csv", rows)
+    run_id = f"run-{uuid.uuid4().hex}"
+    prepared = prepare(ledger, dag_id=dag_id, run_id=run_id, params={
+        "manifest": str(manifest), "default_datastore_id": datastore_id, "batch_size": batch_size,
+        "poll_interval_seconds": 0.2, "progress_interval_seconds": 1, **settings})
+    engines = [BatchCopyEngine(ledger, dag_id=dag_id, run_id=run_id, manifest_sha256=prepared["manifest_sha256"], batch=b,
+                               settings=BulkCopySettings(**{**prepared["settings"], **settings.get("engine", {})}))
+               for b in prepared["batches"]]
+    return run_id, engines
+
+
+def run_in_threads(engines: list[BatchCopyEngine]) -> None:
+    errors = []
+
+    def work(engine):
+        try:
+            engine.run()
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(e,)) for e in engines]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not errors and not any(t.is_alive() for t in threads), errors
+
+
+def test_two_batches_in_parallel_share_one_rate_limit(postgres_ledger, emulator_connection, tmp_path):
+    """Two engines (two batches, as two triggerer threads would run them) against CopyImageSet limited to
+    4/s at the emulator, with the DAG's copies_per_second 4 in PostgreSQL: hardly any throttling, and the
+    submissions in the ledger keep to the rate."""
+    emulator = emulator_connection
+    datastore_id, ids = seed(emulator, 12)
+    emulator.configure(rates={"CopyImageSet": {"rate": 4, "burst": 2}})
+    run_id, engines = prepared_batches(postgres_ledger, tmp_path, datastore_id, [{"source_image_set_id": i} for i in ids],
+                                       batch_size=6, copies_per_second=4, burst=1,
+                                       engine={"rate_limit_name": f"CopyImageSet-test-{uuid.uuid4().hex}"})
+    assert len(engines) == 2
+    try:
+        started = time.monotonic()
+        run_in_threads(engines)
+        elapsed = time.monotonic() - started
+        rows = postgres_ledger.run_rows("engine-test", run_id)
+        assert [r["status"] for r in rows] == ["succeeded"] * 12
+        counters = copy_calls(emulator)
+        assert counters["succeeded"] == 12 and counters["throttled"] <= 1, counters
+        times = sorted(r["submitted_at"] for r in rows)
+        # a token bucket of 4/s and burst 1: at most 1 + 4 * t sends in any t seconds (+0.15 s for planning jitter)
+        for i in range(len(times)):
+            for j in range(i + 1, len(times)):
+                assert j - i + 1 <= 1 + 4 * (times[j] - times[i] + 0.15), (i, j, times)
+        assert elapsed >= 11 / 4 - 0.2 and elapsed < 15
+    finally:
+        with postgres_ledger.engine.begin() as db:
+            db.execute(copies.delete().where(copies.c.run_id == run_id))
+
+
+def test_throttling_slows_copies_but_never_fails_a_row(ledger, emulator_connection, tmp_path):
+    """The rate limit set far above the account's quota (50/s against 2/s): the service throttles, the rows wait."""
+    emulator = emulator_connection
+    datastore_id, ids = seed(emulator, 4)
+    emulator.configure(rates={"CopyImageSet": {"rate": 2, "burst": 1}})
+    run_id, (engine,) = prepared_batches(ledger, tmp_path, datastore_id, [{"source_image_set_id": i} for i in ids],
+                                         batch_size=10, copies_per_second=50, burst=10)
+
+    engine.run()
+
+    rows = ledger.run_rows("engine-test", run_id)
+    assert [r["status"] for r in rows] == ["succeeded"] * 4
+    assert [r["attempts"] for r in rows] == [1] * 4  # a throttled call is no failed attempt
+    counters = copy_calls(emulator)
+    assert counters["throttled"] >= 1 and counters["succeeded"] == 4, counters
+
+
+def interleave(first: BatchCopyEngine, second: BatchCopyEngine) -> None:
+    """Make ``first`` check its row, then let ``second`` check, claim and send before ``first`` claims: the
+    race of two engines that both see room (or an idle source) at the same moment."""
+    claim = first._claim
+    done = []
+
+    def claim_after_the_other(row):
+        if not done:
+            done.append(True)
+            second.step()
+        return claim(row)
+
+    first._claim = claim_after_the_other
+
+
+def test_one_source_is_never_copied_twice_at_the_same_time(ledger, emulator_connection, tmp_path):
+    emulator = emulator_connection
+    client = emulator.client()
+    datastore_id, ids = seed(emulator, 2)
+    emulator.configure(timing={"copy_fixed_seconds": 0.5})
+    sop_uid = sorted(next(iter(document(client, datastore_id, ids[0])["Study"]["Series"].values()))["Instances"])[0]
+    rows = [{"source_image_set_id": ids[0]}, {"source_image_set_id": ids[0], "sop_instance_uids": sop_uid}]
+    run_id, (first, second) = prepared_batches(ledger, tmp_path, datastore_id, rows, batch_size=1, copies_per_second=50,
+                                               burst=10)
+    interleave(first, second)
+
+    first.step()
+
+    statuses = {r["row_number"]: r["status"] for r in ledger.run_rows("engine-test", run_id)}
+    assert statuses == {1: "pending", 2: "submitted"}  # the second engine got the source first; the first waits
+    run_in_threads([first, second])
+    rows = ledger.run_rows("engine-test", run_id)
+    assert [r["status"] for r in rows] == ["succeeded", "succeeded"]
+    assert "ConflictException" not in copy_calls(emulator)["errors"]  # no copy hit a source locked by the other
+    one, two = sorted(rows, key=lambda r: r["claimed_at"])
+    assert two["claimed_at"] >= one["completed_at"]
+
+
+def test_the_in_flight_cap_holds_across_engines(ledger, emulator_connection, tmp_path):
+    emulator = emulator_connection
+    datastore_id, ids = seed(emulator, 4)
+    emulator.configure(timing={"copy_fixed_seconds": 0.3}, max_concurrent_copies=1)
+    run_id, engines = prepared_batches(ledger, tmp_path, datastore_id, [{"source_image_set_id": i} for i in ids],
+                                       batch_size=2, copies_per_second=50, burst=10, max_copies_in_flight=1)
+    interleave(engines[0], engines[1])
+
+    engines[0].step()
+
+    assert sorted(r["status"] for r in ledger.run_rows("engine-test", run_id)) == ["pending"] * 3 + ["submitted"]
+    run_in_threads(engines)
+    rows = ledger.run_rows("engine-test", run_id)
+    assert [r["status"] for r in rows] == ["succeeded"] * 4
+    # The service allows one copy at a time here: the cap kept every send within it.
+    assert "ServiceQuotaExceededException" not in copy_calls(emulator)["errors"]
+    spans = sorted((r["claimed_at"], r["completed_at"]) for r in rows)
+    assert all(later[0] >= earlier[1] for earlier, later in zip(spans, spans[1:])), spans
+
+
+# ------------------------------------------------------------------------------------------ the scheduled DAG
+
+
+def test_the_scheduled_dag_over_two_intervals(airflow_db, ledger, emulator_connection, tmp_path):
+    from airflow.serialization.encoders import coerce_to_core_timetable
+
+    emulator = emulator_connection
+    client = emulator.client()
+    datastore_id, ids = seed(emulator, 20)  # image sets 10 and 20 are not primary
+    non_primary = {s["imageSetId"] for page in client.get_paginator("search_image_sets").paginate(
+        datastoreId=datastore_id, searchCriteria={"filters": [{"operator": "EQUAL", "values": [{"isPrimary": False}]}]})
+        for s in page["imageSetsMetadataSummaries"]}
+    assert len(non_primary) == 2
+    primary = [i for i in ids if i not in non_primary]
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    write_manifest(inbox / "a.csv", [{"source_image_set_id": primary[0]}, {"source_image_set_id": primary[1]}])
+    dag = load_dag(SCHEDULED_DAG_ID)
+    timetable = coerce_to_core_timetable(dag.timetable)
+    now = pendulum.now("UTC")
+    first_date = next(now + timedelta(hours=h) for h in range(3)
+                      if timetable.infer_manual_data_interval(run_after=now + timedelta(hours=h)).start <= now
+                      < timetable.infer_manual_data_interval(run_after=now + timedelta(hours=h)).end)
+    conf = {"manifest_location": str(inbox), "search_datastore_id": datastore_id, "default_datastore_id": datastore_id,
+            "report_folder": str(tmp_path / "reports"), **FAST}
+    before = image_set_ids(client, datastore_id)
+
+    first = run_dag(dag, conf, ledger, logical_date=first_date)
+
+    assert first.state == "success", first.tis
+    generated = sorted((inbox / "generated").iterdir())
+    assert len(generated) == 1 and generated[0].name.startswith("non_primary_updated-")
+    assert {r["manifest_uri"] for r in first.rows} == {str(inbox / "a.csv"), str(generated[0])}
+    assert [r["status"] for r in first.rows] == ["succeeded"] * 4
+    promoted = [r for r in first.rows if r["manifest_uri"] == str(generated[0])]
+    assert {r["source_image_set_id"] for r in promoted} == non_primary
+    assert all(r["copy_kind"] == "promote" and r["promote_to_primary"] for r in promoted)
+    for row in promoted:
+        assert client.get_image_set(datastoreId=datastore_id, imageSetId=row["destination_image_set_id"])["isPrimary"] is True
+    reports = sorted(p.name for p in first.folder.iterdir())
+    assert reports == sorted(["a.csv", generated[0].name])  # one report per manifest
+    for name in reports:
+        accounted(json.loads((first.folder / name / "report.json").read_text()))
+
+    write_manifest(inbox / "b.csv", [{"source_image_set_id": primary[2]}])
+    second = run_dag(dag, conf, ledger, logical_date=first_date + timedelta(hours=1))
+
+    assert second.state == "success", second.tis
+    copied = [r for r in second.rows if r["status"] == "succeeded"]
+    assert [(r["manifest_uri"], r["source_image_set_id"]) for r in copied] == [(str(inbox / "b.csv"), primary[2])]
+    assert not [r for r in second.rows if r["manifest_uri"] == str(inbox / "a.csv")]  # taken once, by the first run
+    assert len(image_set_ids(client, datastore_id) - before) == 5
+    with ledger.engine.connect() as db:
+        taken = {r.manifest_uri: r.run_id for r in db.execute(sa.select(manifests))}
+    assert taken[str(inbox / "a.csv")] == taken[str(generated[0])] == first.run_id
+    assert taken[str(inbox / "b.csv")] == second.run_id
+    extras = [extra for _, extra in asset_events("healthimaging-scheduled-copies")]
+    assert [e["run_id"] for e in extras][-2:] == [first.run_id, second.run_id]
+    assert [e["manifests"] for e in extras][-2:] == [2, 1]
+
+
+# ------------------------------------------------------------------------------------------ S3
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def s3_endpoint():
+    moto_server = pytest.importorskip("moto.server", reason="moto[server] is not installed")
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+
+
+def test_reports_are_written_next_to_an_s3_manifest(bulk_dag, ledger, healthimaging_emulator, aws_connection, s3_endpoint,
+                                                     tmp_path):
+    import boto3
+
+    # One connection: HealthImaging at the emulator, S3 at moto.
+    aws_connection(healthimaging_emulator.url, extra={"service_config": {"s3": {"endpoint_url": s3_endpoint}}})
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1", aws_access_key_id="testing",
+                      aws_secret_access_key="testing")
+    s3.create_bucket(Bucket="copies")
+    datastore_id, ids = seed(healthimaging_emulator, 2)
+    s3.put_object(Bucket="copies", Key="incoming/2026-11.csv",
+                  Body=template([{"source_image_set_id": ids[0]}, {"source_image_set_id": "bad"}]).encode())
+
+    run = run_dag(bulk_dag, bulk_conf(tmp_path, "s3://copies/incoming/2026-11.csv", datastore_id), ledger)
+
+    assert run.state == "success", run.tis
+    keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket="copies", Prefix="incoming/")["Contents"])
+    uploaded = sorted(k.rsplit("/", 1)[1] for k in keys if "/healthimaging-report-" in k)
+    assert uploaded == ["failed.csv", "rejected.csv", "report.json", "skipped.csv", "succeeded.csv"], keys
+    report_key = next(k for k in keys if k.endswith("/report.json"))
+    assert report_key.startswith("incoming/healthimaging-report-manual__")
+    remote = json.loads(s3.get_object(Bucket="copies", Key=report_key)["Body"].read())
+    assert remote["counts"]["succeeded"] == 1 and remote["counts"]["rejected"] == 1
+    assert remote["manifest"]["uri"] == "s3://copies/incoming/2026-11.csv"
+    assert run.report["reportS3"] == f"s3://copies/{report_key.rsplit('/', 1)[0]}/"
+    accounted(run.report)  # the local report is there too
