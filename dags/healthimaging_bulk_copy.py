@@ -47,7 +47,7 @@ PARAMS = {
     "copies_per_second": Param(0.25, type="number", exclusiveMinimum=0, maximum=100, title="CopyImageSet rate limit (per second)",
                                description="Shared by every worker and run. AWS's default quota is 0.25/s (900 an hour)."),
     "burst": Param(1, type="number", minimum=1, maximum=100, title="Rate limit burst"),
-    "batch_size": Param(1000, type="integer", minimum=1, maximum=100000, title="Rows per batch",
+    "batch_size": Param(250, type="integer", minimum=1, maximum=100000, title="Rows per batch",
                         description="Each batch is one task instance (raised automatically to keep batches under 500)."),
     "skip_already_copied": Param(True, type="boolean", title="Skip rows already copied",
                                  description="Rows an earlier run copied (same source, version and target) are skipped."),

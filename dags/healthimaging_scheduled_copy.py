@@ -44,7 +44,7 @@ PARAMS = {
     "burst": Param(1, type="number", minimum=1, title="Rate limit burst"),
     "max_copies_in_flight": Param(20, type="integer", minimum=1, maximum=100, title="Max copies in flight"),
     "tolerated_failure_percent": Param(0.0, type="number", minimum=0, maximum=100, title="Tolerated failure percent"),
-    "batch_size": Param(1000, type="integer", minimum=1, title="Rows per batch"),
+    "batch_size": Param(250, type="integer", minimum=1, title="Rows per batch"),
     "skip_already_copied": Param(True, type="boolean", title="Skip rows already copied"),
     "verify_copies": Param(True, type="boolean", title="Verify copies"),
     "aws_conn_id": Param(os.environ.get("HEALTHIMAGING_AWS_CONN_ID", "aws_default"), type="string", minLength=1, title="AWS connection id"),

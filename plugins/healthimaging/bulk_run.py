@@ -62,7 +62,7 @@ def prepare(ledger: Ledger, *, dag_id: str, run_id: str, params: dict[str, Any],
             log.warning("manifest %s: %s", uri, error)
     if len(validated.rejected) > 50:
         log.warning("manifest %s: %d more rejected rows; see rejected.csv", uri, len(validated.rejected) - 50)
-    batch_size = max(int(params.get("batch_size", 1000)), math.ceil(len(validated.rows) / MAX_BATCHES) or 1)
+    batch_size = max(int(params.get("batch_size", 250)), math.ceil(len(validated.rows) / MAX_BATCHES) or 1)
     registered = register_manifest(ledger, dag_id=dag_id, run_id=run_id, manifest_uri=uri, validated=validated,
                                    batch_size=batch_size, skip_copied=bool(params.get("skip_already_copied", True)),
                                    is_run_over=is_run_over)
