@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install test demo emulator bench bench-bulk lock clean
+.PHONY: install test demo emulator stack bench bench-bulk lock clean
 
 # The venv is (re)built whenever requirements.txt changes. uv resolves and installs the pinned set
 # in seconds; it is itself installed from PyPI into the venv.
@@ -25,6 +25,16 @@ demo: install
 # The emulator in the foreground with the sample data, on the default port 8089.
 emulator: install
 	$(PY) -m healthimaging_emulator --seed sample
+
+# The distributed stack of docker-compose.yaml (CeleryExecutor, two workers, triggerer, api-server,
+# scheduler, dag-processor, the emulator) as processes on this machine's PostgreSQL and Redis, until Ctrl-C.
+# Configured from docker-compose.yaml and .env (else .env.example); `python -m stack --help` for options.
+stack: install
+	$(PY) -m stack up
+
+# .env for docker compose (and `make stack`): .env.example with fresh secrets and your user id.
+.env:
+	$(PYTHON) -m stack dotenv
 
 bench: install
 	$(PY) bench/emulator_throughput.py

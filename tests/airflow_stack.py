@@ -22,6 +22,11 @@ failed. Usage::
         assert stack.wait_for_run("my_dag", run_id, timeout=90) == "success", stack.diagnostics("my_dag", run_id)
         assert stack.was_deferred("my_dag", run_id, "wait")
 
+The REST and diagnostics helpers (``api``, ``trigger``, ``wait_for_run``, ``task_events``, ``was_deferred``,
+``trigger_fired``, ...) are in ``AirflowRestClient``, which ``AirflowStack`` extends and which also serves
+the CeleryExecutor stack of ``stack/process_stack.py`` (``tests/test_distributed_stack.py``); set
+``auth_token`` to call the API with a user's JWT.
+
 The stack's environment is the caller's minus every Airflow configuration variable
 (``AIRFLOW__*``, ``AIRFLOW_HOME``, the pytest session's unit-test settings), plus the stack's own
 settings, plus ``env`` (which wins). ``AIRFLOW_CONN_*`` / ``AIRFLOW_VAR_*`` of the caller are kept.
@@ -128,7 +133,201 @@ class _Postgres:
         self.user = None
 
 
-class AirflowStack:
+class AirflowRestClient:
+    """The REST API and diagnostics of a running Airflow deployment, for tests.
+
+    Needs ``api_url``, ``home`` (AIRFLOW_HOME: trigger logs are read under ``home/logs``), ``log_dir``
+    (``<name>.log`` per component), ``component_names`` and ``check_alive()``. Set ``auth_token`` to
+    call the API as a logged-in user (``Authorization: Bearer``); without it no header is sent.
+    """
+
+    auth_token: str | None = None
+    component_names: tuple[str, ...] = COMPONENTS
+
+    def check_alive(self) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------------------- REST API
+
+    def api(self, method: str, path: str, payload: Any = None, *, params: Mapping[str, Any] | None = None,
+            timeout: float = 30) -> Any:
+        """Call the api-server; returns the decoded JSON. Raises urllib.error.HTTPError on 4xx/5xx."""
+        url = self.api_url + path
+        if params:
+            url += "?" + urllib.parse.urlencode(
+                [(k, v) for k, vs in params.items() for v in (vs if isinstance(vs, (list, tuple)) else [vs])]
+            )
+        data = None if payload is None else json.dumps(payload).encode()
+        request = urllib.request.Request(url, data=data, method=method)
+        request.add_header("Accept", "application/json")
+        if data is not None:
+            request.add_header("Content-Type", "application/json")
+        if self.auth_token:
+            request.add_header("Authorization", f"Bearer {self.auth_token}")
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            body = response.read()
+        return json.loads(body) if body else None
+
+    def import_errors(self) -> list[dict[str, Any]]:
+        return self.api("GET", "/api/v2/importErrors", params={"limit": 100})["import_errors"]
+
+    def wait_for_dag(self, dag_id: str, timeout: float = 60.0) -> dict[str, Any]:
+        """Wait until the dag-processor has parsed ``dag_id``; raise early on an import error."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.check_alive()
+            try:
+                return self.api("GET", f"/api/v2/dags/{dag_id}")
+            except urllib.error.HTTPError as exc:
+                if exc.code != 404:
+                    raise
+            errors = self.import_errors()
+            if errors:
+                raise RuntimeError(f"DAG import errors while waiting for {dag_id}: {json.dumps(errors, indent=1)}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"DAG {dag_id} not parsed within {timeout}s\n" + self.log_tail("dag-processor"))
+            time.sleep(0.5)
+
+    def trigger(self, dag_id: str, conf: Mapping[str, Any] | None = None, *, run_id: str | None = None,
+                wait_for_dag_timeout: float = 60.0) -> str:
+        """Trigger a manual run (REST API) once the DAG is parsed and unpaused; returns the run id."""
+        dag = self.wait_for_dag(dag_id, timeout=wait_for_dag_timeout)
+        if dag.get("is_paused"):
+            self.api("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": False})
+        body: dict[str, Any] = {"logical_date": None, "conf": dict(conf or {})}
+        if run_id:
+            body["dag_run_id"] = run_id
+        return self.api("POST", f"/api/v2/dags/{dag_id}/dagRuns", body)["dag_run_id"]
+
+    def run_state(self, dag_id: str, run_id: str) -> str:
+        return self.api("GET", f"/api/v2/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id, safe='')}")["state"]
+
+    def wait_for_run(self, dag_id: str, run_id: str, timeout: float = 90.0, poll: float = 0.5) -> str:
+        """Wait for the run to finish; returns its final state (``success`` / ``failed``).
+
+        Raises TimeoutError (with task states and log tails) if it is still going after ``timeout``,
+        and RuntimeError if a component died meanwhile.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            state = self.run_state(dag_id, run_id)
+            if state in TERMINAL_RUN_STATES:
+                return state
+            self.check_alive()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"run {dag_id}/{run_id} still {state} after {timeout}s\n"
+                                   + self.diagnostics(dag_id, run_id))
+            time.sleep(poll)
+
+    def task_instances(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
+        path = f"/api/v2/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id, safe='')}/taskInstances"
+        result: list[dict[str, Any]] = []
+        while True:
+            page = self.api("GET", path, params={"limit": 100, "offset": len(result)})
+            result += page["task_instances"]
+            if not page["task_instances"] or len(result) >= page["total_entries"]:
+                return result
+
+    def task_instance_states(self, dag_id: str, run_id: str) -> dict[str, str | None]:
+        """``{task_id: state}``; mapped task instances appear as ``"task_id[map_index]"``."""
+        return {
+            ti["task_id"] if ti["map_index"] == -1 else f"{ti['task_id']}[{ti['map_index']}]": ti["state"]
+            for ti in self.task_instances(dag_id, run_id)
+        }
+
+    def task_events(self, dag_id: str, run_id: str, task_id: str | None = None,
+                    map_index: int | None = None) -> list[dict[str, Any]]:
+        """The audit log (metadata table ``log``) of a run, oldest first.
+
+        The execution API writes one row per task-instance state change it handles: ``running`` on
+        every start (including each resume after a deferral), ``deferred`` when the task hands off to
+        a trigger, then ``success`` / ``failed`` / ``up_for_retry``...
+        """
+        params: dict[str, Any] = {"dag_id": dag_id, "run_id": run_id, "limit": 100}
+        if task_id is not None:
+            params["task_id"] = task_id
+        if map_index is not None:
+            params["map_index"] = map_index
+        events: list[dict[str, Any]] = []
+        while True:
+            page = self.api("GET", "/api/v2/eventLogs", params={**params, "offset": len(events)})
+            events += page["event_logs"]
+            if not page["event_logs"] or len(events) >= page["total_entries"]:
+                break
+        return sorted(events, key=lambda e: e["event_log_id"])
+
+    def was_deferred(self, dag_id: str, run_id: str, task_id: str, map_index: int | None = None) -> bool:
+        """Did the task instance ever go DEFERRED? (an audit-log ``deferred`` row, see task_events)."""
+        return any(e["event"] == "deferred" for e in self.task_events(dag_id, run_id, task_id, map_index))
+
+    def resumed_after_deferral(self, dag_id: str, run_id: str, task_id: str, map_index: int | None = None) -> bool:
+        """Did the task instance defer and then run again on a worker (``deferred`` then ``running``)?
+
+        In a real deployment only the triggerer fires triggers, so a resume proves the triggerer
+        ran the trigger and handed the task back to the scheduler.
+        """
+        events = [e["event"] for e in self.task_events(dag_id, run_id, task_id, map_index)]
+        return "deferred" in events and "running" in events[events.index("deferred") + 1:]
+
+    def trigger_log_events(self, dag_id: str, run_id: str, task_id: str) -> list[dict[str, Any]]:
+        """What the triggerer logged for a task's triggers, oldest first.
+
+        The triggerer writes a trigger's log next to the task's log, as
+        ``<task log>.trigger.<triggerer job id>.log`` (JSON lines): ``trigger ... starting``, the
+        trigger's own messages, ``Trigger fired event``, ``trigger completed``. The file exists only
+        if a triggerer process ran the trigger.
+        """
+        folder = self.home / "logs" / f"dag_id={dag_id}" / f"run_id={run_id}" / f"task_id={task_id}"
+        events: list[dict[str, Any]] = []
+        for path in sorted(folder.glob("**/*.log.trigger.*.log")):
+            for line in path.read_text(errors="replace").splitlines():
+                with contextlib.suppress(ValueError):
+                    events.append({**json.loads(line), "_file": path.name})
+        return sorted(events, key=lambda e: e.get("timestamp", ""))
+
+    def trigger_fired(self, dag_id: str, run_id: str, task_id: str) -> bool:
+        """Did a triggerer process run a trigger of this task to an event?"""
+        return any(e.get("event") == "Trigger fired event" for e in self.trigger_log_events(dag_id, run_id, task_id))
+
+    def task_log(self, dag_id: str, run_id: str, task_id: str, try_number: int = 1, map_index: int = -1) -> str:
+        """The task's log as the UI shows it (worker and triggerer parts), as text."""
+        path = (f"/api/v2/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id, safe='')}/taskInstances/"
+                f"{task_id}/logs/{try_number}")
+        result = self.api("GET", path, params={"full_content": "true", "map_index": map_index})
+        content = result.get("content") if isinstance(result, dict) else result
+        if isinstance(content, list):
+            return "\n".join(
+                line.get("event", json.dumps(line)) if isinstance(line, dict) else str(line) for line in content
+            )
+        return str(content)
+
+    # ---------------------------------------------------------------------------- diagnostics
+
+    def log_path(self, name: str) -> Path:
+        return self.log_dir / f"{name}.log"
+
+    def log_tail(self, name: str, lines: int = 40) -> str:
+        path = self.log_path(name)
+        if not path.exists():
+            return f"--- {name}: no log"
+        text = path.read_text(errors="replace").splitlines()[-lines:]
+        return f"--- {name} ({path}):\n" + "\n".join(text)
+
+    def diagnostics(self, dag_id: str | None = None, run_id: str | None = None, lines: int = 30) -> str:
+        """Task states, audit events and the tail of every component's log, for assertion messages."""
+        parts = []
+        if dag_id and run_id:
+            with contextlib.suppress(Exception):
+                parts.append(f"task states: {self.task_instance_states(dag_id, run_id)}")
+            with contextlib.suppress(Exception):
+                parts.append("events: " + ", ".join(
+                    f"{e['task_id']}:{e['event']}" for e in self.task_events(dag_id, run_id)))
+        parts += [self.log_tail(name, lines) for name in self.component_names]
+        return "\n".join(parts)
+
+
+
+class AirflowStack(AirflowRestClient):
     """Run scheduler (LocalExecutor), dag-processor, triggerer and api-server against a fresh DB.
 
     :param home: AIRFLOW_HOME of the deployment (created); process logs go to ``home/process-logs``.
@@ -380,179 +579,3 @@ class AirflowStack:
     def _signal_group(proc: subprocess.Popen, sig: int) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, sig)  # start_new_session: pgid == pid
-
-    # ------------------------------------------------------------------------------- REST API
-
-    def api(self, method: str, path: str, payload: Any = None, *, params: Mapping[str, Any] | None = None,
-            timeout: float = 30) -> Any:
-        """Call the api-server; returns the decoded JSON. Raises urllib.error.HTTPError on 4xx/5xx."""
-        url = self.api_url + path
-        if params:
-            url += "?" + urllib.parse.urlencode(
-                [(k, v) for k, vs in params.items() for v in (vs if isinstance(vs, (list, tuple)) else [vs])]
-            )
-        data = None if payload is None else json.dumps(payload).encode()
-        request = urllib.request.Request(url, data=data, method=method)
-        request.add_header("Accept", "application/json")
-        if data is not None:
-            request.add_header("Content-Type", "application/json")
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            body = response.read()
-        return json.loads(body) if body else None
-
-    def import_errors(self) -> list[dict[str, Any]]:
-        return self.api("GET", "/api/v2/importErrors", params={"limit": 100})["import_errors"]
-
-    def wait_for_dag(self, dag_id: str, timeout: float = 60.0) -> dict[str, Any]:
-        """Wait until the dag-processor has parsed ``dag_id``; raise early on an import error."""
-        deadline = time.monotonic() + timeout
-        while True:
-            self.check_alive()
-            try:
-                return self.api("GET", f"/api/v2/dags/{dag_id}")
-            except urllib.error.HTTPError as exc:
-                if exc.code != 404:
-                    raise
-            errors = self.import_errors()
-            if errors:
-                raise RuntimeError(f"DAG import errors while waiting for {dag_id}: {json.dumps(errors, indent=1)}")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"DAG {dag_id} not parsed within {timeout}s\n" + self.log_tail("dag-processor"))
-            time.sleep(0.5)
-
-    def trigger(self, dag_id: str, conf: Mapping[str, Any] | None = None, *, run_id: str | None = None,
-                wait_for_dag_timeout: float = 60.0) -> str:
-        """Trigger a manual run (REST API) once the DAG is parsed and unpaused; returns the run id."""
-        dag = self.wait_for_dag(dag_id, timeout=wait_for_dag_timeout)
-        if dag.get("is_paused"):
-            self.api("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": False})
-        body: dict[str, Any] = {"logical_date": None, "conf": dict(conf or {})}
-        if run_id:
-            body["dag_run_id"] = run_id
-        return self.api("POST", f"/api/v2/dags/{dag_id}/dagRuns", body)["dag_run_id"]
-
-    def run_state(self, dag_id: str, run_id: str) -> str:
-        return self.api("GET", f"/api/v2/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id, safe='')}")["state"]
-
-    def wait_for_run(self, dag_id: str, run_id: str, timeout: float = 90.0, poll: float = 0.5) -> str:
-        """Wait for the run to finish; returns its final state (``success`` / ``failed``).
-
-        Raises TimeoutError (with task states and log tails) if it is still going after ``timeout``,
-        and RuntimeError if a component died meanwhile.
-        """
-        deadline = time.monotonic() + timeout
-        while True:
-            state = self.run_state(dag_id, run_id)
-            if state in TERMINAL_RUN_STATES:
-                return state
-            self.check_alive()
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"run {dag_id}/{run_id} still {state} after {timeout}s\n"
-                                   + self.diagnostics(dag_id, run_id))
-            time.sleep(poll)
-
-    def task_instances(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
-        path = f"/api/v2/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id, safe='')}/taskInstances"
-        result: list[dict[str, Any]] = []
-        while True:
-            page = self.api("GET", path, params={"limit": 100, "offset": len(result)})
-            result += page["task_instances"]
-            if not page["task_instances"] or len(result) >= page["total_entries"]:
-                return result
-
-    def task_instance_states(self, dag_id: str, run_id: str) -> dict[str, str | None]:
-        """``{task_id: state}``; mapped task instances appear as ``"task_id[map_index]"``."""
-        return {
-            ti["task_id"] if ti["map_index"] == -1 else f"{ti['task_id']}[{ti['map_index']}]": ti["state"]
-            for ti in self.task_instances(dag_id, run_id)
-        }
-
-    def task_events(self, dag_id: str, run_id: str, task_id: str | None = None,
-                    map_index: int | None = None) -> list[dict[str, Any]]:
-        """The audit log (metadata table ``log``) of a run, oldest first.
-
-        The execution API writes one row per task-instance state change it handles: ``running`` on
-        every start (including each resume after a deferral), ``deferred`` when the task hands off to
-        a trigger, then ``success`` / ``failed`` / ``up_for_retry``...
-        """
-        params: dict[str, Any] = {"dag_id": dag_id, "run_id": run_id, "limit": 100}
-        if task_id is not None:
-            params["task_id"] = task_id
-        if map_index is not None:
-            params["map_index"] = map_index
-        events: list[dict[str, Any]] = []
-        while True:
-            page = self.api("GET", "/api/v2/eventLogs", params={**params, "offset": len(events)})
-            events += page["event_logs"]
-            if not page["event_logs"] or len(events) >= page["total_entries"]:
-                break
-        return sorted(events, key=lambda e: e["event_log_id"])
-
-    def was_deferred(self, dag_id: str, run_id: str, task_id: str, map_index: int | None = None) -> bool:
-        """Did the task instance ever go DEFERRED? (an audit-log ``deferred`` row, see task_events)."""
-        return any(e["event"] == "deferred" for e in self.task_events(dag_id, run_id, task_id, map_index))
-
-    def resumed_after_deferral(self, dag_id: str, run_id: str, task_id: str, map_index: int | None = None) -> bool:
-        """Did the task instance defer and then run again on a worker (``deferred`` then ``running``)?
-
-        In a real deployment only the triggerer fires triggers, so a resume proves the triggerer
-        ran the trigger and handed the task back to the scheduler.
-        """
-        events = [e["event"] for e in self.task_events(dag_id, run_id, task_id, map_index)]
-        return "deferred" in events and "running" in events[events.index("deferred") + 1:]
-
-    def trigger_log_events(self, dag_id: str, run_id: str, task_id: str) -> list[dict[str, Any]]:
-        """What the triggerer logged for a task's triggers, oldest first.
-
-        The triggerer writes a trigger's log next to the task's log, as
-        ``<task log>.trigger.<triggerer job id>.log`` (JSON lines): ``trigger ... starting``, the
-        trigger's own messages, ``Trigger fired event``, ``trigger completed``. The file exists only
-        if a triggerer process ran the trigger.
-        """
-        folder = self.home / "logs" / f"dag_id={dag_id}" / f"run_id={run_id}" / f"task_id={task_id}"
-        events: list[dict[str, Any]] = []
-        for path in sorted(folder.glob("**/*.log.trigger.*.log")):
-            for line in path.read_text(errors="replace").splitlines():
-                with contextlib.suppress(ValueError):
-                    events.append({**json.loads(line), "_file": path.name})
-        return sorted(events, key=lambda e: e.get("timestamp", ""))
-
-    def trigger_fired(self, dag_id: str, run_id: str, task_id: str) -> bool:
-        """Did a triggerer process run a trigger of this task to an event?"""
-        return any(e.get("event") == "Trigger fired event" for e in self.trigger_log_events(dag_id, run_id, task_id))
-
-    def task_log(self, dag_id: str, run_id: str, task_id: str, try_number: int = 1, map_index: int = -1) -> str:
-        """The task's log as the UI shows it (worker and triggerer parts), as text."""
-        path = (f"/api/v2/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id, safe='')}/taskInstances/"
-                f"{task_id}/logs/{try_number}")
-        result = self.api("GET", path, params={"full_content": "true", "map_index": map_index})
-        content = result.get("content") if isinstance(result, dict) else result
-        if isinstance(content, list):
-            return "\n".join(
-                line.get("event", json.dumps(line)) if isinstance(line, dict) else str(line) for line in content
-            )
-        return str(content)
-
-    # ---------------------------------------------------------------------------- diagnostics
-
-    def log_path(self, name: str) -> Path:
-        return self.log_dir / f"{name}.log"
-
-    def log_tail(self, name: str, lines: int = 40) -> str:
-        path = self.log_path(name)
-        if not path.exists():
-            return f"--- {name}: no log"
-        text = path.read_text(errors="replace").splitlines()[-lines:]
-        return f"--- {name} ({path}):\n" + "\n".join(text)
-
-    def diagnostics(self, dag_id: str | None = None, run_id: str | None = None, lines: int = 30) -> str:
-        """Task states, audit events and the tail of every component's log, for assertion messages."""
-        parts = []
-        if dag_id and run_id:
-            with contextlib.suppress(Exception):
-                parts.append(f"task states: {self.task_instance_states(dag_id, run_id)}")
-            with contextlib.suppress(Exception):
-                parts.append("events: " + ", ".join(
-                    f"{e['task_id']}:{e['event']}" for e in self.task_events(dag_id, run_id)))
-        parts += [self.log_tail(name, lines) for name in COMPONENTS]
-        return "\n".join(parts)

@@ -1,0 +1,285 @@
+"""``docker-compose.yaml`` and ``.env`` read the way ``docker compose`` reads them, and the documented
+substitutions that turn a compose service into a process on this machine.
+
+One source of truth: the compose file's ``x-airflow-common`` environment (and each service's
+``environment``, which merges it) is the configuration of every Airflow component, in Docker and as
+processes. Variables come from ``.env`` (``.env.example`` when there is none) and the shell, the shell
+winning, as in compose. The process stack changes nothing but what :data:`SUBSTITUTIONS` lists:
+service host names and ports become ``127.0.0.1`` and the local ports, and the image's
+``/opt/airflow`` becomes the stack's home folder. Everything the process stack adds on top (each is
+something Docker provides: a container's own host name, its own ports, the image's paths) is listed in
+:data:`stack.process_stack.RUNNER_ONLY_VARIABLES`. ``tests/test_docker_compose.py`` checks both.
+
+This module needs only the standard library, except :func:`load_compose` (PyYAML, installed with Airflow).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+COMPOSE_FILE = REPO_ROOT / "docker-compose.yaml"
+ENV_FILE = REPO_ROOT / ".env"
+ENV_EXAMPLE = REPO_ROOT / ".env.example"
+
+#: The image's AIRFLOW_HOME, where compose mounts dags/, plugins/, logs/, config/ and manifests/.
+IMAGE_HOME = "/opt/airflow"
+
+#: The Airflow services of the compose file and what each runs (``airflow <command>``).
+AIRFLOW_SERVICES = ("airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer",
+                    "airflow-worker")
+INIT_SERVICE = "airflow-init"
+EMULATOR_SERVICE = "healthimaging-emulator"
+#: The infrastructure services the machine provides when the stack runs as processes.
+INFRASTRUCTURE_SERVICES = ("postgres", "redis")
+
+
+class InterpolationError(ValueError):
+    """A ``${VAR:?message}`` whose variable is unset or empty, or a malformed ``${...}``."""
+
+
+# ---------------------------------------------------------------------------------------- .env files
+
+
+def read_dotenv(path: str | os.PathLike[str]) -> dict[str, str]:
+    """The variables of a ``.env`` file, parsed as compose does.
+
+    ``KEY=value`` lines (an optional ``export`` prefix); ``#`` starts a comment at the start of a line,
+    or after whitespace in an unquoted value; ``'single quotes'`` are literal; ``"double quotes"``
+    understand ``\\n``, ``\\"`` and ``\\\\``. Values are not interpolated (this file's values contain none).
+    """
+    values: dict[str, str] = {}
+    for number, raw in enumerate(Path(path).read_text().splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("export "):
+            line = line[len("export "):].lstrip()
+        key, sep, value = line.partition("=")
+        key = key.strip()
+        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]*", key):
+            raise ValueError(f"{path}:{number}: expected KEY=value, got {raw!r}")
+        value = value.strip()
+        if value[:1] == "'":
+            end = value.find("'", 1)
+            if end < 0:
+                raise ValueError(f"{path}:{number}: unterminated single quote")
+            value = value[1:end]
+        elif value[:1] == '"':
+            out, i = [], 1
+            while i < len(value) and value[i] != '"':
+                if value[i] == "\\" and i + 1 < len(value):
+                    out.append({"n": "\n", "t": "\t", '"': '"', "\\": "\\"}.get(value[i + 1], "\\" + value[i + 1]))
+                    i += 2
+                    continue
+                out.append(value[i])
+                i += 1
+            if i >= len(value):
+                raise ValueError(f"{path}:{number}: unterminated double quote")
+            value = "".join(out)
+        else:
+            value = re.split(r"\s+#", value, maxsplit=1)[0].strip()
+        values[key] = value
+    return values
+
+
+def default_env_file() -> Path:
+    """``.env`` if it exists (what ``docker compose`` reads), else ``.env.example``."""
+    return ENV_FILE if ENV_FILE.exists() else ENV_EXAMPLE
+
+
+def compose_variables(env_file: str | os.PathLike[str] | None = None,
+                      environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The variables compose interpolates with: the ``.env`` file's, overridden by the shell's."""
+    variables = read_dotenv(env_file or default_env_file())
+    variables.update(os.environ if environ is None else environ)
+    return variables
+
+
+# -------------------------------------------------------------------------------------- interpolation
+
+
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def interpolate(text: str, variables: Mapping[str, str]) -> str:
+    """Compose's interpolation: ``$$``, ``$VAR``, ``${VAR}``, ``${VAR:-default}``, ``${VAR-default}``,
+    ``${VAR:?error}``, ``${VAR?error}``, ``${VAR:+alt}``, ``${VAR+alt}``; defaults may nest ``${...}``."""
+    out: list[str] = []
+    i = 0
+    while i < len(text):
+        char = text[i]
+        if char != "$":
+            out.append(char)
+            i += 1
+            continue
+        nxt = text[i + 1:i + 2]
+        if nxt == "$":
+            out.append("$")
+            i += 2
+        elif nxt == "{":
+            end = _closing_brace(text, i + 1)
+            out.append(_expand(text[i + 2:end], variables))
+            i = end + 1
+        elif (match := _NAME.match(text, i + 1)) is not None:
+            out.append(variables.get(match.group(), ""))
+            i = match.end()
+        else:
+            out.append("$")
+            i += 1
+    return "".join(out)
+
+
+def _closing_brace(text: str, start: int) -> int:
+    """The index of the ``}`` closing the ``{`` at ``start`` (nested ``${...}`` skipped)."""
+    depth, i = 1, start + 1
+    while i < len(text):
+        if text.startswith("$$", i):
+            i += 2
+        elif text.startswith("${", i):
+            depth += 1
+            i += 2
+        else:
+            if text[i] == "}":
+                depth -= 1
+                if depth == 0:
+                    return i
+            i += 1
+    raise InterpolationError(f"unterminated ${{...}} in {text!r}")
+
+
+def _expand(body: str, variables: Mapping[str, str]) -> str:
+    match = _NAME.match(body)
+    if match is None:
+        raise InterpolationError(f"invalid variable reference ${{{body}}}")
+    name, rest = match.group(), body[match.end():]
+    value = variables.get(name)
+    if not rest:
+        return value or ""
+    for operator in (":-", ":?", ":+", "-", "?", "+"):
+        if rest.startswith(operator):
+            word = rest[len(operator):]
+            break
+    else:
+        raise InterpolationError(f"invalid variable reference ${{{body}}}")
+    present = value is not None and (value != "" or not operator.startswith(":"))
+    if operator in (":-", "-"):
+        return value if present else interpolate(word, variables)
+    if operator in (":?", "?"):
+        if not present:
+            raise InterpolationError(f"{name}: {interpolate(word, variables) or 'required variable is not set'}")
+        return value
+    return interpolate(word, variables) if present else ""
+
+
+def interpolate_tree(node: Any, variables: Mapping[str, str]) -> Any:
+    """Interpolate every string value (not key) of a parsed compose file."""
+    if isinstance(node, str):
+        return interpolate(node, variables)
+    if isinstance(node, list):
+        return [interpolate_tree(item, variables) for item in node]
+    if isinstance(node, dict):
+        return {key: interpolate_tree(value, variables) for key, value in node.items()}
+    return node
+
+
+# ------------------------------------------------------------------------------------- compose file
+
+
+def load_compose(path: str | os.PathLike[str] = COMPOSE_FILE) -> dict[str, Any]:
+    """The compose file as a dict: YAML anchors, aliases and ``<<`` merge keys resolved, not interpolated."""
+    import yaml
+
+    with open(path) as stream:
+        return yaml.safe_load(stream)
+
+
+def service(compose: Mapping[str, Any], name: str, variables: Mapping[str, str]) -> dict[str, Any]:
+    """One service, interpolated (``x-airflow-common`` is already merged into it by the YAML loader)."""
+    return interpolate_tree(compose["services"][name], variables)
+
+
+def environment(compose: Mapping[str, Any], name: str, variables: Mapping[str, str]) -> dict[str, str]:
+    """A service's ``environment`` as strings, interpolated (a list form ``KEY=value`` is accepted too)."""
+    env = service(compose, name, variables).get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) if "=" in item else (item, variables.get(item, "")) for item in env)
+    return {key: "" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+            for key, value in env.items()}
+
+
+def common_environment(compose: Mapping[str, Any], variables: Mapping[str, str]) -> dict[str, str]:
+    """``x-airflow-common``'s environment, interpolated."""
+    env = interpolate_tree(compose["x-airflow-common"]["environment"], variables)
+    return {key: "" if value is None else str(value) for key, value in env.items()}
+
+
+def command(compose: Mapping[str, Any], name: str, variables: Mapping[str, str]) -> list[str]:
+    """A service's ``command`` as an argument list (a string is split like the shell does)."""
+    import shlex
+
+    value = service(compose, name, variables).get("command") or []
+    return shlex.split(value) if isinstance(value, str) else [str(v) for v in value]
+
+
+# ----------------------------------------------------------------------------------- substitutions
+
+
+@dataclass(frozen=True)
+class LocalEndpoints:
+    """Where the compose services are when the stack runs as processes on one machine."""
+
+    home: str
+    api_port: int
+    emulator_port: int
+    redis_db: int
+    postgres_host: str = "127.0.0.1"
+    postgres_port: int = 5432
+    redis_host: str = "127.0.0.1"
+    redis_port: int = 6379
+
+
+#: The only changes made to compose values to run the stack as processes (see :func:`localize`):
+#: ``(compose service, its port in compose, what replaces host:port locally)``.
+SUBSTITUTIONS = (
+    ("postgres", 5432, "the machine's PostgreSQL (127.0.0.1:5432)"),
+    ("redis", 6379, "the machine's Redis (127.0.0.1:6379), on a Redis database of its own (/N instead of /0)"),
+    ("airflow-apiserver", 8080, "127.0.0.1 and a free port"),
+    ("healthimaging-emulator", 8089, "127.0.0.1 and a free port"),
+    (IMAGE_HOME, None, "the stack's home folder (the image's AIRFLOW_HOME)"),
+)
+
+# host:port after "@", "//" or "%2F" (an URL-encoded endpoint_url inside a connection URI), with ":" or "%3A";
+# not user:password (followed by "@").
+_HOST_PORT = re.compile(r"(?P<pre>@|//|%2[Ff])(?P<host>postgres|redis|airflow-apiserver|healthimaging-emulator)"
+                        r"(?P<sep>:|%3[Aa])(?P<port>\d+)(?![\d@])(?P<db>/\d+)?")
+
+
+def localize(value: str, local: LocalEndpoints) -> str:
+    """A compose value as the process stack uses it: :data:`SUBSTITUTIONS` applied, nothing else."""
+
+    def replace(match: re.Match[str]) -> str:
+        host, port, db = match.group("host"), int(match.group("port")), match.group("db")
+        target = {
+            ("postgres", 5432): (local.postgres_host, local.postgres_port),
+            ("redis", 6379): (local.redis_host, local.redis_port),
+            ("airflow-apiserver", 8080): ("127.0.0.1", local.api_port),
+            ("healthimaging-emulator", 8089): ("127.0.0.1", local.emulator_port),
+        }.get((host, port))
+        if target is None:
+            raise ValueError(f"{host}:{port} in {value!r} is not a documented substitution")
+        if host == "redis" and db is not None:
+            db = f"/{local.redis_db}"
+        return f"{match.group('pre')}{target[0]}{match.group('sep')}{target[1]}{db or ''}"
+
+    value = _HOST_PORT.sub(replace, value)
+    return re.sub(rf"(?<![\w/.-]){re.escape(IMAGE_HOME)}(?=/|$|[\s\"'])", local.home.replace("\\", "/"), value)
+
+
+def localize_environment(env: Mapping[str, str], local: LocalEndpoints) -> dict[str, str]:
+    return {key: localize(value, local) for key, value in env.items()}
