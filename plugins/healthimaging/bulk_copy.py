@@ -291,7 +291,7 @@ class BatchCopyEngine:
                   destination_version_id=None, copy_kind=plan.copy_kind)
         # The CopyImageSet client is built now (once per engine), not between the token and the send: building
         # it takes long enough that a send of another engine, paced after this one, would overtake it.
-        self.hook.no_retry_conn  # noqa: B018
+        _ = self.hook.no_retry_conn.copy_image_set
         return plan
 
     def _submit(self, row: dict[str, Any], plan: CopyPlan) -> None:
