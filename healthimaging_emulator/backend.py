@@ -94,8 +94,8 @@ class HealthImagingBackend:
         """The image set joined with its latest version."""
         self._datastore(db, datastore_id)
         row = db.execute(
-            "SELECT s.*, v.state, v.workflow_status, v.message, v.forced, v.metadata, v.created_at AS version_created_at,"
-            " v.updated_at AS version_updated_at FROM image_sets s JOIN versions v USING (datastore_id, image_set_id)"
+            "SELECT s.*, v.state, v.workflow_status, v.message, v.forced, v.metadata"
+            " FROM image_sets s JOIN versions v USING (datastore_id, image_set_id)"
             " WHERE s.datastore_id = ? AND s.image_set_id = ? AND v.version = s.latest_version",
             (datastore_id, image_set_id),
         ).fetchone()
@@ -106,10 +106,9 @@ class HealthImagingBackend:
         return row
 
     def _version(self, db, datastore_id: str, image_set_id: str, version: str | None):
+        """The image set and one row of ``versions``: the given version, or the latest."""
         image_set = self._image_set(db, datastore_id, image_set_id, allow_deleted=True)
-        if version is None:
-            return image_set, image_set
-        number = int(version)
+        number = image_set["latest_version"] if version is None else int(version)
         # a \d+ id beyond SQLite's 64-bit integers names no version (and must not crash the query)
         row = None if number >= 2**63 else db.execute(
             "SELECT * FROM versions WHERE datastore_id = ? AND image_set_id = ? AND version = ?",
@@ -220,11 +219,11 @@ class HealthImagingBackend:
     def _image_set_properties(self, image_set, version) -> dict[str, Any]:
         return {
             "imageSetId": image_set["image_set_id"],
-            "versionId": str(version["version"] if "version" in version.keys() else image_set["latest_version"]),
+            "versionId": str(version["version"]),
             "imageSetState": version["state"],
             "imageSetWorkflowStatus": version["workflow_status"],
             "createdAt": image_set["created_at"],
-            "updatedAt": version["updated_at"] if "version" in version.keys() else version["version_updated_at"],
+            "updatedAt": version["updated_at"],
             "deletedAt": image_set["deleted_at"] if version["state"] == "DELETED" else None,
             "message": version["message"],
             "overrides": {"forced": True} if version["forced"] else None,
