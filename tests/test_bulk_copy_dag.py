@@ -32,6 +32,7 @@ from healthimaging.bulk_copy import BatchCopyEngine, BulkCopySettings
 from healthimaging.bulk_run import MAX_BATCHES, prepare, report_folder
 from healthimaging.ledger import Ledger, copies, engine_for, manifests
 from healthimaging.manifest import template
+from healthimaging.rate_limit import SharedTokenBucket
 from healthimaging_emulator.exceptions import ValidationException
 from tests.airflow_env import DAGS_FOLDER
 
@@ -687,6 +688,40 @@ def test_two_batches_in_parallel_share_one_rate_limit(postgres_ledger, emulator_
     finally:
         with postgres_ledger.engine.begin() as db:
             db.execute(copies.delete().where(copies.c.run_id == run_id))
+
+
+def test_a_wait_from_the_token_bucket_ends_when_the_token_is_there(ledger):
+    """The engine sleeps exactly the wait try_acquire returns: waking then must find a whole token (with burst
+    1 a wake-up that finds 0.9999 of one loses quota to the next retry)."""
+    bucket = SharedTokenBucket(ledger.engine, f"test-{uuid.uuid4().hex}", rate=4, burst=1)
+    assert bucket.try_acquire() == 0.0
+    for _ in range(8):
+        wait = bucket.try_acquire()
+        assert 0 < wait <= 1 / 4 + 0.002
+        time.sleep(wait)
+        assert bucket.try_acquire() == 0.0
+
+
+def test_polls_stop_short_of_a_send_that_is_due(ledger, emulator_connection, tmp_path):
+    """Polling (a GetImageSet per copy, more to verify) must not make the next send late: when a token is due,
+    the due polls wait until just after it."""
+    emulator = emulator_connection
+    datastore_id, ids = seed(emulator, 2)
+    emulator.configure(timing={"copy_fixed_seconds": 0.2})
+    run_id, (engine,) = prepared_batches(ledger, tmp_path, datastore_id, [{"source_image_set_id": ids[0]}],
+                                         batch_size=10, copies_per_second=50, burst=1)
+    engine.step()
+    (row,) = ledger.run_rows("engine-test", run_id)
+    assert row["status"] == "submitted"
+    engine.clock = lambda: time.time() + 5  # the copy is due for a poll
+    polls = emulator.counters().get("GetImageSet", {}).get("calls", 0)
+
+    send_at = engine.clock() + 0.002
+    assert engine._poll_in_flight(stop_at=send_at) == send_at  # come back at the send
+    assert emulator.counters().get("GetImageSet", {}).get("calls", 0) == polls
+    time.sleep(0.5)
+    assert engine._poll_in_flight(stop_at=engine.clock() + 60) is None  # no send near: polled, done
+    assert ledger.run_rows("engine-test", run_id)[0]["status"] == "succeeded"
 
 
 def test_throttling_slows_copies_but_never_fails_a_row(ledger, emulator_connection, tmp_path):

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from healthimaging import copy_submission, operators
+from healthimaging import operators
 from healthimaging.copy_plan import MAX_FRAMES_PER_COPY, resolve_plan, uid_digest
 from healthimaging.copy_submission import SubmissionPolicy, submit_copy
 from healthimaging.hooks import HealthImagingHook
@@ -512,6 +512,28 @@ def test_throttling_backs_off_and_succeeds(sample, run_copy_dag, recorded_sleeps
     assert sample.sop_uids(new) == set(source.instances)
 
 
+def test_the_throttle_backoff_doubles_from_its_own_base(sample):
+    """A caller pacing to the quota (the bulk engine) scales the throttle backoff to the quota's interval;
+    the operator's default stays at seconds. Either way it doubles while the throttling lasts."""
+    hook = HealthImagingHook(aws_conn_id="aws_default")
+    sources = [s for s in sample.image_sets if s.frames][:2]
+    for source, base in zip(sources, (0.05, None)):
+        sample.handle.configure(script={"CopyImageSet": ["throttle", "throttle", "throttle"]})
+        sleeps: list[float] = []
+        policy = SubmissionPolicy(sleep=sleeps.append)
+        if base is not None:
+            policy.throttle_backoff_base_seconds = base
+        plan = resolve_plan(hook, datastore_id=sample.datastore_id, source_image_set_id=source.image_set_id)
+
+        submitted = submit_copy(hook, plan, policy)
+
+        assert submitted.attempts == 1 and len(sleeps) == 3
+        unit = base if base is not None else 1.0
+        for n, slept in enumerate(sleeps, start=1):  # min(cap, base * 2**n) * U(0.5, 1)
+            assert unit * 2**n * 0.5 <= slept <= unit * 2**n, (n, sleeps)
+    assert sample.copy_counters()["succeeded"] == 2
+
+
 def test_throttling_by_a_low_copy_rate_paces_the_copies(sample):
     """Against the token bucket itself: 2 copies/s, burst 1; three copies in a row all get through."""
     sample.handle.configure(rates={"CopyImageSet": {"rate": 2, "burst": 1}})
@@ -605,7 +627,7 @@ def test_bad_arguments_fail_before_anything_is_sent(sample, run_copy_dag):
     assert result.task_states == dict.fromkeys(cases, "failed"), result.errors
     expected = {
         "bad_json": "copiable_attributes is not valid JSON",
-        "wrong_schema": f"copiable_attributes does not follow the copiableAttributes schema at Study/Series",
+        "wrong_schema": "copiable_attributes does not follow the copiableAttributes schema at Study/Series",
         "no_instances": "copiable_attributes does not follow the copiableAttributes schema at Study/Series/",
         "too_long_string": f"copiable_attributes is {len(too_long):,} characters long; the service accepts at most 260,000",
         "too_long_dict": "characters long as JSON; the service accepts at most 260,000",

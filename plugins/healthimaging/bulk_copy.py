@@ -50,6 +50,9 @@ log = logging.getLogger(__name__)
 #: at exactly the same rate, network and scheduling jitter would land some calls just inside one
 #: quota interval and get them throttled.
 PACE_MARGIN = 0.97
+#: Polls stop this long before a send is due: one poll (GetImageSet, and verification when it is done)
+#: takes a few milliseconds, and a send that starts late loses that time from the quota for good.
+SEND_GUARD_SECONDS = 0.005
 
 @dataclass
 class BulkCopySettings:
@@ -157,15 +160,23 @@ class BatchCopyEngine:
         if not self._recovered:
             self._recover()
             self._recovered = True
-        wait = self._send_ready()  # first: the token for it is due now, polls can wait a few milliseconds
-        next_poll = self._poll_in_flight()
-        if wait is None:
-            wait = self._submit_some()
+        # Deadlines are absolute times, turned into one wait at the end: a wait measured before the polls
+        # ran would make every send late by the time they took, and with burst 1 lateness is quota lost.
+        send_at = self._send_ready()  # first: the token for it is due now, polls can wait a few milliseconds
+        poll_at = self._poll_in_flight(stop_at=send_at)
+        if send_at is None:
+            send_at = self._submit_some()
         self._progress()
         if not self._rows(PENDING, SUBMITTING, SUBMITTED, limit=1):
             return None
-        candidates = [w for w in (wait, next_poll) if w is not None]
-        return max(0.005, min(candidates)) if candidates else self.settings.poll_interval
+        due = [t for t in (send_at, poll_at) if t is not None]
+        return max(0.0, min(due) - self.clock()) if due else self.settings.poll_interval
+
+    def _token_due(self) -> float | None:
+        """Take a token: None if taken, else the time one will be there."""
+        asked = self.clock()
+        wait = self.bucket.try_acquire()
+        return asked + wait if wait else None
 
     def _recover(self) -> None:
         """Rows an earlier (dead) engine of this batch left in ``submitting``: reconcile before anything is re-sent.
@@ -220,13 +231,13 @@ class BatchCopyEngine:
         return bool(claimed)
 
     def _submit_some(self) -> float | None:
-        """Send pending rows while tokens and in-flight room allow; returns the wait for the next token."""
+        """Send pending rows while tokens and in-flight room allow; returns when to come back, or None."""
         blocked_sources: set[str] = set()
         for row in self._rows(PENDING, limit=200):
             if row["source_image_set_id"] in blocked_sources:
                 continue
             if self._in_flight_for(row["datastore_id"]) >= self.settings.max_in_flight:
-                return self.settings.poll_interval / 2
+                return self.clock() + self.settings.poll_interval / 2
             if self._source_busy(row):
                 blocked_sources.add(row["source_image_set_id"])  # the source is locked by a copy in flight
                 continue
@@ -237,20 +248,20 @@ class BatchCopyEngine:
                 continue
             # The token is taken right before CopyImageSet is sent, so that planning times (a few reads that
             # vary with load) do not bunch the sends of several engines together.
-            wait = self.bucket.try_acquire()
-            if wait:
+            send_at = self._token_due()
+            if send_at is not None:
                 self._ready = (row, plan)  # claimed and planned: sent first at the next step
-                return wait
+                return send_at
             self._submit(row, plan)
         return None
 
     def _send_ready(self) -> float | None:
-        """Send the row planned at an earlier step once a token is there; returns the wait for one, else None."""
+        """Send the row planned at an earlier step once a token is there; returns when one will be, else None."""
         if self._ready is None:
             return None
-        wait = self.bucket.try_acquire()
-        if wait:
-            return wait
+        send_at = self._token_due()
+        if send_at is not None:
+            return send_at
         (row, plan), self._ready = self._ready, None
         self._submit(row, plan)
         return None
@@ -298,7 +309,9 @@ class BatchCopyEngine:
         """Send a planned row's CopyImageSet (exactly once: see copy_submission) and record the outcome."""
         try:
             # The first send uses the token taken before this call; every resend takes one of its own.
-            policy = SubmissionPolicy(max_attempts=self.settings.max_submit_attempts, before_resend=self.bucket.acquire)
+            # Throttled: wait half a quota interval or so (doubling while it lasts), then a token.
+            policy = SubmissionPolicy(max_attempts=self.settings.max_submit_attempts, before_resend=self.bucket.acquire,
+                                      throttle_backoff_base_seconds=0.25 / self.settings.copies_per_second)
             submitted = submit_copy(self.hook, plan, policy)
         except CopySubmissionError as exc:
             self._set(row, FAILED, error_code=exc.code, message=exc.message, completed_at=self.clock(),
@@ -308,16 +321,25 @@ class BatchCopyEngine:
                   destination_version_id=submitted.destination_version_id, submitted_at=submitted.submitted_at,
                   attempts=(row.get("attempts") or 0) + submitted.attempts, next_poll_at=self.clock() + 1.0)
 
-    def _poll_in_flight(self) -> float | None:
-        """Check the copies in flight that are due; returns the wait until the next one is due."""
+    def _poll_in_flight(self, stop_at: float | None = None) -> float | None:
+        """Check the copies in flight that are due, stopping short of ``stop_at`` (a send is due then);
+        returns when the next one is due."""
         now = self.clock()
         rows = self._rows(SUBMITTED)
         interval = max(self.settings.poll_interval, len(rows) / 10.0)  # stays well under GetImageSet's 25/s
-        next_due = None
+        next_due: float | None = None
+
+        def come_back(when: float) -> None:
+            nonlocal next_due
+            next_due = when if next_due is None else min(next_due, when)
+
         for row in rows:
             due = self._next_poll.get(row["id"], row["next_poll_at"] or 0.0)
             if due > now:
-                next_due = min(next_due or due, due)
+                come_back(due)
+                continue
+            if stop_at is not None and self.clock() >= stop_at - SEND_GUARD_SECONDS:
+                come_back(stop_at)  # polled right after the send
                 continue
             try:
                 image_set = self.hook.get_image_set(row["datastore_id"], row["destination_image_set_id"],
@@ -325,6 +347,7 @@ class BatchCopyEngine:
             except (ClientError, BotoCoreError) as exc:
                 log.warning(state_line("copy_poll_error", row, error=type(exc).__name__))
                 self._next_poll[row["id"]] = now + interval
+                come_back(now + interval)
                 continue
             workflow = image_set.get("imageSetWorkflowStatus")
             if workflow == states.COPIED:
@@ -333,8 +356,8 @@ class BatchCopyEngine:
                 self._set(row, FAILED, error_code="COPY_FAILED", message=image_set.get("message"), completed_at=self.clock())
             else:
                 self._next_poll[row["id"]] = now + interval
-                next_due = min(next_due or now + interval, now + interval)
-        return None if next_due is None else max(0.0, next_due - self.clock())
+                come_back(now + interval)
+        return next_due
 
     def _finish(self, row: dict[str, Any], image_set: dict[str, Any]) -> None:
         verified = None

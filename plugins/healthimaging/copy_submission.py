@@ -53,6 +53,9 @@ class SubmissionPolicy:
     max_version_conflicts: int = 3
     backoff_base_seconds: float = 1.0
     backoff_cap_seconds: float = 60.0
+    #: The base of the backoff after throttling. A caller that paces its sends to the quota sets it to a
+    #: fraction of the quota's interval: a throttle then means "a little early", not "back off for seconds".
+    throttle_backoff_base_seconds: float = 1.0
     reconcile_attempts: int = 3
     reconcile_delay_seconds: float = 2.0
     sleep: Callable[[float], None] = field(default=time.sleep, repr=False)
@@ -61,8 +64,9 @@ class SubmissionPolicy:
     #: every call the service sees was paid for (an unpaid resend takes the quota of someone else's send).
     before_resend: Callable[[], object] | None = field(default=None, repr=False)
 
-    def backoff(self, attempt: int) -> float:
-        return min(self.backoff_cap_seconds, self.backoff_base_seconds * 2**attempt) * random.uniform(0.5, 1.0)
+    def backoff(self, attempt: int, base: float | None = None) -> float:
+        base = self.backoff_base_seconds if base is None else base
+        return min(self.backoff_cap_seconds, base * 2**attempt) * random.uniform(0.5, 1.0)
 
 
 @dataclass
@@ -115,7 +119,7 @@ def submit_copy(hook: HealthImagingHook, plan: CopyPlan, policy: SubmissionPolic
                 throttles += 1
                 if throttles > policy.max_throttle_retries:
                     raise CopySubmissionError(code, f"still throttled after {throttles - 1} retries: {message}") from exc
-                delay = policy.backoff(min(throttles, 6))
+                delay = policy.backoff(min(throttles, 6), policy.throttle_backoff_base_seconds)
                 log.info("CopyImageSet throttled; retrying in %.1fs (%d)", delay, throttles)
                 policy.sleep(delay)
                 attempts -= 1  # throttling is not a failed attempt: the quota decides the pace

@@ -80,7 +80,8 @@ class SharedTokenBucket:
             if taken:
                 return 0.0
             row = db.execute(sa.select(available.label("available"), buckets.c.rate).where(buckets.c.name == self.name)).one()
-        return max((1.0 - row.available) / row.rate, 0.01)
+        # A millisecond over the exact time: a wake-up at the exact time can find 0.9999999 of a token.
+        return max((1.0 - row.available) / row.rate, 0.0) + 0.001
 
     def acquire(self, timeout: float | None = None) -> float:
         """Wait for a token; returns the seconds waited. Raises TimeoutError after ``timeout`` seconds."""
