@@ -3,8 +3,13 @@
 Run: ``make bench-bulk`` (or ``.venv/bin/python bench/bulk_copy.py [--rows 1000] [--rate 5] [--validate-rows 100000]``).
 
 Part 1 copies ``--rows`` synthetic image sets with the emulator's CopyImageSet quota raised to
-``--rate``/s (burst 1, as AWS) and the DAG's shared limit set to the same rate, under
-``airflow dags test``. It prints, each as a ratio against what the same run measured or allows:
+``--rate``/s (burst 1, as AWS) and the DAG's shared limit set to the same rate. By default it runs
+under ``airflow dags test``, in one batch (dag.test runs mapped batches one after another, which
+would measure that, not the engine). With ``--stack`` it runs on the process stack of
+docker-compose.yaml (scheduler, triggerer, a Celery worker, PostgreSQL, Redis; ``make stack``) in
+batches of ``--batch-size`` (the DAG's default, 250), so that the batches' triggers run side by side
+in the triggerer and share the limit, as in production. It prints, each as a ratio against what the
+same run measured or allows:
 
 - the copy makespan (first CopyImageSet sent → last copy verified) against the quota-bound ideal
   (rows / rate + one copy duration, the duration measured in this run); target at most 1.10x;
@@ -24,7 +29,6 @@ import io
 import json
 import os
 import socket
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -37,9 +41,12 @@ import boto3
 from botocore.config import Config
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "plugins"))
+sys.path[:0] = [str(ROOT), str(ROOT / "plugins")]
 AIRFLOW = str(Path(sys.executable).with_name("airflow"))
 COPY_SECONDS = 2.0
+DAG_ID = "healthimaging_bulk_copy"
+#: The DAG's default batch size (dags/healthimaging_bulk_copy.py), used with --stack.
+DEFAULT_BATCH_SIZE = 250
 
 
 def free_port() -> int:
@@ -49,30 +56,34 @@ def free_port() -> int:
 
 
 def start_emulator(port: int, rows: int, rate: float) -> subprocess.Popen:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "healthimaging_emulator", "--port", str(port), "--seed", f"synthetic:{rows}",
-         "--rate", f"CopyImageSet={rate}:1", "--copy-seconds", str(COPY_SECONDS), "--copy-seconds-per-instance", "0",
-         "--log-level", "WARNING"], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    process = subprocess.Popen([sys.executable, "-m", "healthimaging_emulator", "--port", str(port),
+                                *emulator_args(rows, rate)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     for line in process.stdout:
         if "listening on" in line:
             return process
     raise SystemExit(f"the emulator exited with code {process.wait()}")
 
 
-def running_seconds(airflow_db: Path, dag_id: str) -> tuple[float, int]:
+def running_seconds(airflow_db_url: str, dag_id: str) -> tuple[float, int]:
     """(seconds task instances spent RUNNING, number of task instances) from Airflow's event log."""
-    with sqlite3.connect(airflow_db) as db:
-        events = db.execute(
-            "SELECT task_id, map_index, event, dttm FROM log WHERE dag_id = ? AND task_id IS NOT NULL ORDER BY dttm",
-            (dag_id,)).fetchall()
-        instances = db.execute("SELECT COUNT(*) FROM task_instance WHERE dag_id = ?", (dag_id,)).fetchone()[0]
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(airflow_db_url)
+    try:
+        with engine.connect() as db:
+            events = db.execute(sa.text(
+                "SELECT task_id, map_index, event, dttm FROM log WHERE dag_id = :dag AND task_id IS NOT NULL ORDER BY dttm"),
+                {"dag": dag_id}).fetchall()
+            instances = db.execute(sa.text("SELECT COUNT(*) FROM task_instance WHERE dag_id = :dag"), {"dag": dag_id}).scalar_one()
+    finally:
+        engine.dispose()
     from datetime import datetime
 
     started: dict[tuple, datetime] = {}
     total = 0.0
     for task_id, map_index, event, stamp in events:
         key = (task_id, map_index)
-        when = datetime.fromisoformat(str(stamp).replace("Z", "+00:00"))
+        when = stamp if isinstance(stamp, datetime) else datetime.fromisoformat(str(stamp).replace("Z", "+00:00"))
         if key in started:
             total += (when - started.pop(key)).total_seconds()
         if event == "running":
@@ -80,17 +91,67 @@ def running_seconds(airflow_db: Path, dag_id: str) -> tuple[float, int]:
     return total, instances
 
 
-def bulk_copy(rows: int, rate: float) -> dict:
+def copy_figures(ledger_url: str) -> dict:
+    """The copies as the ledger recorded them: first send, last completion, successes, median copy time."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(ledger_url)
+    try:
+        with engine.connect() as db:
+            first_sent, last_done, succeeded = db.execute(sa.text(
+                "SELECT MIN(submitted_at), MAX(completed_at), SUM(CASE WHEN status = 'succeeded' THEN 1 ELSE 0 END) "
+                "FROM healthimaging_copy_ledger")).one()
+            durations = sorted(d for (d,) in db.execute(sa.text(
+                "SELECT completed_at - submitted_at FROM healthimaging_copy_ledger WHERE status = 'succeeded'")))
+    finally:
+        engine.dispose()
+    return {"first_sent": first_sent, "last_done": last_done, "succeeded": succeeded or 0,
+            "one_copy": durations[len(durations) // 2] if durations else COPY_SECONDS}
+
+
+def emulator_args(rows: int, rate: float) -> list[str]:
+    return ["--seed", f"synthetic:{rows}", "--rate", f"CopyImageSet={rate}:1", "--copy-seconds", str(COPY_SECONDS),
+            "--copy-seconds-per-instance", "0", "--log-level", "WARNING"]
+
+
+def source_ids(url: str, rows: int) -> tuple[str, list[str]]:
+    """The synthetic data store and the first ``rows`` of its image sets."""
+    client = boto3.client("medical-imaging", endpoint_url=url, region_name="us-east-1", aws_access_key_id="bench",
+                          aws_secret_access_key="bench", config=Config(inject_host_prefix=False))
+    (datastore_id,) = [d["datastoreId"] for d in client.list_datastores()["datastoreSummaries"]
+                       if d["datastoreName"] == "synthetic"]
+    ids = [s["imageSetId"] for page in client.get_paginator("search_image_sets").paginate(datastoreId=datastore_id)
+           for s in page["imageSetsMetadataSummaries"]][:rows]
+    return datastore_id, ids
+
+
+def run_conf(manifest: Path, datastore_id: str, rate: float, batch_size: int) -> dict:
+    return {"manifest": str(manifest), "default_datastore_id": datastore_id, "copies_per_second": rate, "burst": 1,
+            "batch_size": batch_size, "max_copies_in_flight": 100, "poll_interval_seconds": 1,
+            "progress_interval_seconds": 30}
+
+
+def result_of(rows: int, rate: float, batch_size: int, succeeded_run: bool, run_seconds: float, counters: dict,
+              copies: dict, slot_seconds: float, instances: int, home: Path) -> dict:
+    copy_calls = counters.get("CopyImageSet", {})
+    return {
+        "succeeded_run": succeeded_run, "rows": rows, "succeeded": copies["succeeded"], "rate": rate,
+        "batch_size": batch_size, "batches": -(-rows // batch_size),
+        "makespan": copies["last_done"] - copies["first_sent"], "ideal": rows / rate + copies["one_copy"],
+        "one_copy": copies["one_copy"], "run_seconds": run_seconds, "copy_calls": copy_calls.get("calls", 0),
+        "throttled": copy_calls.get("throttled", 0), "slot_seconds": slot_seconds, "task_instances": instances,
+        "home": str(home),
+    }
+
+
+def bulk_copy_dags_test(rows: int, rate: float, batch_size: int) -> dict:
+    """Part 1 under ``airflow dags test`` (SQLite metadata DB and ledger)."""
     port = free_port()
     emulator = start_emulator(port, rows, rate)
     url = f"http://127.0.0.1:{port}"
     home = Path(tempfile.mkdtemp(prefix="bench-bulk-"))
     try:
-        client = boto3.client("medical-imaging", endpoint_url=url, region_name="us-east-1", aws_access_key_id="bench",
-                              aws_secret_access_key="bench", config=Config(inject_host_prefix=False))
-        datastore_id = client.list_datastores()["datastoreSummaries"][0]["datastoreId"]
-        ids = [s["imageSetId"] for page in client.get_paginator("search_image_sets").paginate(datastoreId=datastore_id)
-               for s in page["imageSetsMetadataSummaries"]][:rows]
+        datastore_id, ids = source_ids(url, rows)
         from healthimaging.manifest import template
 
         manifest = home / "manifest.csv"
@@ -104,35 +165,58 @@ def bulk_copy(rows: int, rate: float) -> dict:
                                                     "extra": {"endpoint_url": url, "region_name": "us-east-1"}}),
         })
         subprocess.run([AIRFLOW, "db", "migrate"], env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        # One batch: `airflow dags test` runs mapped batches one after another (a real triggerer runs
-        # them side by side), so several batches would measure dag.test's serialisation, not the engine.
-        conf = {"manifest": str(manifest), "default_datastore_id": datastore_id, "copies_per_second": rate, "burst": 1,
-                "batch_size": rows,
-                "max_copies_in_flight": 100, "poll_interval_seconds": 1, "progress_interval_seconds": 30}
         started = time.monotonic()
         with open(home / "run.log", "w") as log:
-            result = subprocess.run([AIRFLOW, "dags", "test", "healthimaging_bulk_copy", "--conf", json.dumps(conf)], env=env,
-                                    stdout=log, stderr=subprocess.STDOUT)
+            result = subprocess.run([AIRFLOW, "dags", "test", DAG_ID, "--conf",
+                                     json.dumps(run_conf(manifest, datastore_id, rate, batch_size))],
+                                    env=env, stdout=log, stderr=subprocess.STDOUT)
         run_seconds = time.monotonic() - started
-        with urllib.request.urlopen(f"{url}/_emulator/counters", timeout=10) as reply:
-            counters = json.loads(reply.read())
+        counters = emulator_admin(url, "GET", "counters")
     finally:
         emulator.terminate()
         emulator.wait(timeout=10)
-    with sqlite3.connect(home / "healthimaging_ledger.sqlite3") as db:
-        first_sent, last_done, succeeded = db.execute(
-            "SELECT MIN(submitted_at), MAX(completed_at), SUM(status = 'succeeded') FROM healthimaging_copy_ledger").fetchone()
-        durations = sorted(d for (d,) in db.execute(
-            "SELECT completed_at - submitted_at FROM healthimaging_copy_ledger WHERE status = 'succeeded'"))
-    slot_seconds, instances = running_seconds(home / "airflow.db", "healthimaging_bulk_copy")
-    copy_calls = counters.get("CopyImageSet", {})
-    one_copy = durations[len(durations) // 2] if durations else COPY_SECONDS
-    return {
-        "exit_code": result.returncode, "rows": rows, "succeeded": succeeded, "rate": rate,
-        "makespan": last_done - first_sent, "ideal": rows / rate + one_copy, "one_copy": one_copy,
-        "run_seconds": run_seconds, "copy_calls": copy_calls.get("calls", 0), "throttled": copy_calls.get("throttled", 0),
-        "slot_seconds": slot_seconds, "task_instances": instances, "home": str(home),
-    }
+    slot_seconds, instances = running_seconds(f"sqlite:///{home / 'airflow.db'}", DAG_ID)
+    return result_of(rows, rate, batch_size, result.returncode == 0, run_seconds, counters,
+                     copy_figures(f"sqlite:///{home / 'healthimaging_ledger.sqlite3'}"), slot_seconds, instances, home)
+
+
+def bulk_copy_on_stack(rows: int, rate: float, batch_size: int) -> dict:
+    """Part 1 on the process stack of docker-compose.yaml (PostgreSQL metadata DB and ledger, Celery)."""
+    from stack.compose import ENV_EXAMPLE
+    from stack.process_stack import ProcessStack
+    from tests.airflow_stack import StackClient
+
+    home = Path(tempfile.mkdtemp(prefix="bench-bulk-stack-"))
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "_AIRFLOW"))}
+    stack = ProcessStack(home / "home", workers=1, env_file=ENV_EXAMPLE, environ=environ,
+                         emulator_args=emulator_args(rows, rate))
+    with stack:
+        datastore_id, ids = source_ids(stack.emulator_url, rows)
+        from healthimaging.manifest import template
+
+        manifest = stack.home / "manifests" / "bench.csv"
+        manifest.write_text(template({"source_image_set_id": i} for i in ids))
+        emulator_admin(stack.emulator_url, "DELETE", "counters")
+        api = StackClient(stack)
+        api.auth_token = stack.token()
+        started = time.monotonic()
+        run_id = api.trigger(DAG_ID, conf=run_conf(manifest, datastore_id, rate, batch_size), wait_for_dag_timeout=180)
+        state = api.wait_for_run(DAG_ID, run_id, timeout=10 * rows / rate + 600, poll=2)
+        run_seconds = time.monotonic() - started
+        counters = emulator_admin(stack.emulator_url, "GET", "counters")
+        copies = copy_figures(stack.ledger_url())
+        slot_seconds, instances = running_seconds(stack.sql_alchemy_conn, DAG_ID)
+        if state != "success":
+            print(api.diagnostics(DAG_ID, run_id), file=sys.stderr)
+    return result_of(rows, rate, batch_size, state == "success", run_seconds, counters, copies, slot_seconds, instances,
+                     stack.home)
+
+
+def emulator_admin(url: str, method: str, path: str) -> dict:
+    request = urllib.request.Request(f"{url}/_emulator/{path}", method=method)
+    with urllib.request.urlopen(request, timeout=10) as reply:
+        body = reply.read()
+    return json.loads(body) if body else {}
 
 
 def validation(rows: int) -> dict:
@@ -142,19 +226,20 @@ def validation(rows: int) -> dict:
     data = template({"datastore_id": datastore, "source_image_set_id": f"{i:032x}", "label": f"row {i}"}
                     for i in range(rows)).encode()
 
-    def measure(work) -> tuple[float, int]:
-        tracemalloc.start()
+    def measure(work):
+        """(seconds, peak bytes, result) of ``work()``: timed on its own, then run again under tracemalloc,
+        which slows allocation several-fold and would distort the time."""
         began = time.perf_counter()
         work()
         seconds = time.perf_counter() - began
+        tracemalloc.start()
+        result = work()
         peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
-        return seconds, peak
+        return seconds, peak, result
 
-    base_seconds, base_peak = measure(lambda: list(csv.DictReader(io.StringIO(data.decode()))))
-    result_holder = {}
-    seconds, peak = measure(lambda: result_holder.setdefault("m", validate_manifest(data, "m.csv")))
-    validated = result_holder["m"]
+    base_seconds, base_peak, _ = measure(lambda: list(csv.DictReader(io.StringIO(data.decode()))))
+    seconds, peak, validated = measure(lambda: validate_manifest(data, "m.csv"))
     return {"rows": rows, "bytes": len(data), "seconds": seconds, "peak": peak, "base_seconds": base_seconds,
             "base_peak": base_peak, "valid": len(validated.rows), "rejected": len(validated.rejected)}
 
@@ -165,14 +250,23 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=5.0)
     parser.add_argument("--validate-rows", type=int, default=100_000)
     parser.add_argument("--skip-copy", action="store_true", help="only the validation part")
+    parser.add_argument("--stack", action="store_true",
+                        help="run on the process stack of docker-compose.yaml (batches side by side in the triggerer)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help=f"rows per batch (default: all in one under dags test, {DEFAULT_BATCH_SIZE} with --stack)")
     args = parser.parse_args()
     ok = True
     if not args.skip_copy:
-        r = bulk_copy(args.rows, args.rate)
+        if args.stack:
+            r = bulk_copy_on_stack(args.rows, args.rate, args.batch_size or DEFAULT_BATCH_SIZE)
+        else:
+            r = bulk_copy_dags_test(args.rows, args.rate, args.batch_size or args.rows)
         ratio = r["makespan"] / r["ideal"]
         throttled_share = r["throttled"] / r["copy_calls"] if r["copy_calls"] else 0.0
-        print(f"bulk copy: {r['rows']} image sets, CopyImageSet quota {r['rate']}/s burst 1, copies of {COPY_SECONDS}s "
-              f"(DAG exit code {r['exit_code']}, {r['succeeded']} succeeded)")
+        where = "the process stack (triggerer, Celery worker)" if args.stack else "airflow dags test"
+        print(f"bulk copy on {where}: {r['rows']} image sets in {r['batches']} batch(es) of {r['batch_size']}, "
+              f"CopyImageSet quota {r['rate']}/s burst 1, copies of {COPY_SECONDS}s "
+              f"(run {'succeeded' if r['succeeded_run'] else 'FAILED'}, {r['succeeded']} copies succeeded)")
         print(f"  copy makespan {r['makespan']:.1f}s vs ideal {r['ideal']:.1f}s (rows/rate + one copy of {r['one_copy']:.1f}s): "
               f"{ratio:.3f}x  (target <= 1.10x) {'meets' if ratio <= 1.10 else 'MISSES'}")
         print(f"  whole DAG run {r['run_seconds']:.1f}s: {r['run_seconds'] / r['ideal']:.3f}x the ideal")
@@ -182,7 +276,7 @@ def main() -> int:
               f"({r['slot_seconds'] / r['makespan']:.3f} of the makespan)")
         print(f"  task instances: {r['task_instances']} = {1000 * r['task_instances'] / r['rows']:.1f} per 1,000 rows")
         print(f"  (Airflow home and logs: {r['home']})")
-        ok = ok and r["exit_code"] == 0 and ratio <= 1.10 and throttled_share <= 0.01
+        ok = ok and r["succeeded_run"] and ratio <= 1.10 and throttled_share <= 0.01
     v = validation(args.validate_rows)
     print(f"manifest validation: {v['rows']:,} rows ({v['bytes'] / 1e6:.1f} MB), {v['valid']:,} valid, {v['rejected']} rejected")
     print(f"  time {v['seconds']:.2f}s vs csv.DictReader alone {v['base_seconds']:.2f}s: {v['seconds'] / v['base_seconds']:.1f}x")

@@ -327,6 +327,20 @@ class AirflowRestClient:
 
 
 
+class StackClient(AirflowRestClient):
+    """The REST helpers above, on a :class:`stack.process_stack.ProcessStack` (the compose stack as processes)."""
+
+    def __init__(self, stack: Any) -> None:
+        self.stack = stack
+        self.api_url = stack.api_url
+        self.home = stack.home
+        self.log_dir = stack.log_dir
+        self.component_names = tuple(stack.processes)
+
+    def check_alive(self) -> None:
+        self.stack.check_alive()
+
+
 class AirflowStack(AirflowRestClient):
     """Run scheduler (LocalExecutor), dag-processor, triggerer and api-server against a fresh DB.
 

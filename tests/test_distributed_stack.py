@@ -37,7 +37,7 @@ import pytest
 
 from stack.compose import ENV_EXAMPLE
 from stack.process_stack import ProcessStack
-from tests.airflow_stack import AirflowRestClient
+from tests.airflow_stack import StackClient
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -73,20 +73,6 @@ FAST = {
     "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": "2",
     "AIRFLOW__LOGGING__COLORED_CONSOLE_LOG": "False",
 }
-
-
-class StackClient(AirflowRestClient):
-    """The REST helpers of tests/airflow_stack.py, on a ProcessStack."""
-
-    def __init__(self, stack: ProcessStack) -> None:
-        self.stack = stack
-        self.api_url = stack.api_url
-        self.home = stack.home
-        self.log_dir = stack.log_dir
-        self.component_names = tuple(stack.processes)
-
-    def check_alive(self) -> None:
-        self.stack.check_alive()
 
 
 def emulator_client(url: str):

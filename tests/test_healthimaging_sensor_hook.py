@@ -12,7 +12,6 @@ import asyncio
 import functools
 import json
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,7 +25,6 @@ from healthimaging.triggers import HealthImagingImageSetTrigger
 from tests.airflow_env import PLUGINS_FOLDER
 from tests.healthimaging_helpers import (
     SERIES_MISMATCH,
-    Code,
     Sample,
     boto_copy,
     copy_task,

@@ -345,7 +345,7 @@ def test_query_booleans_are_true_or_false() -> None:
 
 def test_several_problems_are_all_reported() -> None:
     message = parse_error(["3 validation errors detected"], "POST",
-                          f"/datastore/bad/imageSet/BAD/copyImageSet?promoteToPrimary=1", {}, copy_body())
+                          "/datastore/bad/imageSet/BAD/copyImageSet?promoteToPrimary=1", {}, copy_body())
     assert message.count("failed to satisfy constraint") == 3
 
 

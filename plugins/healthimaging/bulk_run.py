@@ -223,8 +223,6 @@ def verdict(summary: dict[str, Any]) -> str | None:
 
 def datastore_summaries(ledger: Ledger, dag_id: str, run_id: str) -> dict[str, dict[str, int]]:
     """Per data store, the run's row counts by status (the extra of its Asset event)."""
-    import sqlalchemy as sa
-
     with ledger.engine.connect() as db:
         query = (sa.select(copies.c.datastore_id, copies.c.status, sa.func.count())
                  .where(copies.c.dag_id == dag_id, copies.c.run_id == run_id, copies.c.datastore_id.is_not(None))

@@ -219,12 +219,13 @@ def validate_manifest(data: bytes, name: str = "manifest.csv", *, default_datast
             continue
         valid, errors = validate_row(row, raw, default_datastore_id=default_datastore_id)
         if valid is not None:
-            previous = first_seen.get(valid.copy_key)
+            key = valid.copy_key
+            previous = first_seen.get(key)
             if previous is not None:
                 errors.append(RowError(row, None, f"duplicates row {previous} (same source, version, target and subset)",
                                        "each copy listed once"))
             else:
-                first_seen[valid.copy_key] = row
+                first_seen[key] = row
         if errors:
             result.rejected.append((row, raw, errors))
         else:
