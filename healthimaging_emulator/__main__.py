@@ -98,6 +98,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"seed {spec}: {verb} data store {result.datastore_name!r} ({result.datastore_id}) with "
               f"{result.image_sets} image sets in {result.seconds:.1f}s", flush=True)
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    # Threads hand the GIL over every millisecond instead of every 5: a request waits less for a busy thread
+    # before its arrival is stamped (the quota's clock), and latencies are steadier under load.
+    sys.setswitchinterval(0.001)
     print(f"HealthImaging emulator listening on {server.url} (state: {args.state_dir or 'in memory'})", flush=True)
     try:
         server.serve_forever()

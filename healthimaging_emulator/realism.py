@@ -37,11 +37,13 @@ class TokenBucket:
         self._stamp = time.monotonic()
         self._lock = threading.Lock()
 
-    def try_acquire(self) -> bool:
+    def try_acquire(self, at: float | None = None) -> bool:
+        """Take a token for a request that arrived at ``at`` (``time.monotonic()``; default now)."""
         with self._lock:
-            now = time.monotonic()
-            self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
-            self._stamp = now
+            now = time.monotonic() if at is None else at
+            # Requests can be checked in another order than they arrived (threads): never refill backwards.
+            self._tokens = min(self.burst, self._tokens + max(0.0, now - self._stamp) * self.rate)
+            self._stamp = max(self._stamp, now)
             if self._tokens >= 1.0:
                 self._tokens -= 1.0
                 return True
@@ -58,9 +60,9 @@ class RateLimiter:
     def rates(self) -> dict[str, tuple[float, float]]:
         return {op: (b.rate, b.burst) for op, b in self._buckets.items()}
 
-    def allow(self, operation: str) -> bool:
+    def allow(self, operation: str, at: float | None = None) -> bool:
         bucket = self._buckets.get(operation)
-        return bucket is None or bucket.try_acquire()
+        return bucket is None or bucket.try_acquire(at)
 
 
 @dataclass

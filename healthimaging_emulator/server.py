@@ -69,6 +69,12 @@ class _Handler(BaseHTTPRequestHandler):
         except OSError:
             pass
 
+    def parse_request(self) -> bool:
+        # The request line has just been read: the quota counts from here (AWS counts arrivals), not from
+        # whenever this thread gets through header parsing and the GIL to the limiter.
+        self.arrived = time.monotonic()
+        return super().parse_request()
+
     def do_GET(self) -> None:
         self._handle()
 
@@ -122,7 +128,8 @@ class _Handler(BaseHTTPRequestHandler):
         if urlsplit(self.path).path.startswith(ADMIN_PREFIX):
             self._send(*emulator.admin(self.command, self.path, body))
             return
-        status, headers, payload = emulator.dispatch(self.command, self.path, dict(self.headers.items()), body)
+        status, headers, payload = emulator.dispatch(self.command, self.path, dict(self.headers.items()), body,
+                                                     arrived=self.arrived)
         if status is None:  # an injected lost response: the call took effect, the client hears nothing
             self.close_connection = True
             try:
@@ -204,8 +211,10 @@ class EmulatorServer:
 
     # ------------------------------------------------------------------ the AWS API
 
-    def dispatch(self, method: str, target: str, headers: dict[str, str], body: bytes) -> tuple[int | None, dict[str, str], bytes]:
-        """One API request; a status of None means: drop the connection without answering."""
+    def dispatch(self, method: str, target: str, headers: dict[str, str], body: bytes,
+                 arrived: float | None = None) -> tuple[int | None, dict[str, str], bytes]:
+        """One API request (that arrived at ``arrived``, ``time.monotonic()``); a status of None means: drop the
+        connection without answering."""
         counters = self.realism.counters
         try:
             operation, params = protocol.parse_request(method, target, headers, body)
@@ -214,7 +223,7 @@ class EmulatorServer:
             counters.record(route[0].name if route else "Unknown", outcome="error", error_code=error.code)
             return protocol.serialize_error(error)
         name = operation.name
-        if not self.realism.limiter.allow(name):
+        if not self.realism.limiter.allow(name, arrived):
             counters.record(name, outcome="throttled", error_code="ThrottlingException")
             return protocol.serialize_error(ThrottlingException("Rate exceeded"))
         fault = self.realism.faults.draw(name)

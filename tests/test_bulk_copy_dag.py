@@ -32,7 +32,7 @@ from healthimaging.bulk_copy import BatchCopyEngine, BulkCopySettings
 from healthimaging.bulk_run import MAX_BATCHES, prepare, report_folder
 from healthimaging.ledger import Ledger, copies, engine_for, manifests
 from healthimaging.manifest import template
-from healthimaging.rate_limit import SharedTokenBucket
+from healthimaging.rate_limit import SharedTokenBucket, buckets
 from healthimaging_emulator.exceptions import ValidationException
 from tests.airflow_env import DAGS_FOLDER
 
@@ -700,6 +700,48 @@ def test_a_wait_from_the_token_bucket_ends_when_the_token_is_there(ledger):
         assert 0 < wait <= 1 / 4 + 0.002
         time.sleep(wait)
         assert bucket.try_acquire() == 0.0
+
+
+def test_push_back_delays_the_next_token_unless_another_was_taken_since(ledger):
+    name = f"test-{uuid.uuid4().hex}"
+    first, second = (SharedTokenBucket(ledger.engine, name, rate=4, burst=1) for _ in range(2))
+    assert first.try_acquire() == 0.0
+    first.push_back(0.5)  # its call left half a second after the token
+    assert 0.7 <= second.try_acquire() <= 0.76  # 0.25 s of refill, counted from 0.5 s later
+
+    name = f"test-{uuid.uuid4().hex}"
+    first, second = (SharedTokenBucket(ledger.engine, name, rate=20, burst=1) for _ in range(2))
+    assert first.try_acquire() == 0.0
+    time.sleep(second.try_acquire())
+    assert second.try_acquire() == 0.0
+    first.push_back(0.5)  # too late: the stamp is the second token's now
+    assert second.try_acquire() <= 0.06
+
+
+def test_a_send_that_leaves_late_moves_the_next_token_back(ledger, emulator_connection, tmp_path):
+    """The service counts from a call's arrival: time between asking for the token and the call leaving (here
+    a token answer held up 80 ms) is added to the bucket's clock, so the next call keeps a whole interval."""
+    emulator = emulator_connection
+    datastore_id, ids = seed(emulator, 1)
+    run_id, (engine,) = prepared_batches(ledger, tmp_path, datastore_id, [{"source_image_set_id": ids[0]}],
+                                         batch_size=10, copies_per_second=2, burst=1)
+    taken = []
+    try_acquire = engine.bucket.try_acquire
+
+    def slow_answer():
+        wait = try_acquire()
+        if not wait:
+            taken.append(engine.bucket.taken_stamp)
+            time.sleep(0.08)
+        return wait
+
+    engine.bucket.try_acquire = slow_answer
+    engine.step()
+
+    assert ledger.run_rows("engine-test", run_id)[0]["status"] == "submitted" and len(taken) == 1
+    with ledger.engine.connect() as db:
+        stamp = db.execute(sa.select(buckets.c.stamp).where(buckets.c.name == engine.bucket.name)).scalar_one()
+    assert stamp - taken[0] >= 0.08
 
 
 def test_polls_stop_short_of_a_send_that_is_due(ledger, emulator_connection, tmp_path):

@@ -48,14 +48,12 @@ COPIES_PER_SECOND = 4.0
 RUN_TIMEOUT = 300
 MAX_THROTTLED_SHARE = 0.01
 FAULTS = ("CopyImageSet:internal_error=0.03", "CopyImageSet:lost_response=0.03", "GetImageSet:throttle=0.02")
-# The service's CopyImageSet quota is the DAG's rate; its burst is 2, not AWS's 1. With the limiter at the quota
-# and burst 1 on both sides, a send that took its token a few milliseconds before another but reached the service
-# a few milliseconds after it (thread scheduling between the token and the socket, on a busy 2-core machine) is
-# throttled: measured here, ~9% of calls before the engine paid a token for every resend and paced at
-# bulk_copy.PACE_MARGIN of the rate, 0.3-1.3% since (retried, never failed). The second token absorbs that
-# jitter and nothing more: a limiter that is not shared (each of the 8 batches, or each worker, pacing itself at
-# 4/s) would send several times the quota and see most calls throttled.
-EMULATOR_BURST = 2
+# The service's CopyImageSet quota is the DAG's rate with AWS's burst of 1: the limiter must keep every call
+# (8 batches in the triggerer, resends included) a whole quota interval after the one before, as the service
+# counts them. It used to need a burst of 2 here: a call that left a few milliseconds after its token (thread
+# scheduling, the GIL) could reach the service less than an interval after the next one; the engine now moves
+# the shared bucket's clock back by that delay (SharedTokenBucket.push_back).
+EMULATOR_BURST = 1
 EMULATOR_ARGS = [
     "--rate", f"CopyImageSet={COPIES_PER_SECOND:g}:{EMULATOR_BURST}",
     "--copy-seconds", "1", "--copy-seconds-per-instance", "0",

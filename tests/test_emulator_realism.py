@@ -27,6 +27,7 @@ from botocore.exceptions import ClientError, ConnectionClosedError, HTTPClientEr
 from botocore.retries import standard as standard_retries
 
 from healthimaging_emulator.pytest_plugin import EmulatorHandle, make_client, start_emulator
+from healthimaging_emulator.realism import TokenBucket
 
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
@@ -149,6 +150,19 @@ def test_throttling_follows_the_token_bucket(healthimaging_emulator):
     assert counters["throttled"] == throttled
     assert counters["errors"] == {"ThrottlingException": throttled}
     assert counters["faults"] == {}
+
+
+def test_the_token_bucket_counts_arrivals_and_never_refills_backwards():
+    """Requests are checked at their arrival time; one checked after a later arrival (threads) gets no refill
+    from the time between them, and the bucket's clock never moves back."""
+    bucket = TokenBucket(rate=4, burst=1)  # one token every 0.25 s
+    start = time.monotonic() + 10  # well after the bucket filled
+    assert bucket.try_acquire(at=start)
+    assert not bucket.try_acquire(at=start + 0.24)  # 0.96 of a token
+    assert bucket.try_acquire(at=start + 0.26)
+    assert not bucket.try_acquire(at=start + 0.10)  # arrived earlier, checked later: no token out of thin air
+    assert not bucket.try_acquire(at=start + 0.50)  # 0.24 s since the last token: the clock did not move back
+    assert bucket.try_acquire(at=start + 0.52)
 
 
 def test_aws_default_copy_quota_and_unthrottling(healthimaging_emulator):

@@ -47,9 +47,10 @@ from healthimaging.rate_limit import SharedTokenBucket
 log = logging.getLogger(__name__)
 
 #: The engine sends at this share of the configured rate: with the client's and the service's buckets
-#: at exactly the same rate, network and scheduling jitter would land some calls just inside one
-#: quota interval and get them throttled.
-PACE_MARGIN = 0.97
+#: at exactly the same rate, network jitter would land some calls just inside one quota interval and
+#: get them throttled. (The larger delay, between a token and its call leaving this process, is measured
+#: and given back to the bucket: see ``_submit``.)
+PACE_MARGIN = 0.99
 #: Polls stop this long before a send is due: one poll (GetImageSet, and verification when it is done)
 #: takes a few milliseconds, and a send that starts late loses that time from the quota for good.
 SEND_GUARD_SECONDS = 0.005
@@ -117,6 +118,9 @@ class BatchCopyEngine:
         self._last_progress = 0.0
         self._done_at_start: int | None = None
         self._ready: tuple[dict[str, Any], CopyPlan] | None = None
+        self._client: Any = None
+        self._token_taken_at: float | None = None
+        self._send_delay: float | None = None
 
     # ------------------------------------------------------------------ ledger access
 
@@ -176,7 +180,40 @@ class BatchCopyEngine:
         """Take a token: None if taken, else the time one will be there."""
         asked = self.clock()
         wait = self.bucket.try_acquire()
-        return asked + wait if wait else None
+        if wait:
+            return asked + wait
+        # The token is stamped somewhere between asking and the answer: a return held up (by the GIL, say)
+        # is delay too, so the send is timed from the asking.
+        self._token_taken_at = asked
+        return None
+
+    def _take_token(self) -> None:
+        """Wait for a token (before a resend)."""
+        while (wait := self._token_due()) is not None:
+            time.sleep(max(0.0, wait - self.clock()))
+
+    def _copy_client(self) -> Any:
+        """The no-retry CopyImageSet client, built once, timing each call against its token.
+
+        The quota counts from when a call reaches the service, not from when its token was stamped: a call
+        that left late (another thread held the GIL, the token's answer was slow) moves the next token back
+        by as much, once the call is answered (or failed), before the next token is due.
+        """
+        if self._client is None:
+            self._client = self.hook.no_retry_conn
+            self._client.meta.events.register("before-send.medical-imaging.CopyImageSet", self._note_send)
+            self._client.meta.events.register("response-received.medical-imaging.CopyImageSet", self._give_back_delay)
+        return self._client
+
+    def _note_send(self, **_: Any) -> None:
+        """botocore's last step before the request goes out: how long after its token it goes."""
+        if self._token_taken_at is not None:
+            self._send_delay, self._token_taken_at = self.clock() - self._token_taken_at, None
+
+    def _give_back_delay(self, **_: Any) -> None:
+        delay, self._send_delay = self._send_delay, None
+        if delay:
+            self.bucket.push_back(delay)
 
     def _recover(self) -> None:
         """Rows an earlier (dead) engine of this batch left in ``submitting``: reconcile before anything is re-sent.
@@ -302,7 +339,7 @@ class BatchCopyEngine:
                   destination_version_id=None, copy_kind=plan.copy_kind)
         # The CopyImageSet client is built now (once per engine), not between the token and the send: building
         # it takes long enough that a send of another engine, paced after this one, would overtake it.
-        _ = self.hook.no_retry_conn.copy_image_set
+        self._copy_client()
         return plan
 
     def _submit(self, row: dict[str, Any], plan: CopyPlan) -> None:
@@ -310,8 +347,9 @@ class BatchCopyEngine:
         try:
             # The first send uses the token taken before this call; every resend takes one of its own.
             # Throttled: wait half a quota interval or so (doubling while it lasts), then a token.
-            policy = SubmissionPolicy(max_attempts=self.settings.max_submit_attempts, before_resend=self.bucket.acquire,
+            policy = SubmissionPolicy(max_attempts=self.settings.max_submit_attempts, before_resend=self._take_token,
                                       throttle_backoff_base_seconds=0.25 / self.settings.copies_per_second)
+            self._copy_client()
             submitted = submit_copy(self.hook, plan, policy)
         except CopySubmissionError as exc:
             self._set(row, FAILED, error_code=exc.code, message=exc.message, completed_at=self.clock(),

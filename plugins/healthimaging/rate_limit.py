@@ -43,6 +43,7 @@ class SharedTokenBucket:
         self.rate = float(rate)
         self.burst = float(burst)
         self.sleep = sleep
+        self.taken_stamp: float | None = None  # the bucket's stamp when this object last took a token
         buckets.create(engine, checkfirst=True)
         self._ensure_row()
 
@@ -76,12 +77,31 @@ class SharedTokenBucket:
                 buckets.update()
                 .where(buckets.c.name == self.name, available >= 1.0)
                 .values(tokens=available - 1.0, stamp=sa.case((now > buckets.c.stamp, now), else_=buckets.c.stamp))
-            ).rowcount
-            if taken:
+                .returning(buckets.c.stamp)
+            ).first()
+            if taken is not None:
+                self.taken_stamp = taken.stamp
                 return 0.0
-            row = db.execute(sa.select(available.label("available"), buckets.c.rate).where(buckets.c.name == self.name)).one()
+            ahead = sa.case((buckets.c.stamp > now, buckets.c.stamp - now), else_=0.0)  # pushed back: see push_back
+            row = db.execute(sa.select(available.label("available"), ahead.label("ahead"), buckets.c.rate)
+                             .where(buckets.c.name == self.name)).one()
         # A millisecond over the exact time: a wake-up at the exact time can find 0.9999999 of a token.
-        return max((1.0 - row.available) / row.rate, 0.0) + 0.001
+        return row.ahead + max((1.0 - row.available) / row.rate, 0.0) + 0.001
+
+    def push_back(self, seconds: float) -> None:
+        """Start the refill after the token this object took last ``seconds`` later.
+
+        For a call that went out that long after its token was stamped (thread scheduling, the GIL,
+        building the request): the service counts from the call's arrival, so the next token must too,
+        or the next call can arrive less than one interval after this one and be throttled. Does nothing
+        once another token has been taken since (the stamp moved on).
+        """
+        stamp, self.taken_stamp = self.taken_stamp, None
+        if stamp is None or seconds <= 0:
+            return
+        with self.engine.begin() as db:
+            db.execute(buckets.update().where(buckets.c.name == self.name, buckets.c.stamp == stamp)
+                       .values(stamp=buckets.c.stamp + seconds))
 
     def acquire(self, timeout: float | None = None) -> float:
         """Wait for a token; returns the seconds waited. Raises TimeoutError after ``timeout`` seconds."""
