@@ -49,7 +49,7 @@ log = logging.getLogger(__name__)
 #: The engine sends at this share of the configured rate: with the client's and the service's buckets
 #: at exactly the same rate, network jitter would land some calls just inside one quota interval and
 #: get them throttled. (The larger delay, between a token and its call leaving this process, is measured
-#: and given back to the bucket: see ``_submit``.)
+#: and given back to the bucket: see ``_copy_client``.)
 PACE_MARGIN = 0.99
 #: Polls stop this long before a send is due: one poll (GetImageSet, and verification when it is done)
 #: takes a few milliseconds, and a send that starts late loses that time from the quota for good.
