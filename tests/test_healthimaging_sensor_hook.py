@@ -186,6 +186,21 @@ def test_sensor_custom_target_states_and_workflow_statuses(sample, run_sensor_da
         assert ("destination_copied", "deferred") in result.events and ("source_copied", "deferred") in result.events
 
 
+def test_a_deferred_sensor_polls_at_least_every_second(sample):
+    """The provider's async waiter sleeps ``waiter_delay`` whole seconds; a sub-second poke_interval must not
+    become 0 there (a GetImageSet loop as fast as the service answers)."""
+    from airflow.sdk.exceptions import TaskDeferred
+
+    image_set_id = sample.image_sets[0].image_set_id  # imported: CREATED, never COPIED
+    for poke_interval, expected in ((0.25, 1), (2.5, 3), (30, 30)):
+        sensor = HealthImagingImageSetSensor(task_id="s", datastore_id=sample.datastore_id, image_set_id=image_set_id,
+                                             target_workflow_statuses=["COPIED"], deferrable=True,
+                                             poke_interval=poke_interval)
+        with pytest.raises(TaskDeferred) as deferred:
+            sensor.execute({})
+        assert deferred.value.trigger.waiter_delay == expected
+
+
 def test_sensor_acceptors_follow_its_targets():
     sensor = HealthImagingImageSetSensor(task_id="s", datastore_id="d" * 32, image_set_id="e" * 32,
                                          target_states=["ACTIVE", "LOCKED"], target_workflow_statuses=["COPIED"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -98,7 +99,7 @@ class HealthImagingImageSetSensor(AwsBaseSensor[HealthImagingHook]):
                 waiter_name="image_set_settled",
                 acceptors=self.acceptors(),
                 return_value={"image_set_id": self.image_set_id, "version_id": self.version_id},
-                waiter_delay=int(self.poke_interval),
+                waiter_delay=max(1, math.ceil(self.poke_interval)),  # whole seconds there; 0 would spin
                 waiter_max_attempts=self.max_retries,
                 aws_conn_id=self.aws_conn_id,
                 region_name=self.region_name,
