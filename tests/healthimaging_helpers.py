@@ -26,6 +26,7 @@ def metadata(client, datastore_id: str, image_set_id: str, version: str | None =
     """The GetImageSetMetadata document (gzip JSON, which botocore does not decompress)."""
     kwargs = {"versionId": str(version)} if version else {}
     response = client.get_image_set_metadata(datastoreId=datastore_id, imageSetId=image_set_id, **kwargs)
+    assert response["contentEncoding"] == "gzip"
     return json.loads(gzip.decompress(response["imageSetMetadataBlob"].read()))
 
 

@@ -7,7 +7,6 @@ asserts outcomes a caller can observe: the CopyImageSet response, the image set 
 
 from __future__ import annotations
 
-import gzip
 import json
 import time
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from botocore.exceptions import ClientError, ConnectionError as BotoConnectionEr
 
 from healthimaging_emulator import dicom_metadata, quotas
 from healthimaging_emulator.backend import INJECTED_COPY_FAILURE
+from tests.healthimaging_helpers import ImageSet, metadata
 
 UNKNOWN_ID = "0123456789abcdef0123456789abcdef"  # matches [0-9a-z]{32}, names nothing
 LONG_COPY = {"copy_fixed_seconds": 5}  # a copy that is still in flight while the test goes on
@@ -39,14 +39,6 @@ def wait_until_active(client, datastore_id: str, image_set_id: str, timeout: flo
             raise AssertionError(f"image set {image_set_id} still {props['imageSetState']}/"
                                  f"{props['imageSetWorkflowStatus']} after {timeout} s")
         time.sleep(0.02)
-
-
-def metadata(client, datastore_id: str, image_set_id: str, version: str | None = None) -> dict[str, Any]:
-    """The GetImageSetMetadata document (gzip JSON, which botocore does not decompress)."""
-    kwargs = {"versionId": version} if version else {}
-    response = client.get_image_set_metadata(datastoreId=datastore_id, imageSetId=image_set_id, **kwargs)
-    assert response["contentEncoding"] == "gzip"
-    return json.loads(gzip.decompress(response["imageSetMetadataBlob"].read()))
 
 
 def sop_uid_list(document: dict[str, Any]) -> list[str]:
@@ -104,27 +96,10 @@ def error_of(excinfo) -> tuple[str, int, str]:
 
 
 @dataclass
-class ImageSet:
-    image_set_id: str
-    is_primary: bool
-    document: dict[str, Any]
+class CatalogedImageSet(ImageSet):
+    """An image set with its SearchImageSets primary flag."""
 
-    @property
-    def patient_id(self) -> str:
-        return self.document["Patient"]["DICOM"].get("PatientID")
-
-    @property
-    def study_uid(self) -> str:
-        return self.document["Study"]["DICOM"]["StudyInstanceUID"]
-
-    @property
-    def series_uid(self) -> str:
-        (uid,) = self.document["Study"]["Series"]
-        return uid
-
-    @property
-    def instances(self) -> list[str]:
-        return sorted(self.document["Study"]["Series"][self.series_uid]["Instances"])
+    is_primary: bool = False
 
 
 @dataclass
@@ -132,7 +107,7 @@ class Seeded:
     handle: Any
     client: Any
     datastore_id: str
-    image_sets: list[ImageSet]
+    image_sets: list[CatalogedImageSet]
 
     def copy(self, source: str, version: str = "1", **kwargs: Any) -> dict[str, Any]:
         return copy(self.client, self.datastore_id, source, version, **kwargs)
@@ -150,7 +125,7 @@ class Seeded:
     def versions(self, image_set_id: str) -> dict[str, dict[str, Any]]:
         return versions(self.client, self.datastore_id, image_set_id)
 
-    def same_study_pair(self) -> tuple[ImageSet, ImageSet]:
+    def same_study_pair(self) -> tuple[CatalogedImageSet, CatalogedImageSet]:
         """Two image sets of one study (same patient) with different series."""
         for a in self.image_sets:
             for b in self.image_sets:
@@ -158,23 +133,23 @@ class Seeded:
                     return a, b
         raise AssertionError("the seed has no study with two series")
 
-    def other_patient_pair(self) -> tuple[ImageSet, ImageSet]:
+    def other_patient_pair(self) -> tuple[CatalogedImageSet, CatalogedImageSet]:
         for a in self.image_sets:
             for b in self.image_sets:
                 if a.patient_id != b.patient_id:
                     return a, b
         raise AssertionError("the seed has a single patient")
 
-    def primary(self, index: int = 0) -> ImageSet:
+    def primary(self, index: int = 0) -> CatalogedImageSet:
         return [s for s in self.image_sets if s.is_primary][index]
 
 
-def catalog(client, datastore_id: str) -> list[ImageSet]:
+def catalog(client, datastore_id: str) -> list[CatalogedImageSet]:
     found = []
     for page in client.get_paginator("search_image_sets").paginate(datastoreId=datastore_id):
         for summary in page["imageSetsMetadataSummaries"]:
-            found.append(ImageSet(summary["imageSetId"], summary["isPrimary"],
-                                  metadata(client, datastore_id, summary["imageSetId"])))
+            found.append(CatalogedImageSet(summary["imageSetId"], metadata(client, datastore_id, summary["imageSetId"]),
+                                           is_primary=summary["isPrimary"]))
     return found
 
 
@@ -196,7 +171,7 @@ def sample(healthimaging_emulator) -> Seeded:
     return seeded(healthimaging_emulator, "sample")
 
 
-def multi_instance_sample(sample: Seeded) -> ImageSet:
+def multi_instance_sample(sample: Seeded) -> CatalogedImageSet:
     """The sample image set with the most instances, every one of them with image frames."""
     candidates = [s for s in sample.image_sets if len(s.document["Study"]["Series"]) == 1
                   and all(i.get("ImageFrames") for i in s.document["Study"]["Series"][s.series_uid]["Instances"].values())]
