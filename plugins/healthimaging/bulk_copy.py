@@ -118,7 +118,7 @@ class BatchCopyEngine:
         self._last_progress = 0.0
         self._done_at_start: int | None = None
         self._ready: tuple[dict[str, Any], CopyPlan] | None = None
-        self._client: Any = None
+        self._calls_timed = False
         self._token_taken_at: float | None = None
         self._send_delay: float | None = None
 
@@ -192,18 +192,18 @@ class BatchCopyEngine:
         while (wait := self._token_due()) is not None:
             time.sleep(max(0.0, wait - self.clock()))
 
-    def _copy_client(self) -> Any:
-        """The no-retry CopyImageSet client, built once, timing each call against its token.
+    def _copy_client(self) -> None:
+        """Build the no-retry CopyImageSet client (once) and time each of its calls against its token.
 
         The quota counts from when a call reaches the service, not from when its token was stamped: a call
         that left late (another thread held the GIL, the token's answer was slow) moves the next token back
         by as much, once the call is answered (or failed), before the next token is due.
         """
-        if self._client is None:
-            self._client = self.hook.no_retry_conn
-            self._client.meta.events.register("before-send.medical-imaging.CopyImageSet", self._note_send)
-            self._client.meta.events.register("response-received.medical-imaging.CopyImageSet", self._give_back_delay)
-        return self._client
+        if not self._calls_timed:
+            events = self.hook.no_retry_conn.meta.events
+            events.register("before-send.medical-imaging.CopyImageSet", self._note_send)
+            events.register("response-received.medical-imaging.CopyImageSet", self._give_back_delay)
+            self._calls_timed = True
 
     def _note_send(self, **_: Any) -> None:
         """botocore's last step before the request goes out: how long after its token it goes."""
