@@ -273,12 +273,11 @@ class BatchCopyEngine:
         for row in self._rows(PENDING, limit=200):
             if row["source_image_set_id"] in blocked_sources:
                 continue
-            if self._in_flight_for(row["datastore_id"]) >= self.settings.max_in_flight:
-                return self.clock() + self.settings.poll_interval / 2
-            if self._source_busy(row):
-                blocked_sources.add(row["source_image_set_id"])  # the source is locked by a copy in flight
-                continue
-            if not self._claim(row):
+            if not self._claim(row):  # it checks both guards atomically; here only why it failed is looked up
+                if self._in_flight_for(row["datastore_id"]) >= self.settings.max_in_flight:
+                    return self.clock() + self.settings.poll_interval / 2
+                if self._source_busy(row):
+                    blocked_sources.add(row["source_image_set_id"])  # the source is locked by a copy in flight
                 continue
             plan = self._plan(row)
             if plan is None:
