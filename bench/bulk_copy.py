@@ -29,7 +29,6 @@ import csv
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -43,17 +42,12 @@ from botocore.config import Config
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "plugins")]
+from stack.processes import free_port  # noqa: E402 - after the path is set
 AIRFLOW = str(Path(sys.executable).with_name("airflow"))
 COPY_SECONDS = 2.0
 DAG_ID = "healthimaging_bulk_copy"
 #: The DAG's default batch size (dags/healthimaging_bulk_copy.py), used with --stack.
 DEFAULT_BATCH_SIZE = 250
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def start_emulator(port: int, rows: int, rate: float) -> subprocess.Popen:

@@ -7,5 +7,7 @@
   the login), run by the compose service and by the process stack alike.
 - :mod:`stack.process_stack`: :class:`~stack.process_stack.ProcessStack`, the compose services as
   processes on this machine's PostgreSQL and Redis (``make stack``, and the integration test).
+- :mod:`stack.processes`: starting process groups and stopping them with every descendant (also used by
+  the tests' LocalExecutor harness, ``tests/airflow_stack.py``).
 - ``python -m stack``: the command line (``up``, ``env``, ``dotenv``).
 """

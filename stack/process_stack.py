@@ -29,7 +29,6 @@ import contextlib
 import json
 import os
 import secrets
-import signal
 import socket
 import subprocess
 import sys
@@ -44,6 +43,7 @@ from typing import Any
 
 from stack import compose
 from stack.compose import REPO_ROOT, LocalEndpoints
+from stack.processes import free_port, spawn, stop_all
 
 #: What the process stack sets beyond the compose environment, and why (each is something an image or
 #: a container provides in Docker). ``tests/test_docker_compose.py`` checks that nothing else differs.
@@ -81,20 +81,6 @@ CELERY_APP = "airflow.providers.celery.executors.celery_executor.app"
 #: Started in this order; stopped scheduler first (no new work), then workers, the rest, the emulator.
 STOP_ORDER = ("airflow-scheduler", "airflow-worker", "airflow-triggerer", "airflow-dag-processor",
               "airflow-apiserver", "healthimaging-emulator")
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _set_parent_death_signal() -> None:  # in the child, between fork and exec
-    """Ask Linux to SIGTERM the child if the stack's own process dies without stopping it."""
-    with contextlib.suppress(Exception):
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def _bin(name: str) -> str:
@@ -421,10 +407,7 @@ class ProcessStack:
     def _spawn(self, process: Process) -> None:
         log = open(self.log_dir / f"{process.name}.log", "ab")  # noqa: SIM115 - closed in stop()
         self._log_files.append(log)
-        process.popen = subprocess.Popen(
-            process.argv, cwd=self.home, env=process.env, stdin=subprocess.DEVNULL, stdout=log,
-            stderr=subprocess.STDOUT, start_new_session=True,
-            preexec_fn=_set_parent_death_signal if sys.platform.startswith("linux") else None)
+        process.popen = spawn(process.argv, cwd=self.home, env=process.env, log=log)
 
     def _run_init(self) -> None:
         process = self.processes[compose.INIT_SERVICE]
@@ -519,45 +502,12 @@ class ProcessStack:
                     print(f"ProcessStack: cleanup {cleanup.__name__} failed: {exc}", file=sys.stderr)
 
     def _stop_processes(self) -> None:
-        import psutil
-
         running = [p for p in self.processes.values() if p.popen is not None]
-        if not running:
-            return
-        tracked: dict[int, psutil.Process] = {}
-        for process in running:
-            with contextlib.suppress(psutil.Error):
-                parent = psutil.Process(process.popen.pid)
-                tracked[parent.pid] = parent
-                for child in parent.children(recursive=True):
-                    tracked[child.pid] = child
 
         def order(p: Process) -> int:
             return STOP_ORDER.index(p.service) if p.service in STOP_ORDER else len(STOP_ORDER)
 
-        for process in sorted(running, key=order):
-            self._signal_group(process.popen, signal.SIGTERM)
-        for child in tracked.values():  # task processes live in process groups of their own
-            with contextlib.suppress(psutil.Error):
-                child.terminate()
-        deadline = time.monotonic() + self.stop_timeout
-        for process in running:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.popen.wait(timeout=max(0.1, deadline - time.monotonic()))
-        _gone, alive = psutil.wait_procs(list(tracked.values()), timeout=max(0.1, deadline - time.monotonic()))
-        for process in running:
-            self._signal_group(process.popen, signal.SIGKILL)
-        for child in alive:
-            with contextlib.suppress(psutil.Error):
-                child.kill()
-        for process in running:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.popen.wait(timeout=5)
-
-    @staticmethod
-    def _signal_group(popen: subprocess.Popen, sig: int) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(popen.pid, sig)  # start_new_session: pgid == pid
+        stop_all([p.popen for p in sorted(running, key=order)], self.stop_timeout)
 
     def pids(self) -> list[int]:
         """Every process this stack started that is still alive, descendants included."""

@@ -38,8 +38,6 @@ import contextlib
 import json
 import os
 import secrets
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -51,6 +49,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from stack.processes import free_port, spawn, stop_all
 from tests.airflow_env import airflow_command, migrate_db
 
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
@@ -58,20 +57,6 @@ TERMINAL_RUN_STATES = {"success", "failed"}
 POSTGRES_HOST = "127.0.0.1"
 POSTGRES_PORT = 5432
 POSTGRES_USERS = ("postgres", "root")
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _set_parent_death_signal() -> None:  # runs in the child between fork and exec
-    """Ask Linux to SIGTERM the child if the test process dies without tearing down."""
-    with contextlib.suppress(Exception):
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 class _Postgres:
@@ -500,16 +485,7 @@ class AirflowStack(AirflowRestClient):
         command = [*airflow_command(), name]
         if name == "api-server":
             command += ["--host", "127.0.0.1", "--port", str(self.api_port), "--workers", "1"]
-        self.processes[name] = subprocess.Popen(
-            command,
-            cwd=self.home,
-            env=self.env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group, for teardown
-            preexec_fn=_set_parent_death_signal if sys.platform.startswith("linux") else None,
-        )
+        self.processes[name] = spawn(command, cwd=self.home, env=self.env, log=log)
 
     def check_alive(self) -> None:
         """Raise if a component exited, with the tail of its log."""
@@ -556,40 +532,8 @@ class AirflowStack(AirflowRestClient):
                     print(f"AirflowStack: could not drop {self._postgres.dbname}: {exc}", file=sys.stderr)
 
     def _stop_processes(self) -> None:
-        import psutil
-
-        if not self.processes:
-            return
-        tracked: dict[int, psutil.Process] = {}
-        for proc in self.processes.values():
-            with contextlib.suppress(psutil.Error):
-                parent = psutil.Process(proc.pid)
-                tracked[parent.pid] = parent
-                for child in parent.children(recursive=True):
-                    tracked[child.pid] = child
         # The scheduler first, so that it stops queueing tasks; then everything else.
         order = ["scheduler", "triggerer", "dag-processor", "api-server"]
-        for name in sorted(self.processes, key=lambda n: order.index(n) if n in order else len(order)):
-            self._signal_group(self.processes[name], signal.SIGTERM)
-        for child in tracked.values():  # task processes live in process groups of their own
-            with contextlib.suppress(psutil.Error):
-                child.terminate()
-        deadline = time.monotonic() + self.stop_timeout
-        for proc in self.processes.values():
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-        _gone, alive = psutil.wait_procs(list(tracked.values()), timeout=max(0.1, deadline - time.monotonic()))
-        for proc in self.processes.values():
-            self._signal_group(proc, signal.SIGKILL)
-        for child in alive:
-            with contextlib.suppress(psutil.Error):
-                child.kill()
-        for proc in self.processes.values():
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=5)
+        names = sorted(self.processes, key=lambda n: order.index(n) if n in order else len(order))
+        stop_all([self.processes[name] for name in names], self.stop_timeout)
         self.processes.clear()
-
-    @staticmethod
-    def _signal_group(proc: subprocess.Popen, sig: int) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, sig)  # start_new_session: pgid == pid

@@ -14,7 +14,6 @@ import io
 import json
 import logging
 import re
-import socket
 import threading
 import time
 import uuid
@@ -33,6 +32,7 @@ from healthimaging.bulk_run import MAX_BATCHES, prepare, report_folder
 from healthimaging.ledger import Ledger, copies, engine_for, manifests
 from healthimaging.manifest import template
 from healthimaging.rate_limit import SharedTokenBucket, buckets
+from stack.processes import free_port
 from healthimaging_emulator.exceptions import ValidationException
 from tests.airflow_env import DAGS_FOLDER
 
@@ -903,12 +903,6 @@ def test_the_scheduled_dag_over_two_intervals(airflow_db, ledger, emulator_conne
 
 
 # ------------------------------------------------------------------------------------------ S3
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture

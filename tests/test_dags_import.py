@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from tests.airflow_env import _SENTINEL, DAGS_FOLDER, PLUGINS_FOLDER, REPO_ROOT, aws_connection_env
-from tests.airflow_stack import free_port
+from stack.processes import free_port
 
 PARSE_SCRIPT = r'''
 import json
