@@ -77,13 +77,13 @@ def healthimaging_bulk_copy():
         """Validate the manifest and record every row in the ledger."""
         from airflow.sdk.exceptions import AirflowFailException
 
-        from healthimaging.bulk_run import BulkCopyRunError, airflow_run_is_over, prepare
+        from healthimaging.bulk_run import BulkCopyRunError, prepare
         from healthimaging.ledger import Ledger
 
         context = get_current_context()
         try:
             return prepare(Ledger.from_airflow(LEDGER_CONN_ID), dag_id=context["dag"].dag_id, run_id=context["run_id"],
-                           params=dict(context["params"]), is_run_over=airflow_run_is_over)
+                           params=dict(context["params"]))
         except (BulkCopyRunError, FileNotFoundError) as exc:
             raise AirflowFailException(str(exc)) from exc
 

@@ -103,7 +103,7 @@ def healthimaging_scheduled_copy():
     @task
     def prepare_manifests(manifests: list[str]) -> list[dict]:
         """Validate each manifest and record its rows in the ledger (a broken manifest is reported, not fatal)."""
-        from healthimaging.bulk_run import BulkCopyRunError, airflow_run_is_over, prepare
+        from healthimaging.bulk_run import BulkCopyRunError, prepare
         from healthimaging.ledger import Ledger
 
         context = get_current_context()
@@ -112,7 +112,7 @@ def healthimaging_scheduled_copy():
         for uri in manifests:
             try:
                 prepared.append(prepare(ledger, dag_id=context["dag"].dag_id, run_id=context["run_id"],
-                                        params=dict(context["params"]), manifest_uri=uri, is_run_over=airflow_run_is_over))
+                                        params=dict(context["params"]), manifest_uri=uri))
             except (BulkCopyRunError, FileNotFoundError) as exc:
                 log.error("manifest %s not copied: %s", uri, exc)
                 prepared.append({"manifest_uri": uri, "error": str(exc), "batches": []})

@@ -396,54 +396,6 @@ def test_bulk_copy_end_to_end_with_faults_a_killed_batch_and_failures(
 # ------------------------------------------------------------------------------------------ exactly once, resume
 
 
-def test_a_process_death_mid_batch_then_a_rerun_copies_each_row_once(
-        bulk_dag, ledger, emulator_connection, tmp_path, monkeypatch):
-    """The whole process dies (SystemExit) right after CopyImageSet accepted row 1's copy; the DAG is
-    triggered again with the same manifest: the new run takes the dead run's copy over and finds it."""
-    emulator = emulator_connection
-    client = emulator.client()
-    datastore_id, ids = seed(emulator, 4)
-    manifest = write_manifest(tmp_path / "copies.csv", [{"source_image_set_id": i} for i in ids[:3]])
-    real_submit = bulk_copy.submit_copy
-
-    def submit_then_exit(*args, **kwargs):
-        real_submit(*args, **kwargs)
-        raise SystemExit(137)
-
-    monkeypatch.setattr(bulk_copy, "submit_copy", submit_then_exit)
-    conf = bulk_conf(tmp_path, manifest, datastore_id)
-    with pytest.raises(SystemExit):
-        bulk_dag.test(run_conf=conf)
-    with ledger.engine.connect() as db:
-        left = [dict(r) for r in db.execute(sa.select(copies).order_by(copies.c.row_number)).mappings()]
-    assert [(r["row_number"], r["status"]) for r in left] == [(1, "submitting"), (2, "pending"), (3, "pending")]
-    assert left[0]["plan_json"] and copy_calls(emulator)["succeeded"] == 1
-    dead = left[0]["run_id"]
-    monkeypatch.setattr(bulk_copy, "submit_copy", real_submit)
-    # Nothing of the dead run is alive; the scheduler (or its user) marks it failed, then the DAG is triggered again.
-    from airflow.models.dagrun import DagRun
-    from airflow.utils.session import create_session
-
-    with create_session() as session:
-        dag_run = session.scalar(sa.select(DagRun).where(DagRun.dag_id == BULK_DAG_ID, DagRun.run_id == dead))
-        assert dag_run.state == "running"
-        dag_run.state = "failed"
-
-    run = run_dag(bulk_dag, conf, ledger)
-
-    assert run.state == "success" and run.run_id != dead
-    assert [r["status"] for r in run.rows] == ["succeeded"] * 3
-    accounted(run.report)
-    assert copy_calls(emulator)["calls"] == 3  # row 1 was not sent again
-    for source in ids[:3]:
-        assert len(series_copies(client, datastore_id, source)) == 2, source  # one copy each
-    assert len(image_set_ids(client, datastore_id)) == 4 + 3
-    resumed = run.row(1)
-    assert resumed["attempts"] == 1 and resumed["submitted_at"] and resumed["verified"] is True
-    (old,) = [r for r in ledger.run_rows(BULK_DAG_ID, dead) if r["row_number"] == 1]
-    assert (old["status"], old["error_code"], old["message"]) == ("skipped", "ResumedByLaterRun", f"resumed by run {run.run_id} (row 1)")
-
-
 def test_a_rerun_skips_the_rows_already_copied_on_postgresql(bulk_dag, postgres_ledger, emulator_connection, tmp_path):
     emulator = emulator_connection
     client = emulator.client()
@@ -786,16 +738,17 @@ def test_throttling_slows_copies_but_never_fails_a_row(ledger, emulator_connecti
 def interleave(first: BatchCopyEngine, second: BatchCopyEngine) -> None:
     """Make ``first`` check its row, then let ``second`` check, claim and send before ``first`` claims: the
     race of two engines that both see room (or an idle source) at the same moment."""
-    claim = first._claim
+    claim = first.ledger.claim
     done = []
 
-    def claim_after_the_other(row):
-        if not done:
-            done.append(True)
-            second.step()
-        return claim(row)
+    class LedgerClaimingAfterTheOther(type(first.ledger)):
+        def claim(self, *args, **kwargs):
+            if not done:
+                done.append(True)
+                second.step()
+            return claim(*args, **kwargs)
 
-    first._claim = claim_after_the_other
+    first.ledger = LedgerClaimingAfterTheOther(first.ledger.engine)
 
 
 def test_one_source_is_never_copied_twice_at_the_same_time(ledger, emulator_connection, tmp_path):

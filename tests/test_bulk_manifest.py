@@ -326,38 +326,40 @@ def test_rows_an_earlier_run_copied_are_skipped(ledger):
     assert (forced.pending, forced.skipped) == (2, 0)
 
 
-@pytest.mark.parametrize("old_run_is_over", [True, False])
-def test_a_new_run_takes_over_the_copies_a_dead_run_left_in_flight(ledger, old_run_is_over):
+@pytest.mark.parametrize("owner_lease_expired", [True, False])
+def test_a_new_run_takes_over_the_copies_a_dead_engine_left_in_flight(ledger, owner_lease_expired):
+    """The old run's engine holds rows 1 and 2 in flight; whether the new run takes them over depends on its
+    lease alone (not on the old Airflow run's state, which nobody may have ended after a kill)."""
     validated = validate_manifest(csv_bytes([{"source_image_set_id": s} for s in (A, B, C)]), "m.csv",
                                   default_datastore_id=DATASTORE)
     register_manifest(ledger, dag_id="d", run_id="old", manifest_uri="m.csv", validated=validated, batch_size=10)
+    ledger.acquire_lease("old-engine", dag_id="d", run_id="old", batch=0, seconds=-1 if owner_lease_expired else 60)
     ledger.update("d", "old", validated.sha256, 1, status="submitted", destination_image_set_id=E, destination_version_id="1",
-                  submitted_at=10.0, attempts=1, copy_kind="new", plan_json='{"plan": 1}')
-    ledger.update("d", "old", validated.sha256, 2, status="submitting", claimed_at=20.0, plan_json='{"plan": 2}')
-    asked = []
-
-    def is_run_over(dag_id, run_id):
-        asked.append((dag_id, run_id))
-        return old_run_is_over
+                  submitted_at=10.0, attempts=1, copy_kind="new", plan_json='{"plan": 1}', claim="old-engine")
+    ledger.update("d", "old", validated.sha256, 2, status="submitting", claimed_at=20.0, sent_at=21.0,
+                  plan_json='{"plan": 2}', claim="old-engine")
 
     registered = register_manifest(ledger, dag_id="d", run_id="new", manifest_uri="m.csv", validated=validated,
-                                   batch_size=10, is_run_over=is_run_over)
+                                   batch_size=10)
 
-    assert asked == [("d", "old")]  # once per run
     new = {r["row_number"]: r for r in ledger.run_rows("d", "new")}
     old = {r["row_number"]: r for r in ledger.run_rows("d", "old")}
     assert registered.batches == [0] and all(r["batch"] == 0 for r in new.values())
-    if old_run_is_over:
+    if owner_lease_expired:
         assert (new[1]["status"], new[1]["destination_image_set_id"], new[1]["submitted_at"], new[1]["plan_json"]) == (
             "submitted", E, 10.0, '{"plan": 1}')
-        assert (new[2]["status"], new[2]["claimed_at"], new[2]["plan_json"]) == ("submitting", 20.0, '{"plan": 2}')
+        assert (new[2]["status"], new[2]["claimed_at"], new[2]["sent_at"], new[2]["plan_json"]) == (
+            "submitting", 20.0, 21.0, '{"plan": 2}')
+        assert new[1]["claim"] is None and new[2]["claim"] is None  # the new run's engine takes them over and reconciles
         assert new[3]["status"] == "pending"
         assert [(old[n]["status"], old[n]["error_code"], old[n]["message"]) for n in (1, 2)] == [
             ("skipped", "ResumedByLaterRun", "resumed by run new (row 1)"), ("skipped", "ResumedByLaterRun", "resumed by run new (row 2)")]
         assert old[3]["status"] == "pending"  # never sent: nothing to take over
-    else:  # a run still going keeps its copies; the new run's rows wait for the source
+        assert not ledger.renew_lease("old-engine")  # revoked: the old engine can never send again
+    else:  # a live engine keeps its copies; the new run's rows wait for the source
         assert [r["status"] for r in new.values()] == ["pending"] * 3
         assert [old[n]["status"] for n in (1, 2, 3)] == ["submitted", "submitting", "pending"]
+        assert ledger.renew_lease("old-engine")
 
 
 def test_a_missing_manifest_names_the_path(ledger, tmp_path):

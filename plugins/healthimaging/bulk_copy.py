@@ -5,10 +5,16 @@ All state is in the ledger, so any process can pick a batch up where another sto
 - ``pending`` rows are claimed one at a time (an atomic UPDATE), planned (versions, subset,
   expected contents; the plan is stored), then sent within the deployment-wide token bucket and
   the in-flight cap per data store, and never while another copy of the same source is in flight;
-- ``submitting`` rows left by a process that died are reconciled against the data store (the copy
-  took effect → ``submitted``; it did not → back to ``pending``), never blindly re-sent;
+- right before each CopyImageSet the engine renews its lease and re-checks its claim in one
+  transaction, and skips the row if the same copy already succeeded or is in flight elsewhere;
+- rows in flight whose owner's lease expired (its process died) are taken over and reconciled
+  against the data store (the copy took effect → ``submitted``; it did not → back to ``pending``),
+  never blindly re-sent; so are such rows of other runs that hold a source or the in-flight cap;
 - ``submitted`` rows are polled until COPIED (verified → ``succeeded``) or COPY_FAILED (``failed``
   with the service's message).
+
+Every write to a claimed row is fenced by the claim: an engine whose write changes nothing stops
+working on that row (see :mod:`healthimaging.ledger` for the ownership rules).
 
 The engine is synchronous and advances in small steps (:meth:`BatchCopyEngine.step`), so the same
 code runs in a deferrable trigger (in a thread of the triggerer) and in plain tests.
@@ -20,27 +26,37 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
 from typing import Any
 
-import sqlalchemy as sa
 from botocore.exceptions import BotoCoreError, ClientError
 
 from healthimaging import states
 from healthimaging.copiable_attributes import CopyRequestError
-from healthimaging.copy_plan import CopyPlan, resolve_plan, uid_digest
-from healthimaging.copy_submission import CopySubmissionError, SubmissionPolicy, reconcile, snapshot_series, submit_copy
+from healthimaging.copy_plan import CopyPlan, expected_contents, resolve_plan, uid_digest
+from healthimaging.copy_submission import (
+    CopySubmissionError,
+    SendCancelled,
+    SubmissionPolicy,
+    reconcile,
+    snapshot_series,
+    submit_copy,
+)
 from healthimaging.hooks import HealthImagingHook
 from healthimaging.ledger import (
     FAILED,
-    IN_FLIGHT_STATUSES,
+    FINAL_STATUSES,
+    LEASE_SECONDS,
     PENDING,
+    REJECTED,
+    SKIPPED,
     SUBMITTED,
     SUBMITTING,
     SUCCEEDED,
+    BatchKey,
     Ledger,
-    copies,
 )
 from healthimaging.rate_limit import SharedTokenBucket
 
@@ -69,6 +85,8 @@ class BulkCopySettings:
     progress_interval: float = 30.0
     rate_limit_name: str = "CopyImageSet"
     max_submit_attempts: int = 8
+    skip_already_copied: bool = True
+    lease_seconds: float = LEASE_SECONDS
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -105,51 +123,89 @@ class BatchCopyEngine:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.ledger = ledger
+        self.key = BatchKey(dag_id, run_id, manifest_sha256, batch)
         self.dag_id, self.run_id, self.manifest_sha256, self.batch = dag_id, run_id, manifest_sha256, batch
         self.settings = settings
         self.hook = hook or HealthImagingHook(aws_conn_id=settings.aws_conn_id, region_name=settings.region_name)
         self.bucket = SharedTokenBucket(ledger.engine, settings.rate_limit_name, settings.copies_per_second * PACE_MARGIN,
                                         settings.burst)
-        self._next_poll: dict[int, float] = {}  # row id -> when to check it next (kept in memory: no write per poll)
         self.clock = clock
-        self.claim = uuid.uuid4().hex
         self.started = clock()
-        self._recovered = False
+        self.owner = ""  # this engine's id in the ledger (its lease and its claims); set by _new_identity
+        self._renew_at = 0.0
+        self._sweep_at = 0.0
         self._last_progress = 0.0
         self._done_at_start: int | None = None
-        self._ready: tuple[dict[str, Any], CopyPlan] | None = None
         self._calls_timed = False
         self._token_taken_at: float | None = None
         self._send_delay: float | None = None
+        self._new_identity()
 
-    # ------------------------------------------------------------------ ledger access
+    # ------------------------------------------------------------------ ownership
 
-    def _mine(self):
-        return sa.and_(copies.c.dag_id == self.dag_id, copies.c.run_id == self.run_id,
-                       copies.c.manifest_sha256 == self.manifest_sha256, copies.c.batch == self.batch)
+    def _new_identity(self) -> None:
+        """Start (again) with a fresh id and no rows: the state a lost lease leaves is the ledger's alone."""
+        self.owner = uuid.uuid4().hex
+        self._lease_started = False
+        self._next_poll: dict[int, float] = {}  # row id -> when to check it next (kept in memory: no write per poll)
+        self._ready: tuple[dict[str, Any], CopyPlan] | None = None
+        self._sweep_at = 0.0
 
-    def _rows(self, *statuses: str, limit: int | None = None) -> list[dict[str, Any]]:
-        query = sa.select(copies).where(self._mine(), copies.c.status.in_(statuses)).order_by(copies.c.row_number)
-        if limit:
-            query = query.limit(limit)
-        with self.ledger.engine.connect() as db:
-            return [dict(r) for r in db.execute(query).mappings()]
+    def _keep_lease(self) -> None:
+        """Hold the lease: start it, renew it every quarter of its length; after losing it, start over."""
+        now = self.clock()
+        if not self._lease_started:
+            self.ledger.acquire_lease(self.owner, dag_id=self.dag_id, run_id=self.run_id, batch=self.batch,
+                                      seconds=self.settings.lease_seconds)
+            self._lease_started, self._renew_at = True, now + self.settings.lease_seconds / 4
+        elif now >= self._renew_at:
+            if self.ledger.renew_lease(self.owner, self.settings.lease_seconds):
+                self._renew_at = now + self.settings.lease_seconds / 4
+            else:
+                self._lost_lease()
 
-    def _set(self, row: dict[str, Any], status: str | None = None, **changes: Any) -> None:
+    def _lost_lease(self) -> None:
+        log.warning("batch %d: engine %s lost its lease (not renewed for %.0f s); its rows may have been taken over, "
+                    "starting again as a new owner", self.batch, self.owner, self.settings.lease_seconds)
+        self._new_identity()
+        self._keep_lease()
+
+    def _sleep(self, seconds: float) -> None:
+        """Sleep inside a step (backoff, waiting for a token) without letting the lease lapse."""
+        end = self.clock() + seconds
+        while (left := end - self.clock()) > 0:
+            time.sleep(min(left, max(self._renew_at - self.clock(), 0.05)))
+            self._keep_lease()
+
+    def release(self) -> None:
+        """End this engine's lease now (it stops): rows it still holds can be taken over at once."""
+        self.ledger.release_lease(self.owner)
+
+    def _write(self, row: dict[str, Any], status: str | None = None, **changes: Any) -> bool:
+        """A fenced write to a row this engine holds; False (nothing written, the row dropped) if it no longer does."""
         if status is not None:
             changes["status"] = status
         changes["updated_at"] = self.clock()
-        with self.ledger.engine.begin() as db:
-            db.execute(copies.update().where(copies.c.id == row["id"]).values(**changes))
+        if status in FINAL_STATUSES or status == PENDING:
+            changes.setdefault("claim", None)  # final or back in the queue: nobody holds it any more
+        if not self.ledger.fenced_update(row["id"], self.owner, **changes):
+            self._drop(row, "write")
+            return False
         row.update(changes)
         if status is not None:
             log.info(state_line("copy_state", row, status=status, destination_image_set_id=row.get("destination_image_set_id"),
                                 destination_version_id=row.get("destination_version_id"), error_code=row.get("error_code")))
+        return True
+
+    def _drop(self, row: dict[str, Any], at: str) -> None:
+        """Stop working on a row another engine took over."""
+        log.warning(state_line("copy_claim_lost", row, owner=self.owner, at=at))
+        self._next_poll.pop(row["id"], None)
+        if self._ready is not None and self._ready[0]["id"] == row["id"]:
+            self._ready = None
 
     def counts(self) -> dict[str, int]:
-        with self.ledger.engine.connect() as db:
-            query = sa.select(copies.c.status, sa.func.count()).where(self._mine()).group_by(copies.c.status)
-            return {status: count for status, count in db.execute(query)}
+        return self.ledger.batch_counts(self.key)
 
     # ------------------------------------------------------------------ the loop
 
@@ -161,9 +217,10 @@ class BatchCopyEngine:
 
     def step(self) -> float | None:
         """Advance the batch; returns seconds to wait before the next step, or None when it is done."""
-        if not self._recovered:
-            self._recover()
-            self._recovered = True
+        self._keep_lease()
+        if self.clock() >= self._sweep_at:
+            self._take_over_orphans(self.ledger.orphans(self.key, self.owner))
+            self._sweep_at = self.clock() + min(self.settings.lease_seconds / 6, 10.0)
         # Deadlines are absolute times, turned into one wait at the end: a wait measured before the polls
         # ran would make every send late by the time they took, and with burst 1 lateness is quota lost.
         send_at = self._send_ready()  # first: the token for it is due now, polls can wait a few milliseconds
@@ -171,10 +228,38 @@ class BatchCopyEngine:
         if send_at is None:
             send_at = self._submit_some()
         self._progress()
-        if not self._rows(PENDING, SUBMITTING, SUBMITTED, limit=1):
+        if not self.ledger.has_open_rows(self.key, self.owner):
+            self.release()
             return None
-        due = [t for t in (send_at, poll_at) if t is not None]
-        return max(0.0, min(due) - self.clock()) if due else self.settings.poll_interval
+        due = [t for t in (send_at, poll_at, self._renew_at, self._sweep_at) if t is not None]
+        return max(0.0, min(min(due) - self.clock(), self.settings.poll_interval))
+
+    def _take_over_orphans(self, orphans: Iterable[dict[str, Any]]) -> None:
+        """Rows in flight whose owner's lease expired (its engine died or stalled): take each over, then
+        reconcile it against the data store before anything is re-sent."""
+        for orphan in orphans:
+            row = self.ledger.take_over(orphan, self.owner)
+            if row is None:
+                continue  # its owner renewed in time, or another engine took it first
+            log.warning(state_line("copy_taken_over", row, status=row["status"], previous_owner=orphan["claim"]))
+            if row["status"] == SUBMITTED:
+                self._next_poll[row["id"]] = self.clock()
+                continue
+            if not row["plan_json"] or row.get("sent_at") is None:
+                self._write(row, PENDING, claimed_at=None, plan_json=None)  # never cleared for sending: nothing went out
+                continue
+            plan = CopyPlan.from_dict(json.loads(row["plan_json"]))
+            found = reconcile(self.hook, plan, row["sent_at"] or row["claimed_at"] or 0.0)
+            if found is None:
+                log.warning(state_line("copy_reconciled", row, outcome="not_sent"))
+                self._write(row, PENDING, claimed_at=None, plan_json=None, sent_at=None)
+            else:
+                log.warning(state_line("copy_reconciled", row, outcome="took_effect"))
+                # The dead engine never recorded the submission: the copy was sent after the claim, once.
+                if self._write(row, SUBMITTED, destination_image_set_id=found.destination_image_set_id,
+                               destination_version_id=found.destination_version_id, next_poll_at=self.clock(),
+                               submitted_at=row["submitted_at"] or row["sent_at"], attempts=(row.get("attempts") or 0) + 1):
+                    self._next_poll[row["id"]] = self.clock()
 
     def _token_due(self) -> float | None:
         """Take a token: None if taken, else the time one will be there."""
@@ -190,7 +275,7 @@ class BatchCopyEngine:
     def _take_token(self) -> None:
         """Wait for a token (before a resend)."""
         while (wait := self._token_due()) is not None:
-            time.sleep(max(0.0, wait - self.clock()))
+            self._sleep(max(0.0, wait - self.clock()))
 
     def _copy_client(self) -> None:
         """Build the no-retry CopyImageSet client (once) and time each of its calls against its token.
@@ -215,70 +300,26 @@ class BatchCopyEngine:
         if delay:
             self.bucket.push_back(delay)
 
-    def _recover(self) -> None:
-        """Rows an earlier (dead) engine of this batch left in ``submitting``: reconcile before anything is re-sent.
-
-        A batch belongs to one task instance, so at start no other live engine holds its rows.
-        """
-        for row in self._rows(SUBMITTING):
-            if not row["plan_json"]:
-                self._set(row, PENDING, claim=None, claimed_at=None)  # never sent: nothing to reconcile
-                continue
-            plan = CopyPlan.from_dict(json.loads(row["plan_json"]))
-            found = reconcile(self.hook, plan, row["claimed_at"] or row["submitted_at"] or 0.0)
-            if found is None:
-                log.warning(state_line("copy_reconciled", row, outcome="not_sent"))
-                self._set(row, PENDING, claim=None, claimed_at=None, plan_json=None)
-            else:
-                log.warning(state_line("copy_reconciled", row, outcome="took_effect"))
-                # The dead engine never recorded the submission: the copy was sent after the claim, once.
-                self._set(row, SUBMITTED, destination_image_set_id=found.destination_image_set_id,
-                          destination_version_id=found.destination_version_id, next_poll_at=self.clock(),
-                          submitted_at=row["submitted_at"] or row["claimed_at"], attempts=(row.get("attempts") or 0) + 1)
-
-    def _in_flight_for(self, datastore_id: str) -> int:
-        with self.ledger.engine.connect() as db:
-            return db.execute(sa.select(sa.func.count()).select_from(copies).where(
-                copies.c.status.in_(IN_FLIGHT_STATUSES), copies.c.datastore_id == datastore_id)).scalar_one()
-
-    def _source_busy(self, row: dict[str, Any]) -> bool:
-        with self.ledger.engine.connect() as db:
-            return db.execute(sa.select(copies.c.id).where(
-                copies.c.status.in_(IN_FLIGHT_STATUSES), copies.c.datastore_id == row["datastore_id"],
-                copies.c.source_image_set_id == row["source_image_set_id"]).limit(1)).first() is not None
-
-    def _claim(self, row: dict[str, Any]) -> bool:
-        """Take a pending row, atomically with the checks that guard sending it: the data store's in-flight cap
-        and no other copy of the source in flight (two engines checking first and claiming after could both pass)."""
-        now = self.clock()
-        other = copies.alias("in_flight")
-        in_flight = (sa.select(sa.func.count()).select_from(other)
-                     .where(other.c.status.in_(IN_FLIGHT_STATUSES), other.c.datastore_id == row["datastore_id"]).scalar_subquery())
-        source_busy = sa.exists().where(other.c.status.in_(IN_FLIGHT_STATUSES), other.c.datastore_id == row["datastore_id"],
-                                        other.c.source_image_set_id == row["source_image_set_id"])
-        with self.ledger.engine.begin() as db:
-            if db.dialect.name == "postgresql":  # READ COMMITTED would let two claims count the same rows
-                db.execute(sa.select(sa.func.pg_advisory_xact_lock(sa.func.hashtext(f"healthimaging-claim:{row['datastore_id']}"))))
-            claimed = db.execute(copies.update().where(
-                copies.c.id == row["id"], copies.c.status == PENDING, in_flight < self.settings.max_in_flight, ~source_busy,
-            ).values(status=SUBMITTING, claim=self.claim, claimed_at=now, updated_at=now)).rowcount
-        if claimed:
-            row.update(status=SUBMITTING, claim=self.claim, claimed_at=now)
-            log.info(state_line("copy_state", row, status=SUBMITTING))
-        return bool(claimed)
-
     def _submit_some(self) -> float | None:
         """Send pending rows while tokens and in-flight room allow; returns when to come back, or None."""
         blocked_sources: set[str] = set()
-        for row in self._rows(PENDING, limit=200):
+        for row in self.ledger.batch_rows(self.key, PENDING, limit=200):
             if row["source_image_set_id"] in blocked_sources:
                 continue
-            if not self._claim(row):  # it checks both guards atomically; here only why it failed is looked up
-                if self._in_flight_for(row["datastore_id"]) >= self.settings.max_in_flight:
+            claimed_at = self.clock()
+            if not self.ledger.claim(row["id"], self.owner, datastore_id=row["datastore_id"], claimed_at=claimed_at,
+                                     source_image_set_id=row["source_image_set_id"], max_in_flight=self.settings.max_in_flight):
+                # The claim checks both guards atomically; only why it failed is looked up here. A guard held
+                # by an owner that died is taken over (and reconciled), so that nothing waits on it for ever.
+                obstacle = self.ledger.claim_obstacle(row, self.settings.max_in_flight)
+                self._take_over_orphans(obstacle.orphans)
+                if obstacle.kind == "cap":
                     return self.clock() + self.settings.poll_interval / 2
-                if self._source_busy(row):
+                if obstacle.kind == "source":
                     blocked_sources.add(row["source_image_set_id"])  # the source is locked by a copy in flight
                 continue
+            row.update(status=SUBMITTING, claim=self.owner, claimed_at=claimed_at, sent_at=None)
+            log.info(state_line("copy_state", row, status=SUBMITTING))
             plan = self._plan(row)
             if plan is None:
                 continue
@@ -322,24 +363,44 @@ class BatchCopyEngine:
             )
             plan = snapshot_series(self.hook, plan)
         except CopyRequestError as exc:
-            self._set(row, FAILED, error_code="InvalidCopyRequest", message=str(exc), completed_at=self.clock())
+            self._write(row, FAILED, error_code="InvalidCopyRequest", message=str(exc), completed_at=self.clock())
             return None
         except ClientError as exc:
             error = exc.response.get("Error", {})
-            self._set(row, FAILED, error_code=error.get("Code", "ClientError"), message=error.get("Message", str(exc)),
-                      completed_at=self.clock())
+            self._write(row, FAILED, error_code=error.get("Code", "ClientError"), message=error.get("Message", str(exc)),
+                        completed_at=self.clock())
             return None
         except BotoCoreError as exc:
             # The service could not be reached to plan the row: leave it pending for the next step.
             log.warning(state_line("copy_plan_retry", row, error=type(exc).__name__))
-            self._set(row, PENDING, claim=None, claimed_at=None)
+            self._write(row, PENDING, claimed_at=None)
             return None
-        self._set(row, None, plan_json=json.dumps(plan.to_dict()), source_version_id=plan.source_version_id,
-                  destination_version_id=None, copy_kind=plan.copy_kind)
+        if not self._write(row, None, plan_json=json.dumps(plan.to_dict()), source_version_id=plan.source_version_id,
+                           destination_version_id=None, copy_kind=plan.copy_kind):
+            return None
         # The CopyImageSet client is built now (once per engine), not between the token and the send: building
         # it takes long enough that a send of another engine, paced after this one, would overtake it.
         self._copy_client()
         return plan
+
+    def _clear_to_send(self, row: dict[str, Any]) -> None:
+        """Right before each CopyImageSet: the lease renewed and the claim re-checked in one transaction, and
+        the same copy done or in flight elsewhere in the ledger turns this row into a skip."""
+        clearance = self.ledger.arm_send(row, self.owner, skip_copied=self.settings.skip_already_copied,
+                                         lease_seconds=self.settings.lease_seconds)
+        if clearance.send:
+            self._renew_at = self.clock() + self.settings.lease_seconds / 4
+            return
+        self._token_taken_at = None  # the token goes unused: no call to time
+        if clearance.reason == "duplicate":
+            other = clearance.duplicate_of or {}
+            log.info(state_line("copy_state", row, status=SKIPPED, duplicate_of_run=other.get("run_id"),
+                                duplicate_of_row=other.get("row_number"), duplicate_status=other.get("status")))
+        else:
+            self._drop(row, clearance.reason)
+            if clearance.reason == "lease_lost":
+                self._lost_lease()
+        raise SendCancelled(clearance.reason)
 
     def _submit(self, row: dict[str, Any], plan: CopyPlan) -> None:
         """Send a planned row's CopyImageSet (exactly once: see copy_submission) and record the outcome."""
@@ -347,22 +408,27 @@ class BatchCopyEngine:
             # The first send uses the token taken before this call; every resend takes one of its own.
             # Throttled: wait half a quota interval or so (doubling while it lasts), then a token.
             policy = SubmissionPolicy(max_attempts=self.settings.max_submit_attempts, before_resend=self._take_token,
+                                      before_send=lambda: self._clear_to_send(row), sleep=self._sleep,
                                       throttle_backoff_base_seconds=0.25 / self.settings.copies_per_second)
             self._copy_client()
             submitted = submit_copy(self.hook, plan, policy)
-        except CopySubmissionError as exc:
-            self._set(row, FAILED, error_code=exc.code, message=exc.message, completed_at=self.clock(),
-                      attempts=(row.get("attempts") or 0) + 1)
+        except SendCancelled:
             return
-        self._set(row, SUBMITTED, destination_image_set_id=submitted.destination_image_set_id,
-                  destination_version_id=submitted.destination_version_id, submitted_at=submitted.submitted_at,
-                  attempts=(row.get("attempts") or 0) + submitted.attempts, next_poll_at=self.clock() + 1.0)
+        except CopySubmissionError as exc:
+            self._write(row, FAILED, error_code=exc.code, message=exc.message, completed_at=self.clock(),
+                        attempts=(row.get("attempts") or 0) + 1)
+            return
+        if self._write(row, SUBMITTED, destination_image_set_id=submitted.destination_image_set_id,
+                       destination_version_id=submitted.destination_version_id, submitted_at=submitted.submitted_at,
+                       attempts=(row.get("attempts") or 0) + submitted.attempts, next_poll_at=self.clock() + 1.0,
+                       plan_json=json.dumps(submitted.plan.to_dict()), source_version_id=submitted.plan.source_version_id):
+            self._next_poll[row["id"]] = self.clock() + 1.0
 
     def _poll_in_flight(self, stop_at: float | None = None) -> float | None:
         """Check the copies in flight that are due, stopping short of ``stop_at`` (a send is due then);
         returns when the next one is due."""
         now = self.clock()
-        rows = self._rows(SUBMITTED)
+        rows = self.ledger.held_rows(self.owner, SUBMITTED)
         interval = max(self.settings.poll_interval, len(rows) / 10.0)  # stays well under GetImageSet's 25/s
         next_due: float | None = None
 
@@ -390,7 +456,7 @@ class BatchCopyEngine:
             if workflow == states.COPIED:
                 self._finish(row, image_set)
             elif workflow == states.COPY_FAILED:
-                self._set(row, FAILED, error_code="COPY_FAILED", message=image_set.get("message"), completed_at=self.clock())
+                self._write(row, FAILED, error_code="COPY_FAILED", message=image_set.get("message"), completed_at=self.clock())
             else:
                 self._next_poll[row["id"]] = now + interval
                 come_back(now + interval)
@@ -402,13 +468,15 @@ class BatchCopyEngine:
             plan = CopyPlan.from_dict(json.loads(row["plan_json"]))
             held = self.hook.get_sop_instance_uids(row["datastore_id"], row["destination_image_set_id"],
                                                    row["destination_version_id"])
-            verified = uid_digest(held) == plan.expected_instance_digest
+            expected_count, expected_digest = expected_contents(self.hook, plan, row["destination_version_id"])
+            verified = uid_digest(held) == expected_digest
             if not verified:
-                self._set(row, FAILED, error_code="VerificationFailed", verified=False, completed_at=self.clock(),
-                          message=f"the destination holds {len(held)} SOP instances, expected {plan.expected_instance_count}")
+                self._write(row, FAILED, error_code="VerificationFailed", verified=False, completed_at=self.clock(),
+                            message=f"the destination holds {len(held)} SOP instances, expected {expected_count}")
                 return
-        self._set(row, SUCCEEDED, verified=verified, completed_at=self.clock(), error_code=None, message=None,
-                  destination_image_set_arn=image_set.get("imageSetArn"))
+        self._write(row, SUCCEEDED, verified=verified, completed_at=self.clock(), error_code=None, message=None,
+                    destination_image_set_arn=image_set.get("imageSetArn"))
+        self._next_poll.pop(row["id"], None)
 
     def _progress(self) -> None:
         now = self.clock()
@@ -417,16 +485,28 @@ class BatchCopyEngine:
         self._last_progress = now
         counts = self.counts()
         total = sum(counts.values())
-        done = sum(counts.get(s, 0) for s in (SUCCEEDED, FAILED, "skipped", "rejected"))
+        done = sum(counts.get(s, 0) for s in FINAL_STATUSES)
         if self._done_at_start is None:
             self._done_at_start = done
         elapsed = max(now - self.started, 1e-6)
         rate = (done - self._done_at_start) / elapsed
         eta = (total - done) / rate if rate > 0 else None
-        log.info("batch %d: %d/%d rows done (%d succeeded, %d failed, %d in flight), %.2f rows/s, ETA %s",
+        log.info("batch %d: %d/%d rows done (%d succeeded, %d failed, %d in flight), %.2f rows/s, ETA %s%s",
                  self.batch, done, total, counts.get(SUCCEEDED, 0), counts.get(FAILED, 0),
                  counts.get(SUBMITTED, 0) + counts.get(SUBMITTING, 0), rate,
-                 f"{eta:.0f}s" if eta is not None else "unknown")
+                 f"{eta:.0f}s" if eta is not None else "unknown", self._waiting_note())
+
+    def _waiting_note(self) -> str:
+        """"; N rows wait on run R (batch B), whose lease ends at T" for every other owner this batch waits on."""
+        notes = []
+        for other in self.ledger.waiting_on(self.key, self.owner):
+            if other["expires_at"] is None or other["expires_at"] <= time.time():
+                ends = "whose owner's lease has ended (taken over shortly)"
+            else:
+                ends = "whose lease ends " + datetime.fromtimestamp(other["expires_at"], timezone.utc).strftime("%H:%M:%S UTC")
+            notes.append(f"{other['rows']} rows wait on copies of run {other['run_id'] or 'unknown'} "
+                         f"(batch {other['batch']}), {ends}")
+        return "; " + "; ".join(notes) if notes else ""
 
 
 @dataclass
@@ -441,20 +521,19 @@ class RegisteredManifest:
 
 
 def register_manifest(ledger: Ledger, *, dag_id: str, run_id: str, manifest_uri: str, validated: Any,
-                      batch_size: int, skip_copied: bool = True,
-                      is_run_over: Callable[[str, str], bool] | None = None) -> RegisteredManifest:
+                      batch_size: int, skip_copied: bool = True) -> RegisteredManifest:
     """Record every row of a validated manifest for a run: valid rows ``pending`` in batches, invalid
     ones ``rejected`` with their errors, rows copied by an earlier run ``skipped``. Idempotent for a run.
 
-    With ``is_run_over(dag_id, run_id)``, a copy that an earlier run which is over left in flight
-    (``submitting`` or ``submitted``: its process died) is taken over by this run, state and all, so that
-    it is reconciled or polled rather than blocking its source forever or being sent a second time."""
-    from healthimaging.ledger import REJECTED, SKIPPED
-
+    A copy that another run left in flight (``submitting`` or ``submitted``) whose engine's lease has
+    expired (it died) is taken over by this run, state and all, so that it is reconciled or polled
+    rather than blocking its source or being sent a second time. A copy whose owner is alive is left
+    to it: this run's row waits, and is skipped once that copy has succeeded (:meth:`Ledger.arm_send`)."""
     base = {"dag_id": dag_id, "run_id": run_id, "manifest_uri": manifest_uri, "manifest_sha256": validated.sha256}
-    already = ledger.succeeded_copy_keys(r.copy_key for r in validated.rows) if skip_copied else {}
-    orphans = _orphaned_copies(ledger, dag_id, run_id, [r.copy_key for r in validated.rows], is_run_over) if is_run_over else {}
-    takeovers: list[tuple[int, int]] = []
+    keys = [r.copy_key for r in validated.rows]
+    already = ledger.succeeded_copy_keys(keys) if skip_copied else {}
+    orphans = ledger.orphaned_copy_keys(keys, dag_id=dag_id, run_id=run_id)
+    takeovers: list[tuple[dict[str, Any], int]] = []
     records: list[dict[str, Any]] = []
     pending_index = 0
     for row in validated.rows:
@@ -469,12 +548,9 @@ def register_manifest(ledger: Ledger, *, dag_id: str, run_id: str, manifest_uri:
             record.update(status=SKIPPED, destination_image_set_id=previous["destination_image_set_id"],
                           destination_version_id=previous["destination_version_id"], error_code="AlreadyCopied",
                           message=f"copied by run {previous['run_id']} (row {previous['row_number']})")
-        elif (orphan := orphans.get(row.copy_key)) is not None:
-            record.update({column: orphan[column] for column in _RESUMED_COLUMNS}, batch=pending_index // batch_size,
-                          next_poll_at=time.time())
-            takeovers.append((orphan["id"], row.row))
-            pending_index += 1
         else:
+            if (orphan := orphans.get(row.copy_key)) is not None:
+                takeovers.append((orphan, row.row))
             record.update(status=PENDING, batch=pending_index // batch_size)
             pending_index += 1
         records.append(record)
@@ -487,43 +563,20 @@ def register_manifest(ledger: Ledger, *, dag_id: str, run_id: str, manifest_uri:
             "datastore_id": _short_id(raw.get("datastore_id")) if raw else None,
         })
     ledger.record_rows(records)
-    for orphan_id, row_number in takeovers:
-        with ledger.engine.begin() as db:
-            db.execute(copies.update().where(copies.c.id == orphan_id, copies.c.status.in_(IN_FLIGHT_STATUSES)).values(
-                status=SKIPPED, claim=None, error_code="ResumedByLaterRun", updated_at=time.time(),
-                message=f"resumed by run {run_id} (row {row_number})"))
-    with ledger.engine.connect() as db:
-        batches = sorted(b for (b,) in db.execute(sa.select(copies.c.batch).distinct().where(
-            copies.c.dag_id == dag_id, copies.c.run_id == run_id, copies.c.manifest_sha256 == validated.sha256,
-            copies.c.status.in_((PENDING, SUBMITTING, SUBMITTED)))) if b is not None)
+    if takeovers:
+        ids = {r["row_number"]: r["id"] for r in ledger.run_rows(dag_id, run_id, validated.sha256)}
+        for orphan, row_number in takeovers:
+            ledger.resume_orphan(orphan, ids[row_number], _RESUMED_COLUMNS, dag_id=dag_id, run_id=run_id,
+                                 row_number=row_number)
     counts = ledger.status_counts(dag_id, run_id, validated.sha256)
-    return RegisteredManifest(batches=batches, total_rows=validated.total_rows, pending=counts.get(PENDING, 0),
+    return RegisteredManifest(batches=ledger.open_batches(dag_id, run_id, validated.sha256),
+                              total_rows=validated.total_rows, pending=counts.get(PENDING, 0),
                               rejected=counts.get(REJECTED, 0), skipped=counts.get(SKIPPED, 0))
 
 
 #: What a run taking over a dead run's copy in flight inherits from its ledger row.
-_RESUMED_COLUMNS = ("status", "plan_json", "claimed_at", "submitted_at", "attempts", "source_version_id", "copy_kind",
-                    "destination_image_set_id", "destination_version_id", "destination_image_set_arn")
-
-
-def _orphaned_copies(ledger: Ledger, dag_id: str, run_id: str, keys: list[str],
-                     is_run_over: Callable[[str, str], bool]) -> dict[str, dict[str, Any]]:
-    """Copy key → the ledger row of a copy left in flight by another run that is over."""
-    found: dict[str, dict[str, Any]] = {}
-    over: dict[tuple[str, str], bool] = {}
-    with ledger.engine.connect() as db:
-        for start in range(0, len(keys), 500):
-            query = sa.select(copies).where(copies.c.copy_key.in_(keys[start:start + 500]),
-                                            copies.c.status.in_(IN_FLIGHT_STATUSES)).order_by(copies.c.id)
-            for row in db.execute(query).mappings():
-                owner = (row["dag_id"], row["run_id"])
-                if owner == (dag_id, run_id) or row["copy_key"] in found:
-                    continue
-                if owner not in over:
-                    over[owner] = is_run_over(*owner)
-                if over[owner]:
-                    found[row["copy_key"]] = dict(row)
-    return found
+_RESUMED_COLUMNS = ("status", "plan_json", "claimed_at", "sent_at", "submitted_at", "attempts", "source_version_id",
+                    "copy_kind", "destination_image_set_id", "destination_version_id", "destination_image_set_arn")
 
 
 def _short_id(value: Any) -> str | None:

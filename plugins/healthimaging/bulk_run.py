@@ -6,12 +6,9 @@ import json
 import logging
 import math
 import os
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import sqlalchemy as sa
 from botocore.exceptions import BotoCoreError, ClientError
 
 from healthimaging import report, states, storage
@@ -20,7 +17,7 @@ from healthimaging.consistency import disagreements
 from healthimaging.copiable_attributes import CopyRequestError, selection_of
 from healthimaging.copy_plan import resolve_plan
 from healthimaging.hooks import HealthImagingHook, series_instances
-from healthimaging.ledger import FAILED, PENDING, PLANNED, REJECTED, SKIPPED, Ledger, copies
+from healthimaging.ledger import FAILED, LEASE_SECONDS, PENDING, PLANNED, REJECTED, SKIPPED, Ledger
 from healthimaging.manifest import ManifestError, validate_manifest
 
 log = logging.getLogger(__name__)
@@ -34,6 +31,10 @@ class BulkCopyRunError(Exception):
 
 
 def settings_from_params(params: dict[str, Any]) -> BulkCopySettings:
+    """The engine's settings from a run's params; the lease length from ``[healthimaging] lease_seconds``
+    (``AIRFLOW__HEALTHIMAGING__LEASE_SECONDS``), default :data:`~healthimaging.ledger.LEASE_SECONDS`."""
+    from airflow.sdk.configuration import conf
+
     return BulkCopySettings(
         aws_conn_id=params.get("aws_conn_id") or "aws_default",
         region_name=params.get("region_name") or None,
@@ -43,14 +44,15 @@ def settings_from_params(params: dict[str, Any]) -> BulkCopySettings:
         poll_interval=float(params.get("poll_interval_seconds", 5)),
         verify_copies=bool(params.get("verify_copies", True)),
         progress_interval=float(params.get("progress_interval_seconds", 30)),
+        skip_already_copied=bool(params.get("skip_already_copied", True)),
+        lease_seconds=conf.getfloat("healthimaging", "lease_seconds", fallback=LEASE_SECONDS),
     )
 
 
-def prepare(ledger: Ledger, *, dag_id: str, run_id: str, params: dict[str, Any], manifest_uri: str | None = None,
-            is_run_over: Callable[[str, str], bool] | None = None) -> dict[str, Any]:
+def prepare(ledger: Ledger, *, dag_id: str, run_id: str, params: dict[str, Any], manifest_uri: str | None = None) -> dict[str, Any]:
     """Read and validate a manifest (``params["manifest"]`` unless given) and record every row in the
-    ledger; returns what the next tasks need. ``is_run_over`` lets this run resume copies a dead run left
-    in flight (see :func:`~healthimaging.bulk_copy.register_manifest`; the DAGs pass :func:`airflow_run_is_over`)."""
+    ledger; returns what the next tasks need. Copies a dead run left in flight are resumed (see
+    :func:`~healthimaging.bulk_copy.register_manifest`)."""
     uri = manifest_uri or params["manifest"]
     data = storage.read_bytes(uri, params.get("aws_conn_id"))
     try:
@@ -64,8 +66,7 @@ def prepare(ledger: Ledger, *, dag_id: str, run_id: str, params: dict[str, Any],
         log.warning("manifest %s: %d more rejected rows; see rejected.csv", uri, len(validated.rejected) - 50)
     batch_size = max(int(params.get("batch_size", 250)), math.ceil(len(validated.rows) / MAX_BATCHES) or 1)
     registered = register_manifest(ledger, dag_id=dag_id, run_id=run_id, manifest_uri=uri, validated=validated,
-                                   batch_size=batch_size, skip_copied=bool(params.get("skip_already_copied", True)),
-                                   is_run_over=is_run_over)
+                                   batch_size=batch_size, skip_copied=bool(params.get("skip_already_copied", True)))
     log.info("manifest %s: %d rows: %d to copy in %d batches of up to %d, %d rejected, %d already copied",
              uri, registered.total_rows, registered.pending, len(registered.batches), batch_size, registered.rejected,
              registered.skipped)
@@ -80,32 +81,11 @@ def prepare(ledger: Ledger, *, dag_id: str, run_id: str, params: dict[str, Any],
     }
     if params.get("strict") and registered.rejected:
         # Nothing is copied; the valid rows are recorded as skipped so that every row is accounted for.
-        with ledger.engine.begin() as db:
-            db.execute(copies.update().where(
-                copies.c.dag_id == dag_id, copies.c.run_id == run_id, copies.c.manifest_sha256 == validated.sha256,
-                copies.c.status == PENDING,
-            ).values(status=SKIPPED, batch=None, error_code="StrictMode", updated_at=time.time(),
-                     message=f"not copied: strict mode and {registered.rejected} manifest rows are invalid"))
+        ledger.skip_pending(dag_id, run_id, validated.sha256, error_code="StrictMode",
+                            message=f"not copied: strict mode and {registered.rejected} manifest rows are invalid")
         raise BulkCopyRunError(f"strict mode: {registered.rejected} of {registered.total_rows} manifest rows are invalid "
                                f"(first: {validated.errors[0]}); nothing was copied. Fix them or run without strict.")
     return prepared
-
-
-def airflow_run_is_over(dag_id: str, run_id: str) -> bool:
-    """Whether an Airflow DAG run has ended or no longer exists (asked from inside a task, through the Task SDK)."""
-    from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
-
-    try:
-        state = RuntimeTaskInstance.get_dagrun_state(dag_id, run_id)
-    except Exception as exc:
-        # 404: the run was deleted, nothing of it is alive. A worker gets an AirflowRuntimeError whose detail
-        # carries the status; a task run in-process (dag.test) gets the API client's ServerResponseError.
-        detail = getattr(getattr(exc, "error", None), "detail", None)
-        status = getattr(getattr(exc, "response", None), "status_code", None)
-        if status == 404 or (isinstance(detail, dict) and detail.get("status_code") == 404):
-            return True
-        raise
-    return state not in ("queued", "running")
 
 
 def plan(ledger: Ledger, *, dag_id: str, run_id: str, prepared: dict[str, Any]) -> dict[str, int]:
@@ -223,14 +203,7 @@ def verdict(summary: dict[str, Any]) -> str | None:
 
 def datastore_summaries(ledger: Ledger, dag_id: str, run_id: str) -> dict[str, dict[str, int]]:
     """Per data store, the run's row counts by status (the extra of its Asset event)."""
-    with ledger.engine.connect() as db:
-        query = (sa.select(copies.c.datastore_id, copies.c.status, sa.func.count())
-                 .where(copies.c.dag_id == dag_id, copies.c.run_id == run_id, copies.c.datastore_id.is_not(None))
-                 .group_by(copies.c.datastore_id, copies.c.status))
-        result: dict[str, dict[str, int]] = {}
-        for datastore_id, status, count in db.execute(query):
-            result.setdefault(datastore_id, {})[status] = count
-    return result
+    return ledger.datastore_counts(dag_id, run_id)
 
 
 __all__ = ["BulkCopyRunError", "REJECTED", "SKIPPED", "datastore_summaries", "finish", "plan", "prepare", "verdict"]

@@ -173,6 +173,27 @@ def resolve_plan(
     return plan
 
 
+def expected_contents(hook: HealthImagingHook, plan: CopyPlan, destination_version_id: str) -> tuple[int, str]:
+    """(count, digest) of the SOP instances that version ``destination_version_id`` of the destination must hold.
+
+    A merge's expected contents are computed from the version the copy produced: the destination version
+    it started from (one before, since the version is an optimistic-concurrency token) plus what it copied
+    from the source version sent. The plan's own figures were computed from the destination as it was when
+    the row was planned, which another merge into the same destination may have changed since. A copy to a
+    new image set holds what it copied, as planned.
+    """
+    if not plan.destination_image_set_id and plan.expected_instance_digest:
+        return plan.expected_instance_count or 0, plan.expected_instance_digest
+    source_doc = hook.get_image_set_metadata(plan.datastore_id, plan.source_image_set_id, plan.source_version_id)
+    selection = (ca.selection_of(ca.parse_copiable_attributes(plan.copiable_attributes)) if plan.copiable_attributes
+                 else series_instances(source_doc))
+    held = {uid for uids in selection.values() for uid in uids}
+    if plan.destination_image_set_id:
+        started_from = str(int(destination_version_id) - 1)
+        held |= hook.get_sop_instance_uids(plan.datastore_id, plan.destination_image_set_id, started_from)
+    return len(held), uid_digest(held)
+
+
 def _frames(document: Mapping[str, Any], selection: Mapping[str, set[str]]) -> int:
     series = document.get("Study", {}).get("Series", {})
     return sum(

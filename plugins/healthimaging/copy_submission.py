@@ -35,6 +35,11 @@ THROTTLING_CODES = frozenset({"ThrottlingException", "TooManyRequestsException",
 CLOCK_SKEW_SECONDS = 300
 
 
+class SendCancelled(Exception):
+    """``before_send`` decided that this copy must not be sent (the caller no longer owns it, or the same
+    copy is already done elsewhere); nothing was sent by this attempt."""
+
+
 class CopySubmissionError(Exception):
     """CopyImageSet failed for good; ``code`` is the service's error code (or ours), ``message`` its text."""
 
@@ -63,6 +68,9 @@ class SubmissionPolicy:
     #: conflict): a caller that paces its sends with a shared rate limit takes a token there, so that
     #: every call the service sees was paid for (an unpaid resend takes the quota of someone else's send).
     before_resend: Callable[[], object] | None = field(default=None, repr=False)
+    #: Called right before every CopyImageSet, the first included, after ``before_resend``: a caller whose
+    #: right to send can lapse (a lease) checks it there and raises :class:`SendCancelled` to send nothing.
+    before_send: Callable[[], object] | None = field(default=None, repr=False)
 
     def backoff(self, attempt: int, base: float | None = None) -> float:
         base = self.backoff_base_seconds if base is None else base
@@ -100,6 +108,8 @@ def submit_copy(hook: HealthImagingHook, plan: CopyPlan, policy: SubmissionPolic
         if sends and policy.before_resend is not None:
             policy.before_resend()
         sends += 1
+        if policy.before_send is not None:
+            policy.before_send()
         try:
             response = hook.no_retry_conn.copy_image_set(**plan.request())
             return _accepted(plan, response, started, attempts)

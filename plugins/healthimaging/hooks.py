@@ -14,6 +14,11 @@ from botocore.config import Config
 
 #: botocore settings for calls that must never be repeated by the SDK (CopyImageSet has no idempotency token).
 NO_RETRIES = {"mode": "standard", "total_max_attempts": 1}
+#: The no-retry client's timeouts at most (a connection's shorter ones are kept): a CopyImageSet call ends (answered or failed) within 40 s, well inside
+#: a bulk-copy engine's lease (healthimaging.ledger.LEASE_SECONDS), so a copy its owner sent has reached
+#: the service before anyone may take the row over and reconcile it.
+NO_RETRY_CONNECT_TIMEOUT_SECONDS = 10
+NO_RETRY_READ_TIMEOUT_SECONDS = 30
 
 
 class HealthImagingHook(AwsBaseHook):
@@ -59,7 +64,10 @@ class HealthImagingHook(AwsBaseHook):
     @cached_property
     def no_retry_conn(self):
         """A client whose calls botocore never repeats: for CopyImageSet, which is not idempotent."""
-        return self.get_client_type(region_name=self.region_name, config=self.config.merge(Config(retries=NO_RETRIES)))
+        config = self.config
+        return self.get_client_type(region_name=self.region_name, config=config.merge(Config(
+            retries=NO_RETRIES, connect_timeout=min(config.connect_timeout, NO_RETRY_CONNECT_TIMEOUT_SECONDS),
+            read_timeout=min(config.read_timeout, NO_RETRY_READ_TIMEOUT_SECONDS))))
 
     def get_image_set(self, datastore_id: str, image_set_id: str, version_id: str | None = None) -> dict[str, Any]:
         """GetImageSet for the latest version, or for ``version_id``."""

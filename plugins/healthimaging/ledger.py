@@ -4,13 +4,28 @@ A SQL table through SQLAlchemy on the Airflow connection ``healthimaging_lineage
 SQLite); without that connection, a SQLite file under ``AIRFLOW_HOME``. One row per manifest row per
 run, updated at each state change; indexed for what a dashboard asks (a run's rows by status, a
 source's copies, recent failures) and for resuming (a copy key already copied).
+
+All SQL on these tables is here. Ownership of rows in progress (see :class:`Ledger`):
+
+- an engine holds a **lease** (a row of ``healthimaging_engine_leases``) that it renews while it
+  works; a lease not renewed for :data:`LEASE_SECONDS` has expired;
+- a row ``submitting`` / ``submitted`` belongs to the engine whose id is in its ``claim`` column;
+  every write an engine makes to such a row is fenced by that claim (``WHERE claim = :mine``), and
+  a write that changes nothing tells the engine that the row is no longer its own;
+- right before CopyImageSet is sent, one transaction renews the sender's lease and re-checks its
+  claim (:meth:`Ledger.arm_send`): a lease that expired or was revoked sends nothing;
+- a row is taken over only from an owner whose lease has expired (:meth:`Ledger.take_over`): the
+  lease is revoked in the same transaction, so its old owner can neither renew it nor send again.
+  Lease times come from the database's clock on PostgreSQL, so workers' clocks need not agree.
 """
 
 from __future__ import annotations
 
 import os
+import socket
 import time
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +42,12 @@ SUCCEEDED, FAILED, REJECTED, SKIPPED, PLANNED = "succeeded", "failed", "rejected
 IN_PROGRESS_STATUSES = (PENDING, SUBMITTING, SUBMITTED)
 IN_FLIGHT_STATUSES = (SUBMITTING, SUBMITTED)
 FINAL_STATUSES = (SUCCEEDED, FAILED, REJECTED, SKIPPED, PLANNED)
+
+#: How long an engine's lease lasts without renewal. The engine renews it every quarter of this and in
+#: the transaction right before each CopyImageSet; a CopyImageSet call is bounded well inside it (the
+#: hook's no-retry client: 10 s to connect, 30 s to read), so a copy its owner sent has reached the
+#: service before anyone may take the row over and reconcile it.
+LEASE_SECONDS = 60.0
 
 metadata = sa.MetaData()
 
@@ -62,8 +83,9 @@ copies = sa.Table(
     sa.Column("batch", sa.Integer),
     sa.Column("request_json", sa.Text),  # the validated manifest row
     sa.Column("plan_json", sa.Text),  # the resolved CopyPlan, stored before the copy is sent
-    sa.Column("claim", sa.String(64)),  # which engine instance holds the row
+    sa.Column("claim", sa.String(64)),  # which engine instance holds the row (its lease's owner)
     sa.Column("claimed_at", sa.Float),
+    sa.Column("sent_at", sa.Float),  # when its owner last cleared the copy for sending (arm_send)
     sa.Column("next_poll_at", sa.Float),
     sa.UniqueConstraint("dag_id", "run_id", "manifest_sha256", "row_number", name="uq_healthimaging_ledger_run_row"),
     sa.Index("ix_healthimaging_ledger_run_status", "dag_id", "run_id", "status"),
@@ -74,6 +96,24 @@ copies = sa.Table(
     sa.Index("ix_healthimaging_ledger_run_batch", "dag_id", "run_id", "batch", "status"),
     sa.Index("ix_healthimaging_ledger_in_flight", "status", "datastore_id"),
 )
+
+leases = sa.Table(
+    "healthimaging_engine_leases",
+    metadata,
+    sa.Column("owner", sa.String(64), primary_key=True),  # the engine's id, written into the rows it claims
+    sa.Column("dag_id", sa.String(250)),
+    sa.Column("run_id", sa.String(250)),
+    sa.Column("batch", sa.Integer),
+    sa.Column("host", sa.String(255)),
+    sa.Column("pid", sa.Integer),
+    sa.Column("started_at", sa.Float, nullable=False),
+    sa.Column("renewed_at", sa.Float, nullable=False),
+    sa.Column("expires_at", sa.Float, nullable=False),  # database clock; REVOKED once taken over
+    sa.Index("ix_healthimaging_leases_expires", "expires_at"),
+)
+
+#: ``expires_at`` of a lease whose rows were taken over: it can never be renewed again.
+REVOKED = -1.0
 
 manifests = sa.Table(
     "healthimaging_manifests",
@@ -146,6 +186,14 @@ def _add_missing_columns(engine: Engine) -> None:
                 db.execute(sa.text(f'ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}'))
 
 
+def db_now(engine: Engine) -> sa.ColumnElement:
+    """The current time as a SQL expression: the database's clock on PostgreSQL (one clock for every
+    worker), this process's on SQLite (a file ledger is used from one host)."""
+    if engine.dialect.name == "postgresql":
+        return sa.func.extract("epoch", sa.func.clock_timestamp())
+    return sa.literal(time.time(), sa.Float)
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
@@ -153,8 +201,48 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+@dataclass(frozen=True)
+class BatchKey:
+    """The ledger key of one batch of one manifest of one run."""
+
+    dag_id: str
+    run_id: str
+    manifest_sha256: str
+    batch: int
+
+    def where(self) -> sa.ColumnElement:
+        return sa.and_(copies.c.dag_id == self.dag_id, copies.c.run_id == self.run_id,
+                       copies.c.manifest_sha256 == self.manifest_sha256, copies.c.batch == self.batch)
+
+
+@dataclass(frozen=True)
+class SendClearance:
+    """What :meth:`Ledger.arm_send` decided: send, or not (and why)."""
+
+    send: bool
+    reason: str = ""  # "lease_lost", "claim_lost" or "duplicate"
+    duplicate_of: dict[str, Any] | None = None  # the ledger row of the same copy, succeeded or in flight
+
+
+@dataclass(frozen=True)
+class ClaimObstacle:
+    """Why a pending row could not be claimed: the data store's in-flight cap, or its source in flight.
+
+    ``blocker`` is the in-flight row holding the source (with its owner's ``lease_expires_at``);
+    ``orphans`` are in-flight rows of the data store whose owner's lease has expired."""
+
+    kind: str  # "cap", "source" or "gone" (the row is no longer pending)
+    blocker: dict[str, Any] | None = None
+    orphans: tuple[dict[str, Any], ...] = ()
+
+
+def _owner_lease():
+    """The lease of a row's claim, joined outside-in (a row without a live lease has none)."""
+    return sa.outerjoin(copies, leases, leases.c.owner == copies.c.claim)
+
+
 class Ledger:
-    """Reads and writes the ledger for one engine."""
+    """Reads and writes the ledger: manifest rows, their ownership while in progress, and run summaries."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -162,6 +250,8 @@ class Ledger:
     @classmethod
     def from_airflow(cls, conn_id: str = CONNECTION_ID) -> Ledger:
         return cls(engine_for(resolve_url(conn_id)))
+
+    # ------------------------------------------------------------------ registration
 
     def record_rows(self, rows: Iterable[Mapping[str, Any]]) -> int:
         """Insert rows (one dict per manifest row, ledger column names); existing ones are left alone."""
@@ -186,7 +276,7 @@ class Ledger:
         return len(fresh)
 
     def update(self, dag_id: str, run_id: str, manifest_sha256: str, row_number: int, **changes: Any) -> None:
-        """Change one row (a state change)."""
+        """Change one row that no engine holds (a dry run's plan, for example)."""
         changes["updated_at"] = time.time()
         with self.engine.begin() as db:
             db.execute(copies.update().where(
@@ -195,21 +285,70 @@ class Ledger:
 
     def succeeded_copy_keys(self, keys: Iterable[str]) -> dict[str, dict[str, Any]]:
         """For each copy key already copied successfully (any run), the ledger row that did it."""
+        return self._by_copy_key(keys, copies.c.status == SUCCEEDED)
+
+    def orphaned_copy_keys(self, keys: Iterable[str], *, dag_id: str, run_id: str) -> dict[str, dict[str, Any]]:
+        """For each copy key in flight in another run whose owner's lease has expired (its engine died), that row."""
+        return self._by_copy_key(keys, copies.c.status.in_(IN_FLIGHT_STATUSES),
+                                 ~sa.and_(copies.c.dag_id == dag_id, copies.c.run_id == run_id), self._no_live_lease())
+
+    def _by_copy_key(self, keys: Iterable[str], *conditions: Any) -> dict[str, dict[str, Any]]:
         keys = list(keys)
         found: dict[str, dict[str, Any]] = {}
         with self.engine.connect() as db:
             for start in range(0, len(keys), 500):
-                chunk = keys[start:start + 500]
-                query = sa.select(copies).where(copies.c.copy_key.in_(chunk), copies.c.status == SUCCEEDED)
+                query = (sa.select(copies).select_from(_owner_lease())
+                         .where(copies.c.copy_key.in_(keys[start:start + 500]), *conditions).order_by(copies.c.id))
                 for row in db.execute(query).mappings():
                     found.setdefault(row["copy_key"], dict(row))
         return found
 
-    def run_rows(self, dag_id: str, run_id: str, manifest_sha256: str | None = None) -> list[dict[str, Any]]:
-        """A run's rows (of one manifest, when given), in manifest order."""
+    def resume_orphan(self, orphan: Mapping[str, Any], row_id: int, columns: Iterable[str], *, dag_id: str, run_id: str,
+                      row_number: int) -> bool:
+        """Move a dead engine's copy in flight into a row of a later run, state and all (one transaction).
+
+        The orphan's owner lease is revoked and the orphan row is marked ``skipped`` (resumed by the later
+        run) only if it is still held by that owner; its state goes to ``row_id`` unclaimed, so the later
+        run's engine takes it over and reconciles it. False if its owner turned out to be alive."""
+        now = time.time()
+        with self.engine.begin() as db:
+            if not self._revoke_if_expired(db, orphan["claim"]):
+                return False
+            moved = db.execute(copies.update().where(
+                copies.c.id == orphan["id"], _claim_is(orphan["claim"]), copies.c.status.in_(IN_FLIGHT_STATUSES),
+            ).values(status=SKIPPED, claim=None, error_code="ResumedByLaterRun", updated_at=now,
+                     message=f"resumed by run {run_id} (row {row_number})")).rowcount
+            if not moved:
+                return False
+            db.execute(copies.update().where(copies.c.id == row_id, copies.c.status == PENDING).values(
+                **{column: orphan[column] for column in columns}, claim=None, next_poll_at=now, updated_at=now))
+        return True
+
+    def skip_pending(self, dag_id: str, run_id: str, manifest_sha256: str, *, error_code: str, message: str) -> int:
+        """Mark a manifest's pending rows skipped (strict mode: nothing is copied, every row accounted for)."""
+        with self.engine.begin() as db:
+            return db.execute(copies.update().where(
+                copies.c.dag_id == dag_id, copies.c.run_id == run_id, copies.c.manifest_sha256 == manifest_sha256,
+                copies.c.status == PENDING,
+            ).values(status=SKIPPED, batch=None, error_code=error_code, updated_at=time.time(), message=message)).rowcount
+
+    def open_batches(self, dag_id: str, run_id: str, manifest_sha256: str) -> list[int]:
+        """The batches of a manifest that still have rows in progress."""
+        with self.engine.connect() as db:
+            return sorted(b for (b,) in db.execute(sa.select(copies.c.batch).distinct().where(
+                copies.c.dag_id == dag_id, copies.c.run_id == run_id, copies.c.manifest_sha256 == manifest_sha256,
+                copies.c.status.in_(IN_PROGRESS_STATUSES))) if b is not None)
+
+    # ------------------------------------------------------------------ reading
+
+    def run_rows(self, dag_id: str, run_id: str, manifest_sha256: str | None = None,
+                 batch: int | None = None) -> list[dict[str, Any]]:
+        """A run's rows (of one manifest, of one batch, when given), in manifest order."""
         conditions = [copies.c.dag_id == dag_id, copies.c.run_id == run_id]
         if manifest_sha256:
             conditions.append(copies.c.manifest_sha256 == manifest_sha256)
+        if batch is not None:
+            conditions.append(copies.c.batch == batch)
         with self.engine.connect() as db:
             query = sa.select(copies).where(*conditions).order_by(copies.c.manifest_sha256, copies.c.row_number)
             return [dict(r) for r in db.execute(query).mappings()]
@@ -219,9 +358,212 @@ class Ledger:
         conditions = [copies.c.dag_id == dag_id, copies.c.run_id == run_id]
         if manifest_sha256:
             conditions.append(copies.c.manifest_sha256 == manifest_sha256)
+        return self._counts(sa.and_(*conditions))
+
+    def batch_counts(self, key: BatchKey) -> dict[str, int]:
+        return self._counts(key.where())
+
+    def _counts(self, condition: sa.ColumnElement) -> dict[str, int]:
         with self.engine.connect() as db:
-            query = sa.select(copies.c.status, sa.func.count()).where(*conditions).group_by(copies.c.status)
+            query = sa.select(copies.c.status, sa.func.count()).where(condition).group_by(copies.c.status)
             return {status: count for status, count in db.execute(query)}
+
+    def datastore_counts(self, dag_id: str, run_id: str) -> dict[str, dict[str, int]]:
+        """Per data store, a run's row counts by status."""
+        with self.engine.connect() as db:
+            query = (sa.select(copies.c.datastore_id, copies.c.status, sa.func.count())
+                     .where(copies.c.dag_id == dag_id, copies.c.run_id == run_id, copies.c.datastore_id.is_not(None))
+                     .group_by(copies.c.datastore_id, copies.c.status))
+            result: dict[str, dict[str, int]] = {}
+            for datastore_id, status, count in db.execute(query):
+                result.setdefault(datastore_id, {})[status] = count
+        return result
+
+    def batch_rows(self, key: BatchKey, *statuses: str, limit: int | None = None) -> list[dict[str, Any]]:
+        """A batch's rows in these statuses, in manifest order."""
+        query = sa.select(copies).where(key.where(), copies.c.status.in_(statuses)).order_by(copies.c.row_number)
+        if limit:
+            query = query.limit(limit)
+        with self.engine.connect() as db:
+            return [dict(r) for r in db.execute(query).mappings()]
+
+    def held_rows(self, owner: str, *statuses: str) -> list[dict[str, Any]]:
+        """The rows an engine holds (of any batch: it may have taken over another's), in these statuses."""
+        query = sa.select(copies).where(copies.c.claim == owner, copies.c.status.in_(statuses)).order_by(copies.c.id)
+        with self.engine.connect() as db:
+            return [dict(r) for r in db.execute(query).mappings()]
+
+    def has_open_rows(self, key: BatchKey, owner: str) -> bool:
+        """Whether the batch has rows in progress, or the engine still holds rows in flight (taken over)."""
+        with self.engine.connect() as db:
+            return db.execute(sa.select(copies.c.id).where(sa.or_(
+                sa.and_(key.where(), copies.c.status.in_(IN_PROGRESS_STATUSES)),
+                sa.and_(copies.c.claim == owner, copies.c.status.in_(IN_FLIGHT_STATUSES)),
+            )).limit(1)).first() is not None
+
+    # ------------------------------------------------------------------ leases
+
+    def acquire_lease(self, owner: str, *, dag_id: str | None = None, run_id: str | None = None, batch: int | None = None,
+                      seconds: float = LEASE_SECONDS) -> None:
+        """Start a lease for a new engine id."""
+        now = db_now(self.engine)
+        with self.engine.begin() as db:
+            db.execute(leases.insert().values(owner=owner, dag_id=dag_id, run_id=run_id, batch=batch, host=socket.gethostname()[:255],
+                                              pid=os.getpid(), started_at=now, renewed_at=now, expires_at=now + seconds))
+
+    def renew_lease(self, owner: str, seconds: float = LEASE_SECONDS) -> bool:
+        """Extend a lease that has not expired; False if it expired or was revoked (the engine lost its rows)."""
+        with self.engine.begin() as db:
+            return self._renew(db, owner, seconds)
+
+    def _renew(self, db: Any, owner: str, seconds: float) -> bool:
+        now = db_now(self.engine)
+        return bool(db.execute(leases.update().where(leases.c.owner == owner, leases.c.expires_at > now)
+                               .values(renewed_at=now, expires_at=now + seconds)).rowcount)
+
+    def release_lease(self, owner: str) -> None:
+        """End a lease whose engine is done (it holds no row any more)."""
+        with self.engine.begin() as db:
+            db.execute(leases.delete().where(leases.c.owner == owner))
+
+    def lease(self, owner: str | None) -> dict[str, Any] | None:
+        if owner is None:
+            return None
+        with self.engine.connect() as db:
+            row = db.execute(sa.select(leases).where(leases.c.owner == owner)).mappings().first()
+        return dict(row) if row else None
+
+    def _no_live_lease(self) -> sa.ColumnElement:
+        """For a query over :func:`_owner_lease`: the row's claim has no lease that is still running."""
+        return sa.or_(leases.c.owner.is_(None), leases.c.expires_at <= db_now(self.engine))
+
+    def _revoke_if_expired(self, db: Any, owner: str | None) -> bool:
+        """Revoke an expired lease (no-op for none); False if it is still live. Atomic with a renewal: both
+        update the lease row, so the database orders them and the loser's condition fails."""
+        if owner is None:
+            return True
+        now = db_now(self.engine)
+        revoked = db.execute(leases.update().where(leases.c.owner == owner, leases.c.expires_at <= now)
+                             .values(expires_at=REVOKED)).rowcount
+        if revoked:
+            return True
+        return db.execute(sa.select(leases.c.owner).where(leases.c.owner == owner)).first() is None
+
+    def orphans(self, key: BatchKey, owner: str) -> list[dict[str, Any]]:
+        """The batch's rows in flight held by an engine whose lease has expired (or by none)."""
+        query = (sa.select(copies).select_from(_owner_lease())
+                 .where(key.where(), copies.c.status.in_(IN_FLIGHT_STATUSES), _claim_is_not(owner), self._no_live_lease())
+                 .order_by(copies.c.row_number))
+        with self.engine.connect() as db:
+            return [dict(r) for r in db.execute(query).mappings()]
+
+    def take_over(self, row: Mapping[str, Any], owner: str) -> dict[str, Any] | None:
+        """Take a row in flight from an owner whose lease has expired, revoking that lease; returns the row
+        as it is now held, or None if its owner is alive or another engine took it first."""
+        now = time.time()
+        with self.engine.begin() as db:
+            if not self._revoke_if_expired(db, row["claim"]):
+                return None
+            taken = db.execute(copies.update().where(
+                copies.c.id == row["id"], _claim_is(row["claim"]), copies.c.status.in_(IN_FLIGHT_STATUSES),
+            ).values(claim=owner, updated_at=now).returning(*copies.c)).mappings().first()
+        return dict(taken) if taken else None
+
+    def waiting_on(self, key: BatchKey, owner: str) -> list[dict[str, Any]]:
+        """The other owners this batch waits on: who holds its rows in flight, or copies of its pending
+        rows' sources; each with its run, batch, row count and when its lease ends."""
+        other = copies.alias("other")
+        mine = copies.alias("mine")
+        holds_mine = sa.and_(other.c.id == mine.c.id, mine.c.status.in_(IN_FLIGHT_STATUSES))
+        holds_source = sa.and_(mine.c.status == PENDING, other.c.status.in_(IN_FLIGHT_STATUSES),
+                               other.c.datastore_id == mine.c.datastore_id,
+                               other.c.source_image_set_id == mine.c.source_image_set_id)
+        query = (sa.select(other.c.claim, leases.c.dag_id, leases.c.run_id, leases.c.batch, leases.c.expires_at,
+                           sa.func.count(sa.distinct(mine.c.id)).label("rows"))
+                 .select_from(mine.join(other, sa.or_(holds_mine, holds_source))
+                              .outerjoin(leases, leases.c.owner == other.c.claim))
+                 .where(mine.c.dag_id == key.dag_id, mine.c.run_id == key.run_id,
+                        mine.c.manifest_sha256 == key.manifest_sha256, mine.c.batch == key.batch,
+                        sa.or_(other.c.claim.is_(None), other.c.claim != owner))
+                 .group_by(other.c.claim, leases.c.dag_id, leases.c.run_id, leases.c.batch, leases.c.expires_at))
+        with self.engine.connect() as db:
+            return [dict(r) for r in db.execute(query).mappings()]
+
+    # ------------------------------------------------------------------ claimed rows
+
+    def claim(self, row_id: int, owner: str, *, datastore_id: str, source_image_set_id: str, max_in_flight: int,
+              claimed_at: float) -> bool:
+        """Take a pending row, atomically with the checks that guard sending it: the data store's in-flight cap
+        and no other copy of the source in flight (two engines checking first and claiming after could both pass)."""
+        other = copies.alias("in_flight")
+        in_flight = (sa.select(sa.func.count()).select_from(other)
+                     .where(other.c.status.in_(IN_FLIGHT_STATUSES), other.c.datastore_id == datastore_id).scalar_subquery())
+        source_busy = sa.exists().where(other.c.status.in_(IN_FLIGHT_STATUSES), other.c.datastore_id == datastore_id,
+                                        other.c.source_image_set_id == source_image_set_id)
+        with self.engine.begin() as db:
+            if db.dialect.name == "postgresql":  # READ COMMITTED would let two claims count the same rows
+                db.execute(sa.select(sa.func.pg_advisory_xact_lock(sa.func.hashtext(f"healthimaging-claim:{datastore_id}"))))
+            return bool(db.execute(copies.update().where(
+                copies.c.id == row_id, copies.c.status == PENDING, in_flight < max_in_flight, ~source_busy,
+            ).values(status=SUBMITTING, claim=owner, claimed_at=claimed_at, sent_at=None, updated_at=claimed_at)).rowcount)
+
+    def claim_obstacle(self, row: Mapping[str, Any], max_in_flight: int) -> ClaimObstacle:
+        """Why :meth:`claim` failed for ``row``, with the orphans (rows whose owner died) standing in the way."""
+        in_flight = sa.and_(copies.c.status.in_(IN_FLIGHT_STATUSES), copies.c.datastore_id == row["datastore_id"])
+        with self.engine.connect() as db:
+            if db.execute(sa.select(copies.c.status).where(copies.c.id == row["id"])).scalar_one() != PENDING:
+                return ClaimObstacle("gone")
+            blocker = db.execute(
+                sa.select(copies, leases.c.expires_at.label("lease_expires_at")).select_from(_owner_lease())
+                .where(in_flight, copies.c.source_image_set_id == row["source_image_set_id"]).limit(1)).mappings().first()
+            if blocker is not None:
+                orphaned = blocker["lease_expires_at"] is None or blocker["lease_expires_at"] <= db.execute(
+                    sa.select(db_now(self.engine))).scalar_one()
+                return ClaimObstacle("source", dict(blocker), (dict(blocker),) if orphaned else ())
+            count = db.execute(sa.select(sa.func.count()).select_from(copies).where(in_flight)).scalar_one()
+            orphans = db.execute(sa.select(copies).select_from(_owner_lease())
+                                 .where(in_flight, self._no_live_lease()).limit(max_in_flight)).mappings().all()
+        return ClaimObstacle("cap" if count >= max_in_flight else "gone", None, tuple(dict(o) for o in orphans))
+
+    def fenced_update(self, row_id: int, owner: str, **changes: Any) -> bool:
+        """Change a row only while ``owner`` holds it; False (nothing written) if it does not any more."""
+        changes.setdefault("updated_at", time.time())
+        with self.engine.begin() as db:
+            return bool(db.execute(copies.update().where(copies.c.id == row_id, copies.c.claim == owner)
+                                   .values(**changes)).rowcount)
+
+    def arm_send(self, row: Mapping[str, Any], owner: str, *, skip_copied: bool = True,
+                 lease_seconds: float = LEASE_SECONDS) -> SendClearance:
+        """Right before a CopyImageSet: in one transaction, renew the owner's lease and re-check its claim;
+        and the same copy (copy key) already succeeded (when ``skip_copied``) or in flight in another row
+        of the ledger means this row is skipped (linked to that copy), not sent."""
+        now = time.time()
+        with self.engine.begin() as db:
+            if not self._renew(db, owner, lease_seconds):
+                return SendClearance(False, "lease_lost")
+            if row.get("copy_key"):
+                same = [copies.c.status.in_(IN_FLIGHT_STATUSES)] + ([copies.c.status == SUCCEEDED] if skip_copied else [])
+                duplicate = db.execute(sa.select(copies).where(
+                    copies.c.copy_key == row["copy_key"], copies.c.id != row["id"], sa.or_(*same),
+                ).order_by(copies.c.id).limit(1)).mappings().first()
+                if duplicate is not None:
+                    duplicate = dict(duplicate)
+                    done = duplicate["status"] == SUCCEEDED
+                    skipped = db.execute(copies.update().where(copies.c.id == row["id"], copies.c.claim == owner).values(
+                        status=SKIPPED, claim=None, updated_at=now, completed_at=now, plan_json=None,
+                        error_code="AlreadyCopied" if done else "CopyInFlightElsewhere",
+                        destination_image_set_id=duplicate["destination_image_set_id"],
+                        destination_version_id=duplicate["destination_version_id"],
+                        message=(f"copied by run {duplicate['run_id']} (row {duplicate['row_number']})" if done else
+                                 f"the same copy is in flight in run {duplicate['run_id']} (row {duplicate['row_number']}); "
+                                 "its outcome is that row's"))).rowcount
+                    return SendClearance(False, "duplicate" if skipped else "claim_lost", duplicate)
+            armed = db.execute(copies.update().where(
+                copies.c.id == row["id"], copies.c.claim == owner, copies.c.status == SUBMITTING,
+            ).values(sent_at=now, updated_at=now)).rowcount
+        return SendClearance(True) if armed else SendClearance(False, "claim_lost")
+
+    # ------------------------------------------------------------------ manifests of the scheduled DAG
 
     def take_manifest(self, manifest_uri: str, manifest_sha256: str, dag_id: str, run_id: str) -> bool:
         """Claim a manifest for a run; False if some run already took it (each manifest is copied once)."""
@@ -232,3 +574,11 @@ class Ledger:
             db.execute(manifests.insert().values(manifest_uri=manifest_uri, manifest_sha256=manifest_sha256,
                                                  dag_id=dag_id, run_id=run_id, taken_at=time.time()))
         return True
+
+
+def _claim_is(owner: str | None) -> sa.ColumnElement:
+    return copies.c.claim.is_(None) if owner is None else copies.c.claim == owner
+
+
+def _claim_is_not(owner: str) -> sa.ColumnElement:
+    return sa.or_(copies.c.claim.is_(None), copies.c.claim != owner)

@@ -410,8 +410,8 @@ class HealthImagingBulkCopyBatchOperator(BaseOperator):
         from healthimaging.ledger import Ledger
 
         self._counts = counts
-        rows = Ledger.from_airflow(self.ledger_conn_id).run_rows(context["dag"].dag_id, context["run_id"], self.manifest_sha256)
-        self._lineage_rows = [r for r in rows if r.get("batch") == int(self.batch)]
+        self._lineage_rows = Ledger.from_airflow(self.ledger_conn_id).run_rows(
+            context["dag"].dag_id, context["run_id"], self.manifest_sha256, batch=int(self.batch))
 
     def get_openlineage_facets_on_complete(self, task_instance: Any):
         """Every copied source version in, every destination version out; ids only, no patient data."""

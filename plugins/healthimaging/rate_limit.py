@@ -14,7 +14,7 @@ from collections.abc import Callable
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from healthimaging.ledger import metadata
+from healthimaging.ledger import db_now, metadata
 
 #: CopyImageSet's default quota: 0.25 requests per second, burst 1 (shared/reference/healthimaging-api.md).
 DEFAULT_RATE = 0.25
@@ -48,9 +48,7 @@ class SharedTokenBucket:
         self._ensure_row()
 
     def _now(self):
-        if self.engine.dialect.name == "postgresql":
-            return sa.func.extract("epoch", sa.func.clock_timestamp())
-        return sa.literal(time.time(), sa.Float)
+        return db_now(self.engine)
 
     def _ensure_row(self) -> None:
         with self.engine.begin() as db:

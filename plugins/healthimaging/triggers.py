@@ -85,7 +85,9 @@ class HealthImagingBulkCopyTrigger(BaseTrigger):
 
     The work is the :class:`~healthimaging.bulk_copy.BatchCopyEngine`, whose state is the ledger, run
     step by step in a thread so the event loop stays free. If the triggerer restarts, the trigger
-    starts again and the engine resumes from the ledger (rows left ``submitting`` are reconciled).
+    starts again and the engine resumes from the ledger: rows the dead engine held are taken over once
+    its lease has expired and reconciled. Two instances of one trigger (two triggerers during a
+    failover) share the batch's rows: each row is held and sent by one of them.
 
     :param dag_id: The run's DAG.
     :param run_id: The run.
@@ -121,13 +123,22 @@ class HealthImagingBulkCopyTrigger(BaseTrigger):
                                settings=BulkCopySettings(**self.settings))
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
+        engine = None
         try:
             engine = await asyncio.to_thread(self.engine)
             while (wait := await asyncio.to_thread(engine.step)) is not None:
                 await asyncio.sleep(wait)
             counts = await asyncio.to_thread(engine.counts)
+        except asyncio.CancelledError:
+            # Moved to another triggerer, or this one stops: end the lease now so that the rows this engine
+            # holds are taken over at once (a step still running in its thread can then send nothing).
+            if engine is not None:
+                engine.release()
+            raise
         except Exception as exc:  # reported to the task, which fails and can be retried: the ledger keeps the state
             self.log.exception("batch %s failed", self.batch)
+            if engine is not None:  # it does nothing more: what it holds can be taken over (and reconciled) at once
+                await asyncio.to_thread(engine.release)
             yield TriggerEvent({"status": "error", "batch": self.batch, "message": f"{type(exc).__name__}: {exc}"})
             return
         yield TriggerEvent({"status": "success", "batch": self.batch, "counts": counts})
