@@ -16,6 +16,8 @@ event, and the run fails if more copies failed than tolerated.
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from airflow.sdk import Asset, AssetAlias, Param, dag, get_current_context, task
 
 from healthimaging.operators import HealthImagingBulkCopyBatchOperator
@@ -23,6 +25,7 @@ from healthimaging.operators import HealthImagingBulkCopyBatchOperator
 LEDGER_CONN_ID = "healthimaging_lineage"
 DATASTORE_ASSETS = AssetAlias("healthimaging-datastores")
 ID_PATTERN = "^[0-9a-z]{32}$"
+PREPARE_RETRY_DELAY = timedelta(seconds=15)
 
 PARAMS = {
     "manifest": Param(
@@ -72,7 +75,8 @@ PARAMS = {
     max_active_tasks=16,
 )
 def healthimaging_bulk_copy():
-    @task
+    # Registering is idempotent for a run, so a worker lost while preparing is simply tried again soon.
+    @task(retries=3, retry_delay=PREPARE_RETRY_DELAY)
     def prepare_manifest() -> dict:
         """Validate the manifest and record every row in the ledger."""
         from airflow.sdk.exceptions import AirflowFailException

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from datetime import timedelta
 
 import pendulum
 from airflow.sdk import Asset, Param, dag, get_current_context, task
@@ -100,7 +101,7 @@ def healthimaging_scheduled_copy():
         log.info("%d new manifests of %d found: %s", len(taken), len(candidates), taken)
         return taken
 
-    @task
+    @task(retries=3, retry_delay=timedelta(seconds=15))  # idempotent for a run: a lost worker is tried again soon
     def prepare_manifests(manifests: list[str]) -> list[dict]:
         """Validate each manifest and record its rows in the ledger (a broken manifest is reported, not fatal)."""
         from healthimaging.bulk_run import BulkCopyRunError, prepare

@@ -63,7 +63,7 @@ def _add_plugins_to_path() -> None:
 
 
 def create_ledger(url) -> None:
-    """Create the ledger's database (PostgreSQL) if missing, then its tables."""
+    """Create the ledger's database (PostgreSQL) if missing, then migrate its tables to the latest revision."""
     import sqlalchemy as sa
     from sqlalchemy.engine import make_url
 
@@ -81,11 +81,10 @@ def create_ledger(url) -> None:
                     log(f"the ledger database {url.database!r} exists")
         finally:
             server.dispose()
-    from healthimaging import rate_limit  # noqa: F401 - registers the rate-limit table
-    from healthimaging.ledger import engine_for
+    from healthimaging.ledger import current_revision, engine_for
 
     engine = engine_for(url)
-    log(f"ledger tables ready in {engine.url.render_as_string(hide_password=True)}")
+    log(f"ledger schema at revision {current_revision(engine)} in {engine.url.render_as_string(hide_password=True)}")
     engine.dispose()
 
 

@@ -43,7 +43,7 @@ from typing import Any
 
 from stack import compose
 from stack.compose import REPO_ROOT, LocalEndpoints
-from stack.processes import free_port, spawn, stop_all
+from stack.processes import free_port, kill_tree, spawn, stop_all
 
 #: What the process stack sets beyond the compose environment, and why (each is something an image or
 #: a container provides in Docker). ``tests/test_docker_compose.py`` checks that nothing else differs.
@@ -159,6 +159,7 @@ class ProcessStack:
         self._postgres_user: str | None = None
         self._redis_db: int | None = None
         self._log_files: list[Any] = []
+        self._dead: list[subprocess.Popen] = []  # killed or restarted: reaped, never restarted by stop()
         self._stopped = False
 
     # --------------------------------------------------------------------------- configuration
@@ -523,6 +524,47 @@ class ProcessStack:
                     found.add(parent.pid)
                 found.update(c.pid for c in parent.children(recursive=True))
         return sorted(found)
+
+    # ------------------------------------------------------------------------ faults (tests, chaos runs)
+
+    def kill(self, name: str) -> list[int]:
+        """SIGKILL a running process of the stack with every descendant (a crash: no shutdown code runs);
+        returns the pids killed. ``start_process(name)`` starts it again."""
+        process = self.processes[name]
+        if process.popen is None:
+            raise RuntimeError(f"{name} is not running")
+        killed = kill_tree(process.popen)
+        self._dead.append(process.popen)
+        process.popen = None
+        return killed
+
+    def restart(self, name: str) -> None:
+        """Stop a process as compose would (SIGTERM, SIGKILL after ``stop_timeout``), then start it again."""
+        process = self.processes[name]
+        if process.popen is not None:
+            stop_all([process.popen], self.stop_timeout)
+            self._dead.append(process.popen)
+            process.popen = None
+        self.start_process(name)
+
+    def start_process(self, name: str) -> None:
+        """Start a planned process that is not running (after :meth:`kill`, or one from :meth:`add_process`)."""
+        process = self.processes[name]
+        if process.popen is not None:
+            raise RuntimeError(f"{name} is already running")
+        self._spawn(process)
+
+    def add_process(self, name: str, like: str) -> Process:
+        """Plan one more instance of a service (``docker compose up --scale``), e.g. a second triggerer;
+        ``start_process(name)`` starts it."""
+        template = self.processes[like]
+        env = dict(template.env)
+        for port in ("AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT", "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT",
+                     "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_PORT"):
+            if port in env:
+                env[port] = str(free_port())
+        self.processes[name] = Process(name, template.service, list(template.argv), env)
+        return self.processes[name]
 
     # --------------------------------------------------------------------------------- REST API
 

@@ -46,6 +46,25 @@ def signal_group(popen: subprocess.Popen, sig: int) -> None:
         os.killpg(popen.pid, sig)  # start_new_session: pgid == pid
 
 
+def kill_tree(popen: subprocess.Popen) -> list[int]:
+    """SIGKILL a process group and every descendant (task processes start groups of their own), as a
+    machine or container dying would; returns the pids killed."""
+    import psutil
+
+    victims: list[psutil.Process] = []
+    with contextlib.suppress(psutil.Error):
+        parent = psutil.Process(popen.pid)
+        victims = [parent, *parent.children(recursive=True)]
+    signal_group(popen, signal.SIGKILL)
+    for victim in victims:
+        with contextlib.suppress(psutil.Error):
+            victim.kill()
+    psutil.wait_procs(victims, timeout=10)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        popen.wait(timeout=10)
+    return [victim.pid for victim in victims]
+
+
 def stop_all(popens: Sequence[subprocess.Popen], timeout: float) -> None:
     """SIGTERM each process group in the given order and every descendant (task processes start groups of
     their own), wait up to ``timeout`` seconds, then SIGKILL what is left."""

@@ -306,3 +306,30 @@ def test_two_merges_into_one_destination_in_one_run_are_both_verified(bulk_dag, 
     assert sops(destination) == before | sops(ids[1]) | sops(ids[2])
     first, second = sorted(run.rows, key=lambda r: r["destination_version_id"])
     assert sops(destination, "2") == before | sops(first["source_image_set_id"])
+
+
+def test_rows_waiting_on_another_owner_name_its_run_and_when_its_lease_ends(ledger, emulator_connection, tmp_path,
+                                                                           bulk_logs):
+    """Run B's row waits for the source that run A's live engine is copying: B's progress line says so."""
+    emulator = emulator_connection
+    datastore_id, ids = seed(emulator, 1)
+    emulator.configure(timing={"copy_fixed_seconds": 1.5})
+    run_a, prepared_a = batch_of(ledger, tmp_path, datastore_id, ids)
+    run_b, prepared_b = batch_of(ledger, tmp_path, datastore_id, ids)
+
+    def engine(run_id: str, prepared: dict) -> BatchCopyEngine:
+        return BatchCopyEngine(ledger, dag_id=DAG_ID, run_id=run_id, manifest_sha256=prepared["manifest_sha256"], batch=0,
+                               settings=BulkCopySettings(**{**prepared["settings"], "progress_interval": 0.0}))
+
+    first, second = engine(run_a, prepared_a), engine(run_b, prepared_b)
+    first.step()
+    assert [r["status"] for r in ledger.run_rows(DAG_ID, run_a)] == ["submitted"]
+    second.step()
+
+    (line,) = [m for m in bulk_logs.messages if m.startswith("batch 0: 0/1 rows done") and "wait on" in m]
+    assert f"1 rows wait on copies of run {run_a} (batch 0), whose lease ends " in line and line.endswith(" UTC"), line
+    first.run()
+    assert second.run() == {"skipped": 1}  # run A copied it: run B's row is linked to that copy, not sent again
+    (row,) = ledger.run_rows(DAG_ID, run_b)
+    assert (row["error_code"], row["message"]) == ("AlreadyCopied", f"copied by run {run_a} (row 1)")
+    assert copy_calls(emulator)["calls"] == 1

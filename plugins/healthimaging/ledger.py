@@ -21,6 +21,7 @@ All SQL on these tables is here. Ownership of rows in progress (see :class:`Ledg
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import time
@@ -48,6 +49,8 @@ FINAL_STATUSES = (SUCCEEDED, FAILED, REJECTED, SKIPPED, PLANNED)
 #: hook's no-retry client: 10 s to connect, 30 s to read), so a copy its owner sent has reached the
 #: service before anyone may take the row over and reconcile it.
 LEASE_SECONDS = 60.0
+#: Ended leases are deleted this long after they expired.
+LEASE_RETENTION_SECONDS = 24 * 3600.0
 
 metadata = sa.MetaData()
 
@@ -95,6 +98,7 @@ copies = sa.Table(
     sa.Index("ix_healthimaging_ledger_status_completed", "status", "completed_at"),
     sa.Index("ix_healthimaging_ledger_run_batch", "dag_id", "run_id", "batch", "status"),
     sa.Index("ix_healthimaging_ledger_in_flight", "status", "datastore_id"),
+    sa.Index("ix_healthimaging_ledger_claim", "claim", "status"),
 )
 
 leases = sa.Table(
@@ -110,6 +114,17 @@ leases = sa.Table(
     sa.Column("renewed_at", sa.Float, nullable=False),
     sa.Column("expires_at", sa.Float, nullable=False),  # database clock; REVOKED once taken over
     sa.Index("ix_healthimaging_leases_expires", "expires_at"),
+)
+
+#: The deployment-wide CopyImageSet token bucket (see healthimaging.rate_limit), one row per limit.
+buckets = sa.Table(
+    "healthimaging_rate_limit",
+    metadata,
+    sa.Column("name", sa.String(200), primary_key=True),
+    sa.Column("tokens", sa.Float, nullable=False),
+    sa.Column("stamp", sa.Float, nullable=False),
+    sa.Column("rate", sa.Float, nullable=False),
+    sa.Column("burst", sa.Float, nullable=False),
 )
 
 #: ``expires_at`` of a lease whose rows were taken over: it can never be renewed again.
@@ -160,30 +175,76 @@ def resolve_url(conn_id: str = CONNECTION_ID) -> URL | str:
 
 _engines: dict[str, Engine] = {}
 
+#: Where Alembic keeps the ledger's schema version (not ``alembic_version``: the ledger may live in
+#: Airflow's own metadata database, whose migrations use that name).
+VERSION_TABLE = "healthimaging_ledger_version"
+MIGRATIONS = Path(__file__).with_name("ledger_migrations")
+
 
 def engine_for(url: URL | str) -> Engine:
-    """One engine per URL per process, with the ledger's tables created if missing."""
+    """One engine per URL per process, with the ledger's schema brought up to date (:func:`upgrade`)."""
     key = str(url)
     if key not in _engines:
         engine = sa.create_engine(url, pool_pre_ping=True, future=True)
         if engine.dialect.name == "sqlite":
             sa.event.listen(engine, "connect", _sqlite_pragmas)
-        metadata.create_all(engine)
-        _add_missing_columns(engine)
+        upgrade(engine)
         _engines[key] = engine
     return _engines[key]
 
 
-def _add_missing_columns(engine: Engine) -> None:
-    """Bring a ledger created by an older version up to date: columns are only ever added, nullable."""
-    inspector = sa.inspect(engine)
-    for table in metadata.sorted_tables:
-        present = {column["name"] for column in inspector.get_columns(table.name)}
-        missing = [column for column in table.columns if column.name not in present]
-        with engine.begin() as db:
-            for column in missing:
-                kind = column.type.compile(dialect=engine.dialect)
-                db.execute(sa.text(f'ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}'))
+def _alembic_config(connection: Any):
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["connection"] = connection
+    return config
+
+
+def head_revision() -> str:
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory(str(MIGRATIONS)).get_current_head()
+
+
+def current_revision(engine: Engine) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
+    with engine.connect() as db:
+        return MigrationContext.configure(db, opts={"version_table": VERSION_TABLE}).get_current_revision()
+
+
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    """Run the ledger's Alembic migrations up to ``revision`` (a no-op when it is there).
+
+    Processes starting at once take turns: an advisory lock on PostgreSQL, a lock file beside a SQLite
+    ledger. A ledger created before migrations existed (release 0.1.0) is adopted by the first one,
+    its rows kept."""
+    if revision == "head" and current_revision(engine) == head_revision():
+        return
+    from alembic import command
+
+    with _migration_lock(engine), engine.begin() as db:
+        if db.dialect.name == "postgresql":
+            db.execute(sa.select(sa.func.pg_advisory_xact_lock(sa.func.hashtext("healthimaging-ledger-migrations"))))
+        command.upgrade(_alembic_config(db), revision)
+
+
+@contextlib.contextmanager
+def _migration_lock(engine: Engine):
+    database = engine.url.database if engine.dialect.name == "sqlite" else None
+    if not database or database == ":memory:":
+        yield
+        return
+    import fcntl
+
+    with open(f"{database}.migrate-lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def db_now(engine: Engine) -> sa.ColumnElement:
@@ -405,9 +466,11 @@ class Ledger:
 
     def acquire_lease(self, owner: str, *, dag_id: str | None = None, run_id: str | None = None, batch: int | None = None,
                       seconds: float = LEASE_SECONDS) -> None:
-        """Start a lease for a new engine id."""
+        """Start a lease for a new engine id (and forget leases that ended long ago: a claim without a lease
+        row counts as one whose lease expired, so deleting them changes nothing but the table's size)."""
         now = db_now(self.engine)
         with self.engine.begin() as db:
+            db.execute(leases.delete().where(leases.c.expires_at < now - LEASE_RETENTION_SECONDS))
             db.execute(leases.insert().values(owner=owner, dag_id=dag_id, run_id=run_id, batch=batch, host=socket.gethostname()[:255],
                                               pid=os.getpid(), started_at=now, renewed_at=now, expires_at=now + seconds))
 

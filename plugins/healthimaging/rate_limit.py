@@ -14,22 +14,11 @@ from collections.abc import Callable
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from healthimaging.ledger import db_now, metadata
+from healthimaging.ledger import buckets, db_now
 
 #: CopyImageSet's default quota: 0.25 requests per second, burst 1 (shared/reference/healthimaging-api.md).
 DEFAULT_RATE = 0.25
 DEFAULT_BURST = 1.0
-
-buckets = sa.Table(
-    "healthimaging_rate_limit",
-    metadata,
-    sa.Column("name", sa.String(200), primary_key=True),
-    sa.Column("tokens", sa.Float, nullable=False),
-    sa.Column("stamp", sa.Float, nullable=False),
-    sa.Column("rate", sa.Float, nullable=False),
-    sa.Column("burst", sa.Float, nullable=False),
-)
-
 
 class SharedTokenBucket:
     """A token bucket in a database row: ``rate`` tokens a second, at most ``burst`` stored."""
@@ -44,7 +33,6 @@ class SharedTokenBucket:
         self.burst = float(burst)
         self.sleep = sleep
         self.taken_stamp: float | None = None  # the bucket's stamp when this object last took a token
-        buckets.create(engine, checkfirst=True)
         self._ensure_row()
 
     def _now(self):
