@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install test demo emulator stack bench bench-bulk bench-bulk-stack lock clean
+.PHONY: install test test-deaths demo emulator stack bench bench-bulk bench-bulk-stack lock clean
 
 # The venv is (re)built whenever requirements.txt changes. uv resolves and installs the pinned set
 # in seconds; it is itself installed from PyPI into the venv.
@@ -18,6 +18,10 @@ install: $(INSTALLED)
 
 test: install
 	$(PY) -m pytest
+
+# The real process deaths alone: the process stack, SIGKILLed triggerer, worker and scheduler, the chaos run.
+test-deaths: install
+	$(PY) -m pytest -s tests/test_stack_deaths.py
 
 demo: install
 	$(PY) scripts/demo.py

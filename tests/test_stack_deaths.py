@@ -181,10 +181,14 @@ def in_flight(stack: ProcessStack, run_id: str) -> bool:
     return any(r["status"] in ("submitting", "submitted") for r in ledger_rows(stack, run_id))
 
 
-def triggers_started(stack: ProcessStack, name: str, run_id: str) -> int:
-    """How many of this run's triggers the triggerer ``name`` started (its log: "trigger ... starting")."""
-    text = stack.log_path(name).read_text(errors="replace")
-    return sum(1 for line in text.splitlines() if "trigger " in line and " starting" in line and run_id in line)
+def triggerer_jobs(stack: ProcessStack, run_id: str) -> dict[int, list[str]]:
+    """Batch -> the triggerer jobs that ran its trigger, from the trigger log files' names
+    (``...log.trigger.<triggerer job id>.log``)."""
+    folder = stack.home / "logs" / f"dag_id={DAG_ID}" / f"run_id={run_id}" / "task_id=copy_batch"
+    jobs: dict[int, list[str]] = collections.defaultdict(list)
+    for path in sorted(folder.glob("map_index=*/*.log.trigger.*.log")):
+        jobs[int(path.parent.name.split("=")[1])].append(path.name.rsplit(".", 2)[-2])
+    return dict(jobs)
 
 
 # ------------------------------------------------------------------------------------------ one death each
@@ -201,7 +205,10 @@ def test_sigkill_of_the_triggerer_mid_batch_then_a_new_one(stack, api, sources):
         stack.start_process("airflow-triggerer")
 
     outcome = copy_run(stack, api, sources, "triggerer-killed", copied, during=kill_the_triggerer)
+    jobs = triggerer_jobs(stack, outcome.run_id)
+    print(f"triggerer jobs per batch: {jobs}", file=sys.stderr)
     assert_each_copied_once(outcome, api)
+    assert any(len(set(j)) > 1 for j in jobs.values())  # a batch the killed triggerer ran went on in the new one
     assert outcome.counters["CopyImageSet"]["succeeded"] == len(copied)
 
 
@@ -213,13 +220,13 @@ def test_two_triggerers_for_the_whole_run(stack, api, sources):
         wait_until(lambda: "Starting the triggerer" in stack.log_path("airflow-triggerer-2").read_text(errors="replace"),
                    "the second triggerer", timeout=60)
         outcome = copy_run(stack, api, sources, "two-triggerers", copied)
-        started = {name: triggers_started(stack, name, outcome.run_id) for name in ("airflow-triggerer", "airflow-triggerer-2")}
     finally:
         stack.kill("airflow-triggerer-2")
-    print(f"triggers started per triggerer: {started}", file=sys.stderr)
+    jobs = triggerer_jobs(stack, outcome.run_id)
+    print(f"triggerer jobs per batch: {jobs}", file=sys.stderr)
     assert_each_copied_once(outcome, api)
     assert outcome.counters["CopyImageSet"]["succeeded"] == len(copied)
-    assert sum(started.values()) >= 3  # the 3 batches ran in the triggerers (both were there to take them)
+    assert sorted(jobs) == [0, 1, 2]  # every batch ran in a triggerer
 
 
 def test_sigkill_of_a_celery_worker_running_prepare_manifest(stack, api, sources):

@@ -373,13 +373,9 @@ class Ledger:
         run's engine takes it over and reconciles it. False if its owner turned out to be alive."""
         now = time.time()
         with self.engine.begin() as db:
-            if not self._revoke_if_expired(db, orphan["claim"]):
-                return False
-            moved = db.execute(copies.update().where(
-                copies.c.id == orphan["id"], _claim_is(orphan["claim"]), copies.c.status.in_(IN_FLIGHT_STATUSES),
-            ).values(status=SKIPPED, claim=None, error_code="ResumedByLaterRun", updated_at=now,
-                     message=f"resumed by run {run_id} (row {row_number})")).rowcount
-            if not moved:
+            moved = self._seize(db, orphan, status=SKIPPED, claim=None, error_code="ResumedByLaterRun", updated_at=now,
+                                message=f"resumed by run {run_id} (row {row_number})")
+            if moved is None:
                 return False
             db.execute(copies.update().where(copies.c.id == row_id, copies.c.status == PENDING).values(
                 **{column: orphan[column] for column in columns}, claim=None, next_poll_at=now, updated_at=now))
@@ -523,14 +519,18 @@ class Ledger:
     def take_over(self, row: Mapping[str, Any], owner: str) -> dict[str, Any] | None:
         """Take a row in flight from an owner whose lease has expired, revoking that lease; returns the row
         as it is now held, or None if its owner is alive or another engine took it first."""
-        now = time.time()
         with self.engine.begin() as db:
-            if not self._revoke_if_expired(db, row["claim"]):
-                return None
-            taken = db.execute(copies.update().where(
-                copies.c.id == row["id"], _claim_is(row["claim"]), copies.c.status.in_(IN_FLIGHT_STATUSES),
-            ).values(claim=owner, updated_at=now).returning(*copies.c)).mappings().first()
-        return dict(taken) if taken else None
+            return self._seize(db, row, claim=owner, updated_at=time.time())
+
+    def _seize(self, db: Any, row: Mapping[str, Any], **values: Any) -> dict[str, Any] | None:
+        """Revoke the expired lease of a row's owner and change the row while that owner still holds it and
+        it is in flight; the row as changed, or None (its owner is alive, or someone else seized it first)."""
+        if not self._revoke_if_expired(db, row["claim"]):
+            return None
+        changed = db.execute(copies.update().where(
+            copies.c.id == row["id"], _claim_is(row["claim"]), copies.c.status.in_(IN_FLIGHT_STATUSES),
+        ).values(**values).returning(*copies.c)).mappings().first()
+        return dict(changed) if changed else None
 
     def waiting_on(self, key: BatchKey, owner: str) -> list[dict[str, Any]]:
         """The other owners this batch waits on: who holds its rows in flight, or copies of its pending
