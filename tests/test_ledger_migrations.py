@@ -137,3 +137,16 @@ def test_the_migrations_can_be_undone_to_the_release_0_1_0_schema(fresh_url):
     upgrade(engine)
     assert schema_differences(engine) == []
     engine.dispose()
+
+
+def test_a_ledger_with_some_of_the_new_pieces_already_there_is_completed(fresh_url):
+    """A ledger that a development build created from the declarations (sent_at and the leases table, no
+    version table) is adopted too: the migrations create only what is missing."""
+    engine = sa.create_engine(fresh_url)
+    release.metadata.create_all(engine)
+    with engine.begin() as db:
+        db.execute(sa.text("ALTER TABLE healthimaging_copy_ledger ADD COLUMN sent_at FLOAT"))
+    leases.create(engine)
+    upgrade(engine)
+    assert current_revision(engine) == head_revision() and schema_differences(engine) == []
+    engine.dispose()

@@ -80,15 +80,17 @@ def batch_lineage(rows: list[dict[str, Any]], counts: dict[str, int]):
     """OperatorLineage for a bulk-copy batch: each copied source version in, each destination version out."""
     from airflow.providers.openlineage.extractors import OperatorLineage
 
+    from healthimaging.ledger import FAILED, SUCCEEDED
+
     inputs, outputs = [], []
     for row in rows:
         arn = row.get("destination_image_set_arn")
-        if row.get("status") != "succeeded" or not arn:
+        if row.get("status") != SUCCEEDED or not arn:
             continue
         inputs.append(dataset(arn, row["datastore_id"], row["source_image_set_id"], row.get("source_version_id")))
         outputs.append(dataset(arn, row["datastore_id"], row["destination_image_set_id"], row.get("destination_version_id")))
     return OperatorLineage(inputs=inputs, outputs=outputs, run_facets={"healthImagingBulkCopy": HealthImagingBulkCopyRunFacet(
-        succeeded=counts.get("succeeded", 0), failed=counts.get("failed", 0))})
+        succeeded=counts.get(SUCCEEDED, 0), failed=counts.get(FAILED, 0))})
 
 
 @attr.define
