@@ -245,11 +245,12 @@ class BatchCopyEngine:
             if row["status"] == SUBMITTED:
                 self._next_poll[row["id"]] = self.clock()
                 continue
-            if not row["plan_json"] or row.get("sent_at") is None:
-                self._write(row, PENDING, claimed_at=None, plan_json=None)  # never cleared for sending: nothing went out
+            if not row["plan_json"]:
+                self._write(row, PENDING, claimed_at=None)  # never planned, so never sent: nothing to reconcile
                 continue
             plan = CopyPlan.from_dict(json.loads(row["plan_json"]))
-            found = reconcile(self.hook, plan, row["sent_at"] or row["claimed_at"] or 0.0)
+            # Its waits renew the lease: a reconciliation must never outlast the lease of the engine doing it.
+            found = reconcile(self.hook, plan, row["sent_at"] or row["claimed_at"] or 0.0, SubmissionPolicy(sleep=self._sleep))
             if found is None:
                 log.warning(state_line("copy_reconciled", row, outcome="not_sent"))
                 self._write(row, PENDING, claimed_at=None, plan_json=None, sent_at=None)
