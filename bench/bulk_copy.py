@@ -34,7 +34,6 @@ import sys
 import tempfile
 import time
 import tracemalloc
-import urllib.request
 from pathlib import Path
 
 import boto3
@@ -42,6 +41,7 @@ from botocore.config import Config
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "plugins")]
+from healthimaging_emulator.admin_client import admin_request  # noqa: E402 - after the path is set
 from stack.processes import free_port  # noqa: E402 - after the path is set
 AIRFLOW = str(Path(sys.executable).with_name("airflow"))
 COPY_SECONDS = 2.0
@@ -208,10 +208,11 @@ def bulk_copy_on_stack(rows: int, rate: float, batch_size: int) -> dict:
 
 
 def emulator_admin(url: str, method: str, path: str) -> dict:
-    request = urllib.request.Request(f"{url}/_emulator/{path}", method=method)
-    with urllib.request.urlopen(request, timeout=10) as reply:
-        body = reply.read()
-    return json.loads(body) if body else {}
+    """One admin request (with $HEALTHIMAGING_EMULATOR_ADMIN_TOKEN if set); RuntimeError unless it answers 200."""
+    status, answer = admin_request(url, method, path)
+    if status != 200:
+        raise RuntimeError(f"emulator admin {method} {path} answered HTTP {status}: {answer}")
+    return answer or {}
 
 
 def validation(rows: int) -> dict:

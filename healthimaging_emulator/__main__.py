@@ -8,6 +8,7 @@ import signal
 import sys
 
 from healthimaging_emulator import seeding
+from healthimaging_emulator.admin_client import ADMIN_TOKEN_ENV, admin_token_from_env
 from healthimaging_emulator.quotas import RATE_PROFILES
 from healthimaging_emulator.realism import FAULT_KINDS, Realism, Timing
 from healthimaging_emulator.server import EmulatorServer
@@ -64,7 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-frames-per-copy", type=int, default=None, help="image frames per copy (default 1000)")
     parser.add_argument("--account-id", default="123456789012")
     parser.add_argument("--region", default="us-east-1")
-    parser.add_argument("--s3-root", help="folder that s3://bucket/key URIs of imports map to")
+    parser.add_argument("--s3-root", help="folder that s3://bucket/key URIs of imports map to; imports read and write "
+                                          "only under it, and are refused without it")
+    # The default is read in main(), not here, so that --help never prints the token.
+    parser.add_argument("--admin-token", default=None, metavar="TOKEN",
+                        help="require 'Authorization: Bearer TOKEN' on the admin API (/_emulator/...); default: "
+                             f"${ADMIN_TOKEN_ENV}, empty = no token. Prefer the variable: other local users can read "
+                             "a command line (ps)")
     parser.add_argument("--log-level", default="INFO")
     return parser
 
@@ -91,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     server = EmulatorServer(host=args.host, port=args.port, state_dir=args.state_dir, realism=realism,
-                            account_id=args.account_id, region=args.region, s3_root=args.s3_root)
+                            account_id=args.account_id, region=args.region, s3_root=args.s3_root,
+                            admin_token=admin_token_from_env() if args.admin_token is None else args.admin_token)
     for spec in args.seed:
         result = seeding.seed(server.backend, spec)
         verb = "created" if result.created else "kept existing"
@@ -101,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     # Threads hand the GIL over every millisecond instead of every 5: a request waits less for a busy thread
     # before its arrival is stamped (the quota's clock), and latencies are steadier under load.
     sys.setswitchinterval(0.001)
+    print(f"admin API: {'token required' if server.admin_token else 'open (no --admin-token)'}; imports: "
+          f"{'under ' + str(server.backend.s3_root) if server.backend.s3_root else 'refused (no --s3-root)'}", flush=True)
     print(f"HealthImaging emulator listening on {server.url} (state: {args.state_dir or 'in memory'})", flush=True)
     try:
         server.serve_forever()

@@ -63,3 +63,23 @@ class UnknownOperationException(HealthImagingError):
     @property
     def status(self) -> int:
         return 404
+
+
+class UnauthorizedException(HealthImagingError):
+    """The admin API was called without the right ``Authorization: Bearer`` token (emulator only)."""
+
+    code = "UnauthorizedException"
+
+    @property
+    def status(self) -> int:
+        return 401
+
+
+class UnsupportedMediaTypeException(HealthImagingError):
+    """A request sent with a content type other than JSON (emulator only, not in the service model)."""
+
+    code = "UnsupportedMediaTypeException"
+
+    @property
+    def status(self) -> int:
+        return 415

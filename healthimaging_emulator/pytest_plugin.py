@@ -5,6 +5,8 @@ Use from a ``conftest.py``: ``pytest_plugins = ["healthimaging_emulator.pytest_p
 - ``healthimaging_emulator``: a running :class:`EmulatorHandle` (fresh in-memory state, rates raised
   with the ``fast`` profile, copies lasting 50 ms), torn down after the test.
 - ``healthimaging_client``: a boto3 ``medical-imaging`` client configured for it.
+- ``running_emulator(**kwargs)``: the same as a context manager, with :class:`EmulatorServer` arguments
+  (``s3_root=...`` for imports, ``admin_token=...``).
 
 Every response is checked against the service model twice: by the server before it is written
 (strict mode) and by the client on the wire (``before-parse``). A test whose responses broke the
@@ -13,8 +15,8 @@ model fails at teardown with the list of problems.
 
 from __future__ import annotations
 
+import contextlib
 import json
-import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,6 +25,7 @@ import pytest
 from botocore.config import Config
 
 from healthimaging_emulator import validation
+from healthimaging_emulator.admin_client import admin_request
 from healthimaging_emulator.realism import Realism, Timing
 from healthimaging_emulator.server import EmulatorServer
 
@@ -90,10 +93,11 @@ class EmulatorHandle:
         return make_client(self.url, problems=self.problems, **kwargs)
 
     def admin(self, method: str, path: str, payload: dict[str, Any] | None = None) -> Any:
-        data = None if payload is None else json.dumps(payload).encode()
-        request = urllib.request.Request(f"{self.url}/_emulator/{path.lstrip('/')}", data=data, method=method)
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return json.loads(response.read() or b"null")
+        """One admin request with the server's admin token; the decoded answer, or RuntimeError if not 200."""
+        status, answer = admin_request(self.url, method, path, payload, token=self.server.admin_token, timeout=30)
+        if status != 200:
+            raise RuntimeError(f"admin {method} {path} answered HTTP {status}: {answer}")
+        return answer
 
     def configure(self, **changes: Any) -> dict[str, Any]:
         return self.admin("POST", "config", changes)
@@ -110,15 +114,22 @@ def start_emulator(**kwargs: Any) -> EmulatorServer:
     return EmulatorServer(port=0, realism=realism, validate_responses=True, **kwargs).start()
 
 
-@pytest.fixture
-def healthimaging_emulator() -> Iterator[EmulatorHandle]:
-    server = start_emulator()
+@contextlib.contextmanager
+def running_emulator(**kwargs: Any) -> Iterator[EmulatorHandle]:
+    """A started emulator (``start_emulator(**kwargs)``), stopped on exit; fails if responses broke the model."""
+    server = start_emulator(**kwargs)
     handle = EmulatorHandle(server)
     try:
         yield handle
     finally:
         server.stop()
     assert not handle.problems, "responses broke the service model:\n" + "\n".join(handle.problems)
+
+
+@pytest.fixture
+def healthimaging_emulator() -> Iterator[EmulatorHandle]:
+    with running_emulator() as handle:
+        yield handle
 
 
 @pytest.fixture

@@ -1,8 +1,10 @@
 """The HTTP front of the emulator: one port serves the control plane, the data plane and the admin API.
 
 Requests are routed on method and path only: the Host header (``runtime-…`` or not) and the SigV4
-signature are ignored. Each request passes, in order: routing and validation against the service
-model, the operation's token bucket, fault injection, the backend, and serialization.
+signature are ignored. Each request passes, in order: the guard (``guard.check_request``: browser
+cross-origin requests, non-JSON content types and, on the admin API, the admin token are refused),
+routing and validation against the service model, the operation's token bucket, fault injection, the
+backend, and serialization.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from healthimaging_emulator import protocol, seeding, validation
+from healthimaging_emulator import guard, protocol, seeding, validation
 from healthimaging_emulator.backend import HealthImagingBackend
 from healthimaging_emulator.exceptions import (
     HealthImagingError,
@@ -78,7 +80,9 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         self._handle()
 
-    do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_GET
+    # OPTIONS goes through the same guard: a preflight from a foreign origin gets 403 and no
+    # Access-Control-Allow-* header, so the browser never sends the real request.
+    do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = do_GET
 
     # ------------------------------------------------------------------
 
@@ -125,7 +129,17 @@ class _Handler(BaseHTTPRequestHandler):
             error = exc if isinstance(exc, ValidationException) else ValidationException(f"Malformed chunked body: {exc}")
             self._send(*protocol.serialize_error(error))
             return
-        if urlsplit(self.path).path.startswith(ADMIN_PREFIX):
+        is_admin = urlsplit(self.path).path.startswith(ADMIN_PREFIX)
+        try:
+            guard.check_request({k.lower(): v for k, v in self.headers.items()}, body, admin=is_admin,
+                                admin_token=emulator.admin_token)
+        except HealthImagingError as refusal:
+            status, headers, payload = protocol.serialize_error(refusal)
+            if refusal.status == 401:
+                headers["WWW-Authenticate"] = 'Bearer realm="healthimaging-emulator admin API"'
+            self._send(status, headers, payload)
+            return
+        if is_admin:
             self._send(*emulator.admin(self.command, self.path, body))
             return
         status, headers, payload = emulator.dispatch(self.command, self.path, dict(self.headers.items()), body,
@@ -141,11 +155,17 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class EmulatorServer:
-    """The emulator as an object: start it in a thread (tests, ``make demo``) or serve in the foreground (CLI)."""
+    """The emulator as an object: start it in a thread (tests, ``make demo``) or serve in the foreground (CLI).
+
+    ``admin_token``: when not empty, every admin route requires ``Authorization: Bearer <admin_token>``.
+    ``s3_root``: the only folder imports may read and write (``s3://bucket/key`` is ``s3_root/bucket/key``).
+    """
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 8089, state_dir: str | Path | None = None,
                  realism: Realism | None = None, account_id: str = "123456789012", region: str = "us-east-1",
-                 s3_root: str | Path | None = None, validate_responses: bool = False) -> None:
+                 s3_root: str | Path | None = None, validate_responses: bool = False, admin_token: str = "") -> None:
+        #: The admin API (``/_emulator/...``) requires ``Authorization: Bearer <admin_token>``; empty: open.
+        self.admin_token = admin_token
         self.validate_responses = validate_responses
         #: Problems found by strict mode (``validate_responses``): responses that broke the service model.
         self.response_problems: list[str] = []

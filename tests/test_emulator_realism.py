@@ -18,14 +18,13 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 from botocore.exceptions import ClientError, ConnectionClosedError, HTTPClientError
 from botocore.retries import standard as standard_retries
 
+from healthimaging_emulator.admin_client import admin_request
 from healthimaging_emulator.pytest_plugin import EmulatorHandle, make_client, start_emulator
 from healthimaging_emulator.realism import TokenBucket
 
@@ -88,13 +87,7 @@ def error_of(exc: ClientError) -> tuple[str, int]:
 
 def raw_admin(url: str, method: str, path: str, body: object | None = None) -> tuple[int, object]:
     """An admin request that returns (status, decoded JSON) for errors too."""
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(f"{url}/_emulator/{path}", data=data, method=method)
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, json.loads(response.read() or b"null")
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read() or b"null")
+    return admin_request(url, method, path, body)
 
 
 def outcome_sequence(client, datastore_id: str, image_set_id: str, calls: int) -> list[str]:
