@@ -22,12 +22,14 @@ from botocore import xform_name
 
 from healthimaging_emulator import copy_rules, dicom_metadata
 from healthimaging_emulator.exceptions import (
+    AccessDeniedException,
     ConflictException,
     HealthImagingError,
     ResourceNotFoundException,
     ServiceQuotaExceededException,
     ValidationException,
 )
+from healthimaging_emulator.import_paths import LOCAL_FOLDER_PREFIX, ImportRoot, no_root_refusal, write_text
 from healthimaging_emulator.realism import Realism
 from healthimaging_emulator.store import Store
 
@@ -35,8 +37,6 @@ log = logging.getLogger(__name__)
 
 STORAGE_TIER = "FREQUENT_ACCESS"
 DEFAULT_PAGE_SIZE = 50
-#: How job properties show a local import folder, whose URI the model requires to be ``s3://…`` [I].
-LOCAL_FOLDER_PREFIX = "s3://local-folder/"
 INJECTED_COPY_FAILURE = "INTERNAL_FAILURE: Copy failed due to an injected fault."
 
 
@@ -61,7 +61,9 @@ class HealthImagingBackend:
         self.realism = realism
         self.account_id = account_id
         self.region = region
-        self.s3_root = Path(s3_root) if s3_root else None
+        #: The only folder imports read and write (``import_paths``); None: every import is refused.
+        self.import_root = ImportRoot.of(s3_root) if s3_root else None
+        self.s3_root = self.import_root.root if self.import_root else None
 
     # ------------------------------------------------------------------ dispatch
 
@@ -534,27 +536,22 @@ class HealthImagingBackend:
 
     # ------------------------------------------------------------------ imports
 
-    def resolve_input(self, uri: str) -> Path:
-        """The local folder an import reads: a local path or ``file://`` URI (emulator extension), or an
-        ``s3://bucket/prefix`` mapped under ``--s3-root``."""
-        if uri.startswith("file://"):
-            return Path(uri[len("file://"):])
-        if uri.startswith("/"):
-            return Path(uri)
-        if uri.startswith(LOCAL_FOLDER_PREFIX) and self.s3_root is None:
-            return Path("/" + uri[len(LOCAL_FOLDER_PREFIX):])  # a local folder as job properties report it
-        if uri.startswith("s3://") and self.s3_root is not None:
-            return self.s3_root / uri[len("s3://"):]
-        raise ValidationException(
-            f"Cannot read {uri}: the emulator reads imports from a local folder (an absolute path or file:// URI), "
-            "or from s3:// URIs when started with --s3-root.")
+    def resolve_input(self, uri: str, member: str = "inputS3Uri") -> Path:
+        """The folder under ``--s3-root`` an import URI names: ``s3://bucket/key`` is ``ROOT/bucket/key``; a local
+        folder (absolute path or ``file://`` URI, emulator extension) must lie under the root. Raises
+        ValidationException or AccessDeniedException otherwise (``import_paths``)."""
+        if self.import_root is None:
+            raise no_root_refusal(uri, member)
+        return self.import_root.resolve(uri, member)
 
     def start_dicom_import_job(self, dataAccessRoleArn: str, clientToken: str, datastoreId: str, inputS3Uri: str,
                                outputS3Uri: str, jobName: str | None = None, inputOwnerAccountId: str | None = None,
                                importConfiguration: dict | None = None) -> dict[str, Any]:
-        self.resolve_input(inputS3Uri)
         with self.store.transaction() as db:
             self._datastore(db, datastoreId)
+            # Refused here, before any job exists: a URI outside --s3-root never reaches the job runner.
+            self.resolve_input(inputS3Uri, "inputS3Uri")
+            self.resolve_input(outputS3Uri, "outputS3Uri")
             existing = db.execute("SELECT * FROM import_jobs WHERE datastore_id = ? AND client_token = ?",
                                   (datastoreId, clientToken)).fetchone()
             if existing is not None:
@@ -571,7 +568,8 @@ class HealthImagingBackend:
     @staticmethod
     def _reported_uri(uri: str | None) -> str | None:
         """A URI as job properties report it. The model wants ``s3://…``, so a local folder (emulator
-        extension) is shown as ``s3://local-folder/<absolute path>`` [I], which ``resolve_input`` reads back."""
+        extension) is shown as ``s3://local-folder/<absolute path>`` [I], which ``resolve_input`` reads back (the bucket
+        name ``local-folder`` is reserved for this)."""
         if uri and uri.startswith(("/", "file://")):
             return LOCAL_FOLDER_PREFIX + str(Path(uri.removeprefix("file://"))).lstrip("/")
         return uri
@@ -609,13 +607,26 @@ class HealthImagingBackend:
             job = db.execute("SELECT * FROM import_jobs WHERE job_id = ?", (job_id,)).fetchone()
         with self.store.transaction() as db:
             db.execute("UPDATE import_jobs SET status = 'IN_PROGRESS' WHERE job_id = ?", (job_id,))
-        folder = self.resolve_input(job["input_uri"])
-        files = sorted(str(p) for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else []
+        try:
+            # Again at run time: a link may have been put in place since the job started.
+            folder = self.resolve_input(job["input_uri"], "inputS3Uri")
+            output = self.resolve_input(job["output_uri"], "outputS3Uri")
+        except (ValidationException, AccessDeniedException) as refusal:
+            self._end_import(job_id, "FAILED", refusal.message)
+            return
+        files, unread = self.import_root.files_under(folder) if folder.is_dir() else ([], [])
         documents, rejected = dicom_metadata.documents_from_files(files)
+        rejected = unread + rejected
         created = self.import_documents(job["datastore_id"], documents)
         status = "COMPLETED" if documents else "FAILED"
         message = None if documents else f"No importable DICOM files found under the input ({len(rejected)} files rejected)."
-        self._write_import_output(job, created, rejected)  # before the job ends: a client that sees it ended finds the output
+        try:
+            self._write_import_output(job, output, created, rejected)  # before the job ends: a client that sees it ended finds the output
+        except (AccessDeniedException, OSError) as exc:
+            status, message = "FAILED", f"The job output could not be written under {output}: {exc}"
+        self._end_import(job_id, status, message)
+
+    def _end_import(self, job_id: str, status: str, message: str | None) -> None:
         with self.store.transaction() as db:
             db.execute("UPDATE import_jobs SET status = ?, ended_at = ?, message = ? WHERE job_id = ?",
                        (status, time.time(), message, job_id))
@@ -637,26 +648,20 @@ class HealthImagingBackend:
                 created.append((image_set_id, series))
         return created
 
-    def _write_import_output(self, job, created, rejected) -> None:
-        """Write the job output (manifest, success and failure lists) when the output URI is a local folder."""
-        try:
-            folder = self.resolve_input(job["output_uri"])
-        except ValidationException:
-            return
-        out = folder / f"{job['datastore_id']}-DicomImport-{job['job_id']}"
-        (out / "SUCCESS").mkdir(parents=True, exist_ok=True)
-        (out / "FAILURE").mkdir(parents=True, exist_ok=True)
-        with open(out / "SUCCESS" / "success.ndjson", "w") as fh:
-            for image_set_id, series in created:
-                for path in series.source_files:
-                    fh.write(json.dumps({"inputFile": path, "importResponse": {"imageSetId": image_set_id}}) + "\n")
-        with open(out / "FAILURE" / "failure.ndjson", "w") as fh:
-            for path, reason in rejected:
-                fh.write(json.dumps({"inputFile": path, "exception": {"exceptionType": "ValidationException",
-                                                                      "message": reason}}) + "\n")
+    def _write_import_output(self, job, folder: Path, created, rejected) -> None:
+        """Write the job output (manifest, success and failure lists) into ``folder``, under ``--s3-root``."""
+        root = self.import_root
+        out = root.output_folder(folder / f"{job['datastore_id']}-DicomImport-{job['job_id']}")
+        success = "".join(json.dumps({"inputFile": path, "importResponse": {"imageSetId": image_set_id}}) + "\n"
+                          for image_set_id, series in created for path in series.source_files)
+        failure = "".join(json.dumps({"inputFile": path, "exception": {"exceptionType": "ValidationException",
+                                                                       "message": reason}}) + "\n"
+                          for path, reason in rejected)
+        write_text(root.output_folder(out / "SUCCESS") / "success.ndjson", success)
+        write_text(root.output_folder(out / "FAILURE") / "failure.ndjson", failure)
         summary = {"jobId": job["job_id"], "datastoreId": job["datastore_id"], "imageSetsCreated": len(created),
                    "filesImported": sum(len(s.source_files) for _, s in created), "filesFailed": len(rejected)}
-        (out / "job-output-manifest.json").write_text(json.dumps(summary, indent=2))
+        write_text(out / "job-output-manifest.json", json.dumps(summary, indent=2))
 
     # ------------------------------------------------------------------ tags
 

@@ -121,8 +121,8 @@ def parse_request(
     return operation, params
 
 
-#: Emulator extension: an import may read from and write to a local folder (an absolute path or a
-#: ``file://`` URI) where the model expects an ``s3://`` URI.
+#: Emulator extension: an import may read from and write to a local folder under ``--s3-root`` (an
+#: absolute path or a ``file://`` URI) where the model expects an ``s3://`` URI.
 LOCAL_URI_MEMBERS = {"StartDICOMImportJob": ("inputS3Uri", "outputS3Uri")}
 
 

@@ -27,6 +27,8 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
+from healthimaging_emulator.pytest_plugin import running_emulator
+
 ACCOUNT = "123456789012"
 REGION = "us-east-1"
 ROLE = f"arn:aws:iam::{ACCOUNT}:role/ImportRole"
@@ -173,6 +175,13 @@ def start_import(client, datastore_id: str, source: Path, output: Path, token: s
 def wait_job(client, datastore_id: str, job_id: str) -> dict:
     return wait_until(lambda: client.get_dicom_import_job(datastoreId=datastore_id, jobId=job_id)["jobProperties"],
                       lambda p: p["jobStatus"] in ("COMPLETED", "FAILED"))
+
+
+@pytest.fixture
+def healthimaging_emulator(tmp_path):
+    """The plugin's emulator with ``--s3-root`` at this test's tmp_path: imports read and write only under it."""
+    with running_emulator(s3_root=tmp_path) as handle:
+        yield handle
 
 
 @pytest.fixture
@@ -1083,13 +1092,19 @@ def test_import_of_an_empty_folder_fails_with_a_message_and_job_status_filter(em
     assert summary["message"] == failed["message"]
 
 
-def test_import_of_an_s3_uri_without_an_s3_root_is_a_validation_error(emulator, client, tmp_path):
-    datastore_id = new_datastore(emulator, client)
-    code, status, message = error(client.start_dicom_import_job, datastoreId=datastore_id, dataAccessRoleArn=ROLE,
-                                  inputS3Uri="s3://my-bucket/dicom/", outputS3Uri=str(tmp_path))
-    assert (code, status) == ("ValidationException", 400)
-    assert "local folder" in message
-    assert client.list_dicom_import_jobs(datastoreId=datastore_id)["jobSummaries"] == []
+@pytest.mark.parametrize("uri", ["s3://my-bucket/dicom/", "LOCAL"])
+def test_import_without_an_s3_root_is_a_validation_error(tmp_path, uri):
+    """Without --s3-root the emulator imports nothing: neither s3:// URIs nor local folders."""
+    source = tmp_path / "input"
+    copy_pydicom_files(source)
+    with running_emulator() as emulator:
+        client = emulator.client()
+        datastore_id = new_datastore(emulator, client)
+        code, status, message = error(client.start_dicom_import_job, datastoreId=datastore_id, dataAccessRoleArn=ROLE,
+                                      inputS3Uri=str(source) if uri == "LOCAL" else uri, outputS3Uri=str(tmp_path))
+        assert (code, status) == ("ValidationException", 400)
+        assert "--s3-root" in message
+        assert client.list_dicom_import_jobs(datastoreId=datastore_id)["jobSummaries"] == []
 
 
 # --------------------------------------------------------------------------------------------
