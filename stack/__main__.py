@@ -30,10 +30,10 @@ def _up(args: argparse.Namespace) -> int:
     print(f"Starting the stack in {home} (logs in {home / 'process-logs'}) ...", flush=True)
     try:
         with stack:
-            user, password = stack.credentials
+            user = stack.credentials[0]
             names = ", ".join(stack.processes)
             print(f"\nUp in {stack.timings['start']:.0f}s: {names}\n"
-                  f"  UI and REST API  {stack.api_url}  (login {user} / {password})\n"
+                  f"  UI and REST API  {stack.api_url}  (login {user}; password: cat {stack.passwords_file})\n"
                   + (f"  emulator         {stack.emulator_url}\n" if stack.emulator else "")
                   + f"  metadata DB      {stack.variables['POSTGRES_DB']}, ledger DB {stack.ledger_database}\n"
                   f"  Celery broker    redis://{stack.redis_host}:{stack.redis_port}/{stack.local.redis_db}\n"

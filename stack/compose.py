@@ -5,8 +5,9 @@ One source of truth: the compose file's ``x-airflow-common`` environment (and ea
 ``environment``, which merges it) is the configuration of every Airflow component, in Docker and as
 processes. Variables come from ``.env`` (``.env.example`` when there is none) and the shell, the shell
 winning, as in compose. The process stack changes nothing but what :data:`SUBSTITUTIONS` lists:
-service host names and ports become ``127.0.0.1`` and the local ports, and the image's
-``/opt/airflow`` becomes the stack's home folder. Everything the process stack adds on top (each is
+service host names and ports become local addresses and ports (the published services' address is the
+one compose publishes them on, :func:`published_ports`), and the image's ``/opt/airflow`` becomes the
+stack's home folder. Everything the process stack adds on top (each is
 something Docker provides: a container's own host name, its own ports, the image's paths) is listed in
 :data:`stack.process_stack.RUNNER_ONLY_VARIABLES`. ``tests/test_docker_compose.py`` checks both.
 
@@ -219,6 +220,40 @@ def common_environment(compose: Mapping[str, Any], variables: Mapping[str, str])
     return {key: "" if value is None else str(value) for key, value in env.items()}
 
 
+@dataclass(frozen=True)
+class PublishedPort:
+    """One ``ports:`` entry of a service: ``HOST_IP:HOST_PORT:CONTAINER_PORT``."""
+
+    host_ip: str | None  # None: compose publishes on every interface of the host
+    host_port: str
+    container_port: str
+
+
+def published_ports(compose: Mapping[str, Any], name: str, variables: Mapping[str, str]) -> list[PublishedPort]:
+    """A service's published ports, interpolated (short syntax; ``[::1]:80:80`` for an IPv6 address)."""
+    ports = []
+    for entry in service(compose, name, variables).get("ports") or []:
+        if not isinstance(entry, str):
+            raise ValueError(f"{name}: only the short ports syntax (HOST_IP:HOST_PORT:CONTAINER_PORT) is read, got {entry!r}")
+        parts = entry.rsplit(":", 2)
+        if len(parts) == 3:
+            ports.append(PublishedPort(parts[0].strip("[]"), parts[1], parts[2]))
+        elif len(parts) == 2:
+            ports.append(PublishedPort(None, parts[0], parts[1]))
+        else:
+            ports.append(PublishedPort(None, "", parts[0]))  # a random host port
+    return ports
+
+
+def publish_address(compose: Mapping[str, Any], name: str, variables: Mapping[str, str]) -> str:
+    """The one host address a service's ports are published on (what its process listens on, run locally)."""
+    addresses = {port.host_ip for port in published_ports(compose, name, variables)}
+    if len(addresses) != 1 or None in addresses:
+        raise ValueError(f"{name} must publish its ports on one given address (HOST_IP:HOST_PORT:CONTAINER_PORT), "
+                         f"got {sorted(map(str, addresses))}")
+    return addresses.pop()
+
+
 def command(compose: Mapping[str, Any], name: str, variables: Mapping[str, str]) -> list[str]:
     """A service's ``command`` as an argument list (a string is split like the shell does)."""
     import shlex
@@ -230,9 +265,17 @@ def command(compose: Mapping[str, Any], name: str, variables: Mapping[str, str])
 # ----------------------------------------------------------------------------------- substitutions
 
 
+#: Addresses that mean "every interface": a client connects to the loopback address instead.
+WILDCARD_ADDRESSES = ("0.0.0.0", "::", "")
+
+
 @dataclass(frozen=True)
 class LocalEndpoints:
-    """Where the compose services are when the stack runs as processes on one machine."""
+    """Where the compose services are when the stack runs as processes on one machine.
+
+    ``api_host`` and ``emulator_host`` are the addresses the api-server and the emulator listen on: the
+    ones compose publishes their ports on (``HEALTHIMAGING_PUBLISH_ADDRESS``, 127.0.0.1 by default).
+    """
 
     home: str
     api_port: int
@@ -242,6 +285,28 @@ class LocalEndpoints:
     postgres_port: int = 5432
     redis_host: str = "127.0.0.1"
     redis_port: int = 6379
+    api_host: str = "127.0.0.1"
+    emulator_host: str = "127.0.0.1"
+
+    @property
+    def api_connect_host(self) -> str:
+        return connect_host(self.api_host)
+
+    @property
+    def emulator_connect_host(self) -> str:
+        return connect_host(self.emulator_host)
+
+
+def connect_host(listen_host: str) -> str:
+    """Where a client on this machine reaches a server listening on ``listen_host``."""
+    if listen_host in WILDCARD_ADDRESSES:
+        return "::1" if listen_host == "::" else "127.0.0.1"
+    return listen_host
+
+
+def url_host(host: str) -> str:
+    """``host`` as it goes in a URL (an IPv6 address in brackets)."""
+    return f"[{host}]" if ":" in host else host
 
 
 #: The only changes made to compose values to run the stack as processes (see :func:`localize`):
@@ -249,8 +314,8 @@ class LocalEndpoints:
 SUBSTITUTIONS = (
     ("postgres", 5432, "the machine's PostgreSQL (127.0.0.1:5432)"),
     ("redis", 6379, "the machine's Redis (127.0.0.1:6379), on a Redis database of its own (/N instead of /0)"),
-    ("airflow-apiserver", 8080, "127.0.0.1 and a free port"),
-    ("healthimaging-emulator", 8089, "127.0.0.1 and a free port"),
+    ("airflow-apiserver", 8080, "the address compose publishes it on (127.0.0.1 by default) and a free port"),
+    ("healthimaging-emulator", 8089, "the address compose publishes it on (127.0.0.1 by default) and a free port"),
     (IMAGE_HOME, None, "the stack's home folder (the image's AIRFLOW_HOME)"),
 )
 
@@ -268,14 +333,14 @@ def localize(value: str, local: LocalEndpoints) -> str:
         target = {
             ("postgres", 5432): (local.postgres_host, local.postgres_port),
             ("redis", 6379): (local.redis_host, local.redis_port),
-            ("airflow-apiserver", 8080): ("127.0.0.1", local.api_port),
-            ("healthimaging-emulator", 8089): ("127.0.0.1", local.emulator_port),
+            ("airflow-apiserver", 8080): (local.api_connect_host, local.api_port),
+            ("healthimaging-emulator", 8089): (local.emulator_connect_host, local.emulator_port),
         }.get((host, port))
         if target is None:
             raise ValueError(f"{host}:{port} in {value!r} is not a documented substitution")
         if host == "redis" and db is not None:
             db = f"/{local.redis_db}"
-        return f"{match.group('pre')}{target[0]}{match.group('sep')}{target[1]}{db or ''}"
+        return f"{match.group('pre')}{url_host(target[0])}{match.group('sep')}{target[1]}{db or ''}"
 
     value = _HOST_PORT.sub(replace, value)
     return re.sub(rf"(?<![\w/.-]){re.escape(IMAGE_HOME)}(?=/|$|[\s\"'])", local.home.replace("\\", "/"), value)

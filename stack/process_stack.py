@@ -4,7 +4,8 @@
 
 - ``healthimaging-emulator``: the compose service's command (``python -m healthimaging_emulator ...``),
   plus any extra arguments (faults, quotas);
-- ``airflow-init``: ``python -m stack.init`` (DB migration, ledger database, login), to completion;
+- ``airflow-init``: ``python -m stack.init`` (Fernet key, DB migration, ledger database, login), to
+  completion: the secrets it generates are in ``<home>/config/`` (mode 0600), as in compose's ``./config``;
 - ``airflow-apiserver``, ``airflow-scheduler``, ``airflow-dag-processor``, ``airflow-triggerer``:
   ``airflow <command>`` with the compose service's command;
 - ``airflow-worker-1`` ... ``airflow-worker-N``: ``airflow celery worker`` (the compose command) with
@@ -16,6 +17,9 @@ creates a metadata database of its own (``POSTGRES_DB``), lets ``airflow-init`` 
 flushes them when it stops. Every Airflow process gets the compose service's ``environment``
 (``x-airflow-common``), interpolated from ``.env`` and the shell exactly like compose does, with only
 the substitutions of :data:`stack.compose.SUBSTITUTIONS`, plus :data:`RUNNER_ONLY_VARIABLES`.
+
+The api-server and the emulator listen on the address compose publishes their ports on
+(``HEALTHIMAGING_PUBLISH_ADDRESS``, 127.0.0.1 by default), the scheduler's health server on 127.0.0.1.
 
 Startup waits for the emulator's health, the init step, ``/api/v2/monitor/health`` (scheduler,
 triggerer, dag-processor) and a Celery ping of every worker. :meth:`ProcessStack.stop` terminates every
@@ -35,7 +39,6 @@ import sys
 import time
 import urllib.request
 import uuid
-from base64 import urlsafe_b64encode
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,8 +55,11 @@ RUNNER_ONLY_VARIABLES: dict[str, str] = {
     "AIRFLOW__CORE__DAGS_FOLDER": "compose mounts ./dags at /opt/airflow/dags; here, the repository's dags/",
     "AIRFLOW__CORE__PLUGINS_FOLDER": "compose mounts ./plugins at /opt/airflow/plugins; here, the repository's plugins/",
     "PYTHONPATH": "the image sets PYTHONPATH=/opt/airflow (stack, healthimaging_emulator); here, the repository",
-    "AIRFLOW__API__HOST": "api-server: a container listens on 0.0.0.0:8080; here, 127.0.0.1",
+    "AIRFLOW__API__HOST": "api-server: a container listens on 0.0.0.0:8080 and compose publishes it on "
+                          "HEALTHIMAGING_PUBLISH_ADDRESS (127.0.0.1 by default); here, it listens on that address",
     "AIRFLOW__API__PORT": "api-server: here, a free port",
+    "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_HOST": "scheduler: 0.0.0.0 in its container, not published; "
+                                                              "here, 127.0.0.1",
     "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_PORT": "scheduler: 8974 in its container; here, a free port",
     "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": "triggerer: 8794 in its container; here, a free port",
     "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": "each worker: 8793 in its container; here, a free port each",
@@ -68,7 +74,6 @@ RUNNER_VARIABLES: dict[str, str] = {
     "HEALTHIMAGING_LEDGER_DB": "a fresh ledger database per stack, dropped at the end",
     "AIRFLOW_JWT_SECRET": "generated when .env leaves it empty",
     "AIRFLOW_API_SECRET_KEY": "generated when .env leaves it empty",
-    "AIRFLOW_FERNET_KEY": "generated when .env leaves it empty",
     "AIRFLOW_WORKER_CONCURRENCY": "when given (workers' task slots)",
     "AIRFLOW_API_WORKERS": "1 by default: a small machine runs every component",
 }
@@ -168,21 +173,23 @@ class ProcessStack:
              emulator_port: int | None = None) -> dict[str, Process]:
         """Work out every process's command and environment, without starting anything."""
         suffix = f"{os.getpid()}_{uuid.uuid4().hex[:8]}"
-        self.local = LocalEndpoints(
-            home=str(self.home), api_port=api_port or free_port(), emulator_port=emulator_port or free_port(),
-            redis_db=redis_db, postgres_host=self.postgres_host, postgres_port=self.postgres_port,
-            redis_host=self.redis_host, redis_port=self.redis_port)
         dotenv = compose.read_dotenv(self.env_file)
         variables = {**dotenv, **self.environ}
         ours = {"POSTGRES_USER": postgres_user, "POSTGRES_DB": f"{DB_PREFIX}{suffix}",
                 "HEALTHIMAGING_LEDGER_DB": f"{DB_PREFIX}{suffix}_ledger", "AIRFLOW_API_WORKERS": str(self.api_workers)}
         if self.worker_concurrency is not None:
             ours["AIRFLOW_WORKER_CONCURRENCY"] = str(self.worker_concurrency)
-        generated = {"AIRFLOW_JWT_SECRET": secrets.token_urlsafe(64), "AIRFLOW_API_SECRET_KEY": secrets.token_hex(16),
-                     "AIRFLOW_FERNET_KEY": urlsafe_b64encode(os.urandom(32)).decode()}
+        # The Fernet key and the login password are not here: airflow-init generates them, as in compose.
+        generated = {"AIRFLOW_JWT_SECRET": secrets.token_urlsafe(64), "AIRFLOW_API_SECRET_KEY": secrets.token_hex(16)}
         ours.update({key: value for key, value in generated.items() if not variables.get(key)})
         variables.update(ours)
         self.variables = variables
+        self.local = LocalEndpoints(
+            home=str(self.home), api_port=api_port or free_port(), emulator_port=emulator_port or free_port(),
+            redis_db=redis_db, postgres_host=self.postgres_host, postgres_port=self.postgres_port,
+            redis_host=self.redis_host, redis_port=self.redis_port,
+            api_host=compose.publish_address(self.compose, "airflow-apiserver", variables),
+            emulator_host=compose.publish_address(self.compose, compose.EMULATOR_SERVICE, variables))
         # env_file: .env's variables reach the containers too (with the values this stack uses).
         env_file_vars = {key: variables[key] for key in (*dotenv, *ours)}
         base = {**self._inherited_environ(), **env_file_vars}
@@ -226,9 +233,10 @@ class ProcessStack:
             "PYTHONPATH": str(REPO_ROOT),
         })
         if service == "airflow-apiserver":
-            env.update({"AIRFLOW__API__HOST": "127.0.0.1", "AIRFLOW__API__PORT": str(self.local.api_port)})
+            env.update({"AIRFLOW__API__HOST": self.local.api_host, "AIRFLOW__API__PORT": str(self.local.api_port)})
         elif service == "airflow-scheduler":
-            env["AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_PORT"] = str(free_port())
+            env.update({"AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_HOST": "127.0.0.1",
+                        "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_PORT": str(free_port())})
         elif service == "airflow-triggerer":
             env["AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT"] = str(free_port())
         elif service == "airflow-worker":
@@ -243,7 +251,7 @@ class ProcessStack:
         """The emulator service's command with its host, port and state folder made local."""
         args = [compose.localize(arg, self.local) for arg in
                 compose.command(self.compose, compose.EMULATOR_SERVICE, self.variables)]
-        for flag, value in (("--host", "127.0.0.1"), ("--port", str(self.local.emulator_port))):
+        for flag, value in (("--host", self.local.emulator_host), ("--port", str(self.local.emulator_port))):
             if flag in args:
                 args[args.index(flag) + 1] = value
         return args
@@ -252,17 +260,36 @@ class ProcessStack:
 
     @property
     def api_url(self) -> str:
-        return f"http://127.0.0.1:{self.local.api_port}"
+        return f"http://{compose.url_host(self.local.api_connect_host)}:{self.local.api_port}"
 
     @property
     def emulator_url(self) -> str:
-        return f"http://127.0.0.1:{self.local.emulator_port}"
+        return f"http://{compose.url_host(self.local.emulator_connect_host)}:{self.local.emulator_port}"
+
+    @property
+    def passwords_file(self) -> Path:
+        """The simple auth manager's passwords file, where airflow-init writes the login (mode 0600)."""
+        return Path(self.processes[compose.INIT_SERVICE].env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"])
+
+    @property
+    def fernet_key_file(self) -> Path:
+        """The file airflow-init writes the Fernet key to and every component reads it from (mode 0600)."""
+        from stack.init import fernet_key_file
+
+        return fernet_key_file(self.processes[compose.INIT_SERVICE].env)
 
     @property
     def credentials(self) -> tuple[str, str]:
-        """The login airflow-init creates (``_AIRFLOW_WWW_USER_USERNAME`` / ``_PASSWORD``)."""
-        env = self.processes[compose.INIT_SERVICE].env
-        return env.get("_AIRFLOW_WWW_USER_USERNAME", "airflow"), env.get("_AIRFLOW_WWW_USER_PASSWORD", "airflow")
+        """The login airflow-init wrote: ``_AIRFLOW_WWW_USER_USERNAME`` and its password from :attr:`passwords_file`
+        (``_AIRFLOW_WWW_USER_PASSWORD`` if given, else generated)."""
+        from stack.init import read_passwords
+
+        username = self.processes[compose.INIT_SERVICE].env.get("_AIRFLOW_WWW_USER_USERNAME") or "airflow"
+        passwords = read_passwords(self.passwords_file)
+        if username not in passwords:
+            raise RuntimeError(f"no password for {username!r} in {self.passwords_file}: airflow-init writes it "
+                               "when the stack starts (start() first)")
+        return username, passwords[username]
 
     @property
     def worker_names(self) -> list[str]:
@@ -597,8 +624,10 @@ def write_dotenv(target: Path = compose.ENV_FILE, example: Path = compose.ENV_EX
     """``make .env``: ``.env.example`` with the empty secrets filled in (an existing .env is kept)."""
     if target.exists():
         raise FileExistsError(f"{target} exists; delete it first to generate a new one")
+    from stack.init import generate_fernet_key
+
     fresh = {"AIRFLOW_JWT_SECRET": secrets.token_urlsafe(64), "AIRFLOW_API_SECRET_KEY": secrets.token_hex(16),
-             "AIRFLOW_FERNET_KEY": urlsafe_b64encode(os.urandom(32)).decode()}
+             "AIRFLOW_FERNET_KEY": generate_fernet_key()}
     if hasattr(os, "getuid"):
         fresh["AIRFLOW_UID"] = str(os.getuid())
     lines = []

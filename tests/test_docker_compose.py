@@ -113,7 +113,15 @@ def test_init_migrates_creates_the_ledger_and_the_login(raw, variables):
     assert f'chown -R "{variables["AIRFLOW_UID"]}:0" /opt/airflow/{{logs,config,manifests}}' in script
     assert init["user"] == "0:0"
     env = env_of(raw, "airflow-init", variables)
-    assert env["_AIRFLOW_WWW_USER_USERNAME"] == "airflow" and env["_AIRFLOW_WWW_USER_PASSWORD"] == "airflow"
+    assert env["_AIRFLOW_WWW_USER_USERNAME"] == "airflow"
+    # .env's password and Fernet key when given; empty (airflow-init generates them) otherwise.
+    assert env["_AIRFLOW_WWW_USER_PASSWORD"] == variables["_AIRFLOW_WWW_USER_PASSWORD"]
+    assert env["AIRFLOW_FERNET_KEY"] == variables["AIRFLOW_FERNET_KEY"]
+    unset = {k: v for k, v in variables.items() if k not in ("_AIRFLOW_WWW_USER_PASSWORD", "AIRFLOW_FERNET_KEY")}
+    env = env_of(raw, "airflow-init", unset)
+    assert env["_AIRFLOW_WWW_USER_PASSWORD"] == "" and env["AIRFLOW_FERNET_KEY"] == ""
+    # The entrypoint's `airflow db check` would read the Fernet key file before stack.init writes it.
+    assert env["CONNECTION_CHECK_MAX_COUNT"] == "0"
     assert (REPO_ROOT / "stack" / "init.py").exists()
 
 
@@ -190,10 +198,11 @@ def test_secrets_are_required_and_shared(raw, variables):
     env = compose.common_environment(raw, variables)
     assert len(env["AIRFLOW__API_AUTH__JWT_SECRET"]) >= 64  # HS512
     assert env["AIRFLOW__API_AUTH__JWT_SECRET"] == variables["AIRFLOW_JWT_SECRET"]
-    assert env["AIRFLOW__API__SECRET_KEY"] and env["AIRFLOW__CORE__FERNET_KEY"]
-    from cryptography.fernet import Fernet
-
-    Fernet(env["AIRFLOW__CORE__FERNET_KEY"].encode())  # a valid key
+    assert env["AIRFLOW__API__SECRET_KEY"]
+    # The Fernet key comes from the file airflow-init writes, in the shared config folder; an
+    # AIRFLOW__CORE__FERNET_KEY (even empty) would take precedence over the command.
+    assert env["AIRFLOW__CORE__FERNET_KEY_CMD"] == "cat /opt/airflow/config/fernet_key"
+    assert "AIRFLOW__CORE__FERNET_KEY" not in env
     # Straight from .env.example (secrets empty), compose refuses to start, naming the variable.
     with pytest.raises(InterpolationError, match="AIRFLOW_JWT_SECRET"):
         compose.common_environment(raw, compose.compose_variables(ENV_EXAMPLE, environ={}))
@@ -269,7 +278,9 @@ def test_every_variable_the_compose_file_uses_is_documented_in_env_example(raw):
     text = COMPOSE_FILE.read_text()
     used = set(re.findall(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)", text))
     # AIRFLOW_PROJ_DIR is the official file's optional override of the project folder.
-    assert used - documented <= {"AIRFLOW_PROJ_DIR"}
+    # HEALTHIMAGING_PUBLISH_ADDRESS is documented in the compose file's header until .env.example lists it.
+    assert used - documented <= {"AIRFLOW_PROJ_DIR", "HEALTHIMAGING_PUBLISH_ADDRESS"}
+    assert "HEALTHIMAGING_PUBLISH_ADDRESS" in text.split("\n---\n", 1)[0]
     required = set(re.findall(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*):?\?", text))
     assert required == {"AIRFLOW_JWT_SECRET", "AIRFLOW_API_SECRET_KEY"}
 
@@ -431,6 +442,12 @@ def test_process_stack_endpoints(planned):
     assert len(ports) == 3  # one log server port per worker on one machine
     api = planned.processes["airflow-apiserver"].env
     assert (api["AIRFLOW__API__HOST"], api["AIRFLOW__API__PORT"]) == ("127.0.0.1", "1111")
-    assert planned.credentials == ("airflow", "airflow")
+    assert planned.processes["airflow-scheduler"].env["AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_HOST"] == \
+        "127.0.0.1"
+    # The login and the Fernet key are airflow-init's, in the stack's config folder (compose: ./config).
+    assert planned.passwords_file == planned.home / "config" / "simple_auth_manager_passwords.json"
+    assert planned.fernet_key_file == planned.home / "config" / "fernet_key"
+    with pytest.raises(RuntimeError, match="airflow-init writes it"):
+        planned.credentials  # noqa: B018 - nothing has run yet
     assert planned.variables["POSTGRES_DB"].startswith("hi_stack_")
     assert planned.ledger_database == planned.variables["POSTGRES_DB"] + "_ledger"
