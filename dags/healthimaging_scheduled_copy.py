@@ -6,6 +6,8 @@ taken by exactly one run, tracked in the ledger), and can build one more manifes
 SearchImageSets over the data interval (for example every non-primary image set updated in the
 interval, copied and promoted to primary). Every manifest is then copied like in
 `healthimaging_bulk_copy`: validated, batched, rate-limited, exactly once, with a report each.
+Manifests are isolated: one that cannot be read, validated or registered is reported (the run then
+fails, naming it) while the others are copied; it is taken again once its content changes.
 
 Configure it with environment variables (the defaults of its params):
 `HEALTHIMAGING_SCHEDULE` (default `@hourly`), `HEALTHIMAGING_MANIFEST_LOCATION` (folder or `s3://` prefix),
@@ -15,7 +17,6 @@ Configure it with environment variables (the defaults of its params):
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from datetime import timedelta
@@ -69,55 +70,57 @@ PARAMS = {
 )
 def healthimaging_scheduled_copy():
     @task
-    def take_new_manifests() -> list[str]:
-        """The manifests this run copies: new files in the location, plus one built from the search."""
+    def take_new_manifests() -> list[dict]:
+        """The manifests this run copies: new files in the location, plus one built from the search.
+        A manifest that cannot be read (or a search that fails) is reported, not fatal to the others."""
         from healthimaging.hooks import HealthImagingHook
         from healthimaging.ledger import Ledger
         from healthimaging.manifest_sources import list_manifests, search_rows, write_generated
-        from healthimaging.storage import read_bytes
+        from healthimaging.scheduled_run import isolated, take_manifests
 
         context = get_current_context()
         params, dag_id, run_id = context["params"], context["dag"].dag_id, context["run_id"]
         ledger = Ledger.from_airflow(LEDGER_CONN_ID)
         location = params["manifest_location"]
         candidates = list_manifests(location, params["aws_conn_id"]) if location else []
+        failures = []
         if params["search_datastore_id"]:
             start, end = context["data_interval_start"], context["data_interval_end"]
             if start == end:  # a manual run has an empty interval: search the window before it
                 start = end - pendulum.duration(hours=params["manual_search_window_hours"])
-            hook = HealthImagingHook(aws_conn_id=params["aws_conn_id"], region_name=params["region_name"] or None)
-            rows = search_rows(hook, params["search_datastore_id"], params["search_filter"], start, end)
-            log.info("search %s over [%s, %s): %d image sets", params["search_filter"], start, end, len(rows))
-            if rows:
+
+            def search() -> str | None:
+                hook = HealthImagingHook(aws_conn_id=params["aws_conn_id"], region_name=params["region_name"] or None)
+                rows = search_rows(hook, params["search_datastore_id"], params["search_filter"], start, end)
+                log.info("search %s over [%s, %s): %d image sets", params["search_filter"], start, end, len(rows))
+                if not rows:
+                    return None
                 if not location:
                     raise ValueError("search_datastore_id needs manifest_location to write the generated manifest to")
                 name = f"{params['search_filter']}-{start:%Y%m%dT%H%M%S}-{end:%Y%m%dT%H%M%S}.jsonl"
-                candidates.append(write_generated(location, name, rows, params["aws_conn_id"]))
-        taken = []
-        for uri in candidates:
-            digest = hashlib.sha256(read_bytes(uri, params["aws_conn_id"])).hexdigest()
-            if ledger.take_manifest(uri, digest, dag_id, run_id):
-                taken.append(uri)
-        log.info("%d new manifests of %d found: %s", len(taken), len(candidates), taken)
-        return taken
+                return write_generated(location, name, rows, params["aws_conn_id"])
+
+            generated, failure = isolated(f"search:{params['search_filter']}", search)
+            if generated:
+                candidates.append(generated)
+            if failure:
+                failures.append(failure)
+        entries = failures + take_manifests(ledger, candidates, dag_id=dag_id, run_id=run_id,
+                                            aws_conn_id=params["aws_conn_id"])
+        log.info("%d new manifests of %d found, %d could not be read", sum("error" not in e for e in entries),
+                 len(candidates), sum("error" in e for e in entries))
+        return entries
 
     @task(retries=3, retry_delay=timedelta(seconds=15))  # idempotent for a run: a lost worker is tried again soon
-    def prepare_manifests(manifests: list[str]) -> list[dict]:
-        """Validate each manifest and record its rows in the ledger (a broken manifest is reported, not fatal)."""
-        from healthimaging.bulk_run import BulkCopyRunError, prepare
+    def prepare_manifests(manifests: list[dict]) -> list[dict]:
+        """Validate each manifest and record its rows in the ledger; a manifest that fails is reported and
+        released (taken again once it changed), the others are copied."""
         from healthimaging.ledger import Ledger
+        from healthimaging.scheduled_run import prepare_manifests as prepare_each
 
         context = get_current_context()
-        ledger = Ledger.from_airflow(LEDGER_CONN_ID)
-        prepared = []
-        for uri in manifests:
-            try:
-                prepared.append(prepare(ledger, dag_id=context["dag"].dag_id, run_id=context["run_id"],
-                                        params=dict(context["params"]), manifest_uri=uri))
-            except (BulkCopyRunError, FileNotFoundError) as exc:
-                log.error("manifest %s not copied: %s", uri, exc)
-                prepared.append({"manifest_uri": uri, "error": str(exc), "batches": []})
-        return prepared
+        return prepare_each(Ledger.from_airflow(LEDGER_CONN_ID), manifests, dag_id=context["dag"].dag_id,
+                            run_id=context["run_id"], params=dict(context["params"]))
 
     @task
     def batches_of(prepared: list[dict]) -> list[dict]:

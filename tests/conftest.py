@@ -25,3 +25,10 @@ def pytest_configure(config):
 
 def pytest_unconfigure(config):
     airflow_env.cleanup()
+
+
+@pytest.fixture(autouse=True)
+def report_root(tmp_path, monkeypatch):
+    """Reports may only be written under ``[healthimaging] report_folder``: each test's own tmp_path."""
+    monkeypatch.setenv("AIRFLOW__HEALTHIMAGING__REPORT_FOLDER", str(tmp_path))
+    return tmp_path

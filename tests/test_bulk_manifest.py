@@ -221,7 +221,7 @@ def test_non_utf8_csv_header_rejects_every_row():
     validated = validate_manifest(data, "m.csv", default_datastore_id=DATASTORE)
     assert validated.total_rows == 2 and not validated.rows
     for row, (message,) in errors_by_row(validated).items():
-        assert message.startswith(f"row {row}: not read: the CSV header is not valid UTF-8 (line 1 is not valid UTF-8 (byte 0xe9")
+        assert message.startswith(f"row {row}: not read: the CSV header cannot be read (line 1 is not valid UTF-8 (byte 0xe9")
 
 
 def test_a_row_with_the_wrong_number_of_fields():

@@ -58,6 +58,7 @@ from healthimaging.ledger import (
     BatchKey,
     Ledger,
 )
+from healthimaging.manifest import storable_text
 from healthimaging.rate_limit import SharedTokenBucket
 
 log = logging.getLogger(__name__)
@@ -558,7 +559,7 @@ def register_manifest(ledger: Ledger, *, dag_id: str, run_id: str, manifest_uri:
     for row_number, raw, errors in validated.rejected:
         records.append({
             **base, "row_number": row_number, "status": REJECTED, "error_code": "InvalidManifestRow",
-            "message": "; ".join(str(e) for e in errors)[:4000],
+            "message": storable_text("; ".join(str(e) for e in errors))[:4000],
             "label": (str(raw.get("label"))[:256] if raw and raw.get("label") else None),
             "source_image_set_id": _short_id(raw.get("source_image_set_id")) if raw else None,
             "datastore_id": _short_id(raw.get("datastore_id")) if raw else None,

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
 import os
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -19,6 +20,7 @@ from healthimaging.copy_plan import resolve_plan
 from healthimaging.hooks import HealthImagingHook, series_instances
 from healthimaging.ledger import FAILED, LEASE_SECONDS, PENDING, PLANNED, REJECTED, SKIPPED, Ledger
 from healthimaging.manifest import ManifestError, validate_manifest
+from healthimaging.manifest_reader import MAX_MANIFEST_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +56,9 @@ def prepare(ledger: Ledger, *, dag_id: str, run_id: str, params: dict[str, Any],
     ledger; returns what the next tasks need. Copies a dead run left in flight are resumed (see
     :func:`~healthimaging.bulk_copy.register_manifest`)."""
     uri = manifest_uri or params["manifest"]
-    data = storage.read_bytes(uri, params.get("aws_conn_id"))
+    report_folder(params, dag_id, run_id, uri)  # a report folder outside the root fails the run before any copy
     try:
+        data = storage.read_bytes(uri, params.get("aws_conn_id"), max_bytes=MAX_MANIFEST_BYTES)
         validated = validate_manifest(data, uri, default_datastore_id=params.get("default_datastore_id") or None)
     except ManifestError as exc:
         raise BulkCopyRunError(f"manifest {uri}: {exc}") from exc
@@ -150,15 +153,44 @@ def _plan_row(hook: HealthImagingHook, request: dict[str, Any]) -> tuple[str, st
         return FAILED, type(exc).__name__, str(exc), None
 
 
-def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_.+" else "_" for c in name)
+def safe_name(name: str, limit: int = 120) -> str:
+    """A name that is one harmless path segment: letters, digits and ``-_.+`` only, never ``.``/``..``
+    or hidden, at most ``limit`` characters (a longer name keeps a digest of the rest)."""
+    safe = "".join(c if c.isascii() and (c.isalnum() or c in "-_.+") else "_" for c in name)
+    if not safe or safe.startswith("."):
+        safe = "_" + safe
+    if len(safe) > limit:
+        safe = safe[: limit - 17] + "-" + hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    return safe
+
+
+def report_root() -> Path:
+    """The folder every report is written under: ``[healthimaging] report_folder``
+    (``AIRFLOW__HEALTHIMAGING__REPORT_FOLDER``), default ``$AIRFLOW_HOME/healthimaging_reports``."""
+    from airflow.sdk.configuration import conf
+
+    configured = conf.get("healthimaging", "report_folder", fallback="") or \
+        os.path.join(os.environ.get("AIRFLOW_HOME", "."), "healthimaging_reports")
+    return Path(configured).expanduser().resolve()
 
 
 def report_folder(params: dict[str, Any], dag_id: str, run_id: str, manifest_uri: str | None = None) -> Path:
-    """``<report folder>/<dag_id>/<run_id>`` (plus the manifest's name when a run handles several)."""
-    base = params.get("report_folder") or os.path.join(os.environ.get("AIRFLOW_HOME", "."), "healthimaging_reports")
-    folder = Path(base) / dag_id / _safe(run_id)
-    return folder / _safe(Path(manifest_uri).name) if manifest_uri else folder
+    """``<report root>/<report_folder param>/<dag_id>/<run_id>`` (plus the manifest's name when a run
+    handles several), every part sanitised; the ``report_folder`` param may name a folder inside the
+    root (relative, or absolute under it), never one outside it."""
+    root = report_root()
+    chosen = str(params.get("report_folder") or "")
+    base = (root / Path(chosen).expanduser()).resolve()
+    if not base.is_relative_to(root):
+        raise BulkCopyRunError(f"report_folder {chosen!r} is outside the report folder {root}: give a folder inside it "
+                               "(or a name relative to it), or set [healthimaging] report_folder "
+                               "(AIRFLOW__HEALTHIMAGING__REPORT_FOLDER) to move the root")
+    folder = base / safe_name(dag_id) / safe_name(run_id)
+    if manifest_uri:
+        folder = folder / safe_name(PurePosixPath(manifest_uri).name)
+    if not folder.resolve().is_relative_to(root):  # a symbolic link inside the root pointing out of it
+        raise BulkCopyRunError(f"the report folder {folder} leads outside {root} (a symbolic link?); remove the link")
+    return folder
 
 
 def finish(ledger: Ledger, *, dag_id: str, run_id: str, params: dict[str, Any], prepared: dict[str, Any] | None,
@@ -177,7 +209,7 @@ def finish(ledger: Ledger, *, dag_id: str, run_id: str, params: dict[str, Any], 
     summary["reportFolder"] = str(folder)
     summary["ledger"] = str(ledger.engine.url.render_as_string(hide_password=True))
     if prepared:
-        remote = storage.write_next_to(manifest_uri, f"healthimaging-report-{_safe(run_id)}", files, params.get("aws_conn_id"))
+        remote = storage.write_next_to(manifest_uri, f"healthimaging-report-{safe_name(run_id)}", files, params.get("aws_conn_id"))
         if remote:
             summary["reportS3"] = remote
     (folder / "report.json").write_text(json.dumps(summary, indent=2, sort_keys=True))

@@ -19,6 +19,8 @@ import botocore.session
 import jsonschema
 from botocore.validate import ParamValidator
 
+from healthimaging import bounded_json
+
 _UID = {"type": "string", "pattern": "^[0-9]+(\\.[0-9]+)*$", "maxLength": 64}
 
 #: The documented schema of copiableAttributes, as JSON Schema.
@@ -80,7 +82,7 @@ def parse_copiable_attributes(value: str | Mapping[str, Any], *, argument: str =
             raise CopyRequestError(f"{argument} is {len(value):,} characters long; the service accepts at most "
                                    f"{max_copiable_attributes_length():,}. Split the copy into several smaller subsets.")
         try:
-            document = json.loads(value)
+            document = bounded_json.loads(value)
         except ValueError as exc:
             raise CopyRequestError(f"{argument} is not valid JSON ({exc}). Expected {example()}") from None
     elif isinstance(value, Mapping):
@@ -152,7 +154,7 @@ def parse_copy_image_set_information(value: str | Mapping[str, Any]) -> dict[str
     """The AWS CLI's ``--copy-image-set-information`` JSON, validated against the service model."""
     if isinstance(value, str):
         try:
-            information = json.loads(value)
+            information = bounded_json.loads(value)
         except ValueError as exc:
             raise CopyRequestError(f"copy_image_set_information is not valid JSON ({exc})") from None
     else:

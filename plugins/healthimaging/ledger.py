@@ -138,6 +138,8 @@ manifests = sa.Table(
     sa.Column("dag_id", sa.String(250), nullable=False),
     sa.Column("run_id", sa.String(250), nullable=False),
     sa.Column("taken_at", sa.Float, nullable=False),
+    sa.Column("released_at", sa.Float),
+    sa.Column("failure", sa.Text),
 )
 
 
@@ -146,19 +148,51 @@ def default_sqlite_path() -> Path:
     return Path(home) / DEFAULT_SQLITE_NAME
 
 
+class LedgerConnectionError(ValueError):
+    """The ledger's Airflow connection names no database this module can use; the message says how to fix it."""
+
+
 def url_from_connection(conn: Any) -> URL | str:
-    """A SQLAlchemy URL for an Airflow connection (postgres or sqlite, or an explicit extra ``sqlalchemy_url``)."""
+    """A SQLAlchemy URL for an Airflow connection: ``postgres``, ``sqlite`` or an explicit extra ``sqlalchemy_url``.
+
+    Every form Airflow accepts resolves: ``sqlite:////abs/ledger.sqlite3`` (Airflow puts the path in the
+    connection's schema), ``sqlite://%2Fabs%2Fledger.sqlite3`` or JSON ``{"conn_type": "sqlite", "host":
+    "/abs/ledger.sqlite3"}`` (in its host). A connection that names no file, an in-memory database or a
+    relative path (which would depend on each worker's directory) is a :class:`LedgerConnectionError`,
+    never a silent in-memory ledger that forgets every copy.
+    """
+    conn_id = getattr(conn, "conn_id", None) or CONNECTION_ID
     extra = conn.extra_dejson if hasattr(conn, "extra_dejson") else {}
     if extra.get("sqlalchemy_url"):
         return extra["sqlalchemy_url"]
     conn_type = (conn.conn_type or "").lower()
     if conn_type in ("postgres", "postgresql"):
+        if not conn.schema:
+            raise LedgerConnectionError(f"connection {conn_id!r} names no database: write "
+                                        "postgres://user:password@host:5432/<database>")
         return URL.create("postgresql+psycopg2", username=conn.login or None, password=conn.password or None,
-                          host=conn.host or None, port=conn.port or None, database=conn.schema or None)
+                          host=conn.host or None, port=conn.port or None, database=conn.schema)
     if conn_type == "sqlite":
-        return f"sqlite:///{conn.host}"
-    raise ValueError(f"connection {CONNECTION_ID!r} has type {conn.conn_type!r}; use postgres or sqlite, "
-                     "or set extra.sqlalchemy_url")
+        return f"sqlite:///{_sqlite_path(conn_id, conn.host or '', conn.schema or '')}"
+    raise LedgerConnectionError(f"connection {conn_id!r} has type {conn.conn_type!r}; use postgres or sqlite, "
+                                "or set extra.sqlalchemy_url")
+
+
+def _sqlite_path(conn_id: str, host: str, schema: str) -> str:
+    """The file of a sqlite connection, from its host or (URI form) its schema; absolute, or an error."""
+    form = "write sqlite:////absolute/path/ledger.sqlite3, or set the connection's host to the absolute path"
+    if host and host != "localhost" and schema:
+        raise LedgerConnectionError(f"connection {conn_id!r} gives the SQLite file twice (host {host!r} and path "
+                                    f"{schema!r}); {form}")
+    path = "/" + schema.lstrip("/") if host == "localhost" else (host if host else schema)
+    if not path or path == ":memory:":
+        raise LedgerConnectionError(f"connection {conn_id!r} names no SQLite file (an in-memory ledger would forget "
+                                    f"every copy when the task ends); {form}")
+    path = os.path.expanduser(path)
+    if not os.path.isabs(path):
+        raise LedgerConnectionError(f"connection {conn_id!r} names the SQLite file {path!r} relative to each worker's "
+                                    f"directory; {form}")
+    return path
 
 
 def resolve_url(conn_id: str = CONNECTION_ID) -> URL | str:
@@ -629,14 +663,37 @@ class Ledger:
     # ------------------------------------------------------------------ manifests of the scheduled DAG
 
     def take_manifest(self, manifest_uri: str, manifest_sha256: str, dag_id: str, run_id: str) -> bool:
-        """Claim a manifest for a run; False if some run already took it (each manifest is copied once)."""
+        """Claim a manifest for a run; False if some run already took it (each manifest is copied once).
+
+        A manifest a run released (:meth:`release_manifest`) is taken again only once its content changed:
+        the same broken bytes would fail the same way every interval."""
         with self.engine.begin() as db:
-            taken = db.execute(sa.select(manifests.c.run_id).where(manifests.c.manifest_uri == manifest_uri)).first()
-            if taken is not None:
-                return taken.run_id == run_id
-            db.execute(manifests.insert().values(manifest_uri=manifest_uri, manifest_sha256=manifest_sha256,
-                                                 dag_id=dag_id, run_id=run_id, taken_at=time.time()))
-        return True
+            taken = db.execute(sa.select(manifests).where(manifests.c.manifest_uri == manifest_uri)).first()
+            if taken is None:
+                db.execute(manifests.insert().values(manifest_uri=manifest_uri, manifest_sha256=manifest_sha256,
+                                                     dag_id=dag_id, run_id=run_id, taken_at=time.time()))
+                return True
+            if taken.released_at is None or taken.manifest_sha256 == manifest_sha256:
+                return taken.run_id == run_id and taken.released_at is None
+            retaken = db.execute(manifests.update().where(
+                manifests.c.manifest_uri == manifest_uri, manifests.c.run_id == taken.run_id,
+                manifests.c.released_at.is_not(None)).values(
+                manifest_sha256=manifest_sha256, dag_id=dag_id, run_id=run_id, taken_at=time.time(),
+                released_at=None, failure=None))
+            return retaken.rowcount == 1
+
+    def release_manifest(self, manifest_uri: str, run_id: str, failure: str) -> None:
+        """Give back a manifest the run could not copy (``failure`` says why): a later run takes it again
+        once its content changed."""
+        with self.engine.begin() as db:
+            db.execute(manifests.update().where(manifests.c.manifest_uri == manifest_uri, manifests.c.run_id == run_id)
+                       .values(released_at=time.time(), failure=failure[:4000]))
+
+    def manifest_claim(self, manifest_uri: str) -> dict[str, Any] | None:
+        """Which run took a manifest, and whether (and why) it was released; None if never taken."""
+        with self.engine.connect() as db:
+            row = db.execute(sa.select(manifests).where(manifests.c.manifest_uri == manifest_uri)).first()
+        return dict(row._mapping) if row is not None else None
 
 
 def _claim_is(owner: str | None) -> sa.ColumnElement:

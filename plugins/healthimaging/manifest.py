@@ -12,11 +12,13 @@ import hashlib
 import io
 import json
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from healthimaging import bounded_json
 from healthimaging import copiable_attributes as ca
+from healthimaging.manifest_reader import ManifestError, detect_format, read_raw_rows
 
 #: The manifest columns, in the order a template shows them. ``source_image_set_id`` is required;
 #: ``datastore_id`` is required unless the run gives a default data store.
@@ -36,14 +38,22 @@ COLUMNS: tuple[str, ...] = (
 )
 REQUIRED_COLUMNS = ("source_image_set_id",)
 FORMATS = ("csv", "jsonl")
+#: Columns whose value is a JSON document: only these may span lines in a CSV manifest.
+JSON_COLUMNS = ("copiable_attributes", "copy_image_set_information")
 MAX_LABEL_LENGTH = 256
-MAX_CELL_CHARACTERS = 16 * 1024 * 1024
+#: The longest value of any column (copiableAttributes, the longest legitimate one, is at most 260,000).
+MAX_CELL_CHARACTERS = 1024 * 1024
+#: What is kept of a rejected row for its ledger record and report (all else is in the error message).
+REJECTED_KEPT_COLUMNS = ("datastore_id", "source_image_set_id", "label")
 
 _ID = re.compile(r"[0-9a-z]{32}")
 _VERSION = re.compile(r"[1-9][0-9]{0,18}")
 _UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 _TRUE = {"true", "1", "yes", "y"}
 _FALSE = {"false", "0", "no", "n", ""}
+#: Text no ledger can store: NUL (PostgreSQL refuses it) and UTF-16 surrogates without a partner
+#: (JSON's ``"\ud800"``; they cannot be encoded as UTF-8).
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -109,108 +119,13 @@ class ValidatedManifest:
         return [error for _, _, errors in self.rejected for error in errors]
 
 
-class ManifestError(ValueError):
-    """The manifest as a whole is unusable: it holds no rows."""
-
-
-def detect_format(name: str, data: bytes) -> str:
-    """``csv`` or ``jsonl``, from the file name, else from the first non-blank character."""
-    lowered = name.lower()
-    if lowered.endswith((".jsonl", ".ndjson", ".json")):
-        return "jsonl"
-    if lowered.endswith((".csv", ".tsv")):
-        return "csv"
-    return "jsonl" if data.lstrip()[:1] == b"{" else "csv"
-
-
-def _decode_lines(data: bytes) -> Iterator[tuple[int, str | None, str | None]]:
-    """(physical line number, text, decoding problem) for each line; a bad line does not stop the rest."""
-    if data.startswith(b"\xef\xbb\xbf"):
-        data = data[3:]
-    for number, raw in enumerate(data.splitlines(), start=1):
-        try:
-            yield number, raw.decode("utf-8"), None
-        except UnicodeDecodeError as exc:
-            yield number, None, f"line {number} is not valid UTF-8 (byte 0x{raw[exc.start]:02x} at position {exc.start})"
-
-
-def read_raw_rows(data: bytes, fmt: str) -> Iterator[tuple[int, dict[str, Any] | None, str | None]]:
-    """(row number, raw row, problem) for each data row of the manifest; raises ManifestError for the file."""
-    if fmt == "jsonl":
-        row = 0
-        for _, text, problem in _decode_lines(data):
-            if text is not None and not text.strip():
-                continue
-            row += 1
-            if problem:
-                yield row, None, problem
-                continue
-            try:
-                value = json.loads(text)
-            except ValueError as exc:
-                yield row, None, f"not valid JSON ({exc})"
-                continue
-            if not isinstance(value, dict):
-                yield row, None, f"a JSON {type(value).__name__}, not an object"
-                continue
-            yield row, value, None
-        return
-    lines = list(_decode_lines(data))
-    header_line = next(((n, t, p) for n, t, p in lines if t is None or t.strip()), None)
-    if header_line is None:
-        return
-    # Decode line by line so that one bad line is one rejected row; quoted fields spanning lines
-    # are rejoined by the csv module from the decoded text.
-    good = "\n".join(t if t is not None else "\x00BAD\x00" for _, t, _ in lines)
-    # A cell may legitimately hold a 260,000-character copiableAttributes (csv's default limit is
-    # 131,072); longer cells are read too, so that validation names them instead of csv failing.
-    csv.field_size_limit(max(csv.field_size_limit(), MAX_CELL_CHARACTERS))
-    reader = csv.reader(io.StringIO(good))
-    try:
-        header = [h.strip() for h in next(reader)]
-    except StopIteration:
-        return
-    # A header that is not UTF-8 cannot name the columns: every row is rejected with that problem.
-    header_problem = f"the CSV header is not valid UTF-8 ({header_line[2]})" if header_line[2] else _header_problem(header)
-    bad_lines = {n: p for n, _, p in lines if p}
-    row = 0
-    for record in reader:
-        if not record or all(not cell.strip() for cell in record):
-            continue
-        row += 1
-        if header_problem:
-            yield row, None, f"not read: {header_problem}"
-            continue
-        if any("\x00BAD\x00" in cell for cell in record):
-            line = reader.line_num
-            yield row, None, bad_lines.get(line) or next(iter(bad_lines.values()), "not valid UTF-8")
-            continue
-        if len(record) != len(header):
-            yield row, None, f"has {len(record)} fields but the header has {len(header)}"
-            continue
-        yield row, dict(zip(header, record)), None
-
-
-def _header_problem(header: list[str]) -> str | None:
-    """What is wrong with a CSV header (every row is then rejected with it), or None."""
-    unknown = [h for h in header if h not in COLUMNS]
-    if unknown:
-        return f"the header has unknown columns {unknown} (the columns are {', '.join(COLUMNS)})"
-    duplicated = sorted({h for h in header if header.count(h) > 1})
-    if duplicated:
-        return f"the header repeats columns {duplicated}"
-    missing = [c for c in REQUIRED_COLUMNS if c not in header]
-    if missing:
-        return f"the header lacks the required columns {missing}"
-    return None
-
-
 def validate_manifest(data: bytes, name: str = "manifest.csv", *, default_datastore_id: str | None = None) -> ValidatedManifest:
     """Read and validate a whole manifest. Raises ManifestError when the file itself is unusable."""
     result = ValidatedManifest(sha256=hashlib.sha256(data).hexdigest())
     fmt = detect_format(name, data)
     first_seen: dict[str, int] = {}
-    for row, raw, problem in read_raw_rows(data, fmt):
+    for row, raw, problem in read_raw_rows(data, fmt, columns=COLUMNS, required=REQUIRED_COLUMNS,
+                                           multiline_columns=JSON_COLUMNS):
         result.total_rows += 1
         if problem:
             expected = ("a header naming known columns" if problem.startswith("not read") else
@@ -227,12 +142,44 @@ def validate_manifest(data: bytes, name: str = "manifest.csv", *, default_datast
             else:
                 first_seen[key] = row
         if errors:
-            result.rejected.append((row, raw, errors))
+            result.rejected.append((row, kept_of_rejected(raw), errors))
         else:
             result.rows.append(valid)
     if result.total_rows == 0:
         raise ManifestError("the manifest has no rows" + (" (only a header)" if fmt == "csv" and data.strip() else ""))
     return result
+
+
+def kept_of_rejected(raw: dict[str, Any]) -> dict[str, str]:
+    """What a rejected row keeps of its raw values: a few columns, shortened and made storable."""
+    kept = {}
+    for column in REJECTED_KEPT_COLUMNS:
+        value = raw.get(column)
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            kept[column] = storable_text(str(value))[:MAX_LABEL_LENGTH]
+    return kept
+
+
+def storable_text(text: str) -> str:
+    """The text with what no ledger can store (NUL, lone surrogates) replaced by U+FFFD."""
+    return _UNSTORABLE.sub("\ufffd", text)
+
+
+def _unstorable(value: Any) -> str | None:
+    """Why a raw value (nested JSON included) cannot be stored, or None."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, str) and (found := _UNSTORABLE.search(item)):
+            character = found.group()
+            return "holds a NUL character" if character == "\x00" else \
+                f"holds an unpaired UTF-16 surrogate (U+{ord(character):04X})"
+    return None
 
 
 def _text(value: Any) -> str | None:
@@ -253,7 +200,7 @@ def _uid_list(value: Any) -> list[str] | None:
         text = value.strip()
         if text.startswith("["):
             try:
-                parsed = json.loads(text)
+                parsed = bounded_json.loads(text)
             except ValueError:
                 return None
             return [str(v).strip() for v in parsed] if isinstance(parsed, list) else None
@@ -283,7 +230,13 @@ def validate_row(row: int, raw: dict[str, Any], *, default_datastore_id: str | N
 
     unknown = sorted(set(raw) - set(COLUMNS))
     if unknown:
-        fail(None, f"unknown columns {unknown}", f"only {', '.join(COLUMNS)}")
+        fail(None, f"unknown columns {_show(unknown, 200)}", f"only {', '.join(COLUMNS)}")
+    for column in COLUMNS:
+        value = raw.get(column)
+        if (problem := _unstorable(value)) is not None:
+            fail(column, problem, "text without NUL characters or unpaired surrogates")
+        elif isinstance(value, str) and len(value) > MAX_CELL_CHARACTERS:
+            fail(column, f"is {len(value):,} characters long", f"at most {MAX_CELL_CHARACTERS:,} characters")
 
     def identifier(column: str, required: bool = False) -> str | None:
         value = _text(raw.get(column))

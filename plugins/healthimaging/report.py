@@ -1,5 +1,9 @@
 """Completion reports in the style of S3 Batch Operations: ``report.json`` plus one CSV per outcome.
 
+Cells of the CSVs that a spreadsheet would run as a formula (starting with ``=``, ``+``, ``-``, ``@``,
+tab or carriage return: a label or id such as ``=HYPERLINK(...)``) get a leading apostrophe, as the
+OWASP "CSV Injection" page advises; ``report.json`` keeps every value exact.
+
 ``report.json`` holds counts (every manifest row is accounted for: succeeded + failed + rejected +
 skipped (+ planned, in a dry run) = rows), throughput, latency percentiles and the error breakdown.
 The CSVs list ids, versions, codes and messages; never patient data.
@@ -79,12 +83,21 @@ def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 3)
 
 
+#: What starts a formula in Excel, LibreOffice and Google Sheets (OWASP, "CSV Injection").
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(value: Any) -> Any:
+    """A CSV cell a spreadsheet shows as text: a leading apostrophe before anything that starts a formula."""
+    return "'" + value if isinstance(value, str) and value.startswith(FORMULA_PREFIXES) else value
+
+
 def to_csv(rows: Iterable[dict[str, Any]]) -> str:
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow(row)
+        writer.writerow({column: spreadsheet_safe(row.get(column)) for column in CSV_COLUMNS})
     return out.getvalue()
 
 

@@ -16,8 +16,9 @@ def split_s3(uri: str) -> tuple[str, str]:
     return bucket, key
 
 
-def read_bytes(uri: str, aws_conn_id: str | None = "aws_default") -> bytes:
-    """The bytes of a local file or an S3 object; errors name the location and what to check."""
+def read_bytes(uri: str, aws_conn_id: str | None = "aws_default", *, max_bytes: int | None = None) -> bytes:
+    """The bytes of a local file or an S3 object; errors name the location and what to check. With
+    ``max_bytes``, a larger object is refused from its size (a ``ManifestError``) before it is read."""
     if is_s3(uri):
         from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
@@ -25,12 +26,22 @@ def read_bytes(uri: str, aws_conn_id: str | None = "aws_default") -> bytes:
         hook = S3Hook(aws_conn_id=aws_conn_id)
         if not hook.check_for_key(key, bucket_name=bucket):
             raise FileNotFoundError(f"manifest {uri} does not exist (or connection {aws_conn_id!r} cannot see it)")
-        return hook.get_key(key, bucket_name=bucket).get()["Body"].read()
+        obj = hook.get_key(key, bucket_name=bucket)
+        _check_size(obj.content_length, max_bytes)
+        return obj.get()["Body"].read()
     path = Path(uri).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"manifest {uri} is not a file on this worker; give an absolute path the workers "
                                 "can read, or an s3:// URI")
+    _check_size(path.stat().st_size, max_bytes)
     return path.read_bytes()
+
+
+def _check_size(size: int, max_bytes: int | None) -> None:
+    if max_bytes is not None and size > max_bytes:
+        from healthimaging.manifest_reader import check_size
+
+        check_size(size, max_bytes)
 
 
 def write_next_to(manifest_uri: str, folder_name: str, files: dict[str, str], aws_conn_id: str | None = "aws_default") -> str | None:
