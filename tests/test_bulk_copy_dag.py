@@ -855,6 +855,135 @@ def test_the_scheduled_dag_over_two_intervals(airflow_db, ledger, emulator_conne
     assert [e["manifests"] for e in extras][-2:] == [2, 1]
 
 
+def write_stray_quote(inbox: Path, ids: list[str]) -> Path:
+    path = inbox / "b.csv"
+    path.write_text(f'source_image_set_id,label\n{ids[0]},"never closed\n{ids[1]},fine\n')
+    return path
+
+
+def write_wide_header(inbox: Path, ids: list[str]) -> Path:
+    path = inbox / "b.csv"
+    path.write_text(",".join(f"column_{i}" for i in range(100)) + "\n" + ids[0] + "\n")
+    return path
+
+
+def write_empty(inbox: Path, ids: list[str]) -> Path:
+    path = inbox / "b.csv"
+    path.write_text("")
+    return path
+
+
+def write_too_large(inbox: Path, ids: list[str]) -> Path:
+    path = inbox / "b.csv"
+    with path.open("wb") as handle:  # sparse: refused from its size, never read
+        handle.truncate(600 * 1024 * 1024)
+    return path
+
+
+def write_undecodable_name(inbox: Path, ids: list[str]) -> Path:
+    raw = bytes(inbox) + b"/b\xff.csv"  # a name that is not UTF-8: the ledger cannot store it
+    with open(raw, "wb") as handle:
+        handle.write(template([{"source_image_set_id": ids[0]}]).encode())
+    return Path(raw.decode("utf-8", "surrogateescape"))
+
+
+def write_hostile_rows(inbox: Path, ids: list[str]) -> Path:
+    path = inbox / "b.jsonl"
+    path.write_bytes(b"".join([
+        b'{"source_image_set_id": "%s", "label": %s}\n' % (ids[0].encode(), b"[" * 1000 + b"]" * 1000),
+        b'{"source_image_set_id": "%s", "label": "\\ud800"}\n' % ids[1].encode(),
+        b'{"source_image_set_id": "%s", "label": "a\\u0000b"}\n' % ids[2].encode(),
+        b'["not", "an", "object"]\n',
+        b'{"source_image_set_id": "%s", "label": "\xff\xfe"}\n' % ids[3].encode(),
+    ]))
+    return path
+
+
+#: The middle manifest of three, broken in each way the bad-input issue found, and what is reported.
+BROKEN_MANIFESTS = {
+    "stray quote": (write_stray_quote, "line 2: a quoted field (column label) opens on this line and runs to line 3"),
+    "header of 100 columns": (write_wide_header, "line 1: the CSV header has 100 columns"),
+    "empty": (write_empty, "the manifest has no rows"),
+    "600 MB": (write_too_large, "the manifest is 629,145,600 bytes"),
+    "name not UTF-8": (write_undecodable_name, "UnicodeEncodeError"),
+    "every row hostile": (write_hostile_rows, "all 5 manifest rows were rejected"),
+}
+
+
+def task_result(run: Run, task_id: str) -> Any:
+    """What a task of the run returned (its XCom)."""
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        value = session.query(XComModel.value).filter_by(dag_id=run.dag_run.dag_id, run_id=run.run_id,
+                                                          task_id=task_id, key="return_value").scalar()
+    return json.loads(value) if isinstance(value, str) else value
+
+
+@pytest.mark.parametrize("broken", list(BROKEN_MANIFESTS))
+def test_a_broken_manifest_does_not_stop_the_others(airflow_db, ledger, emulator_connection, tmp_path, broken):
+    emulator = emulator_connection
+    client = emulator.client()
+    datastore_id, ids = seed(emulator, 8)
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    write_manifest(inbox / "a.csv", [{"source_image_set_id": ids[0]}, {"source_image_set_id": ids[1]}])
+    writer, reported = BROKEN_MANIFESTS[broken]
+    middle = writer(inbox, ids[2:6])
+    write_manifest(inbox / "c.csv", [{"source_image_set_id": ids[6]}, {"source_image_set_id": ids[7]}])
+    before = image_set_ids(client, datastore_id)
+    dag = load_dag(SCHEDULED_DAG_ID)
+    conf = {"manifest_location": str(inbox), "default_datastore_id": datastore_id, "report_folder": "reports", **FAST}
+
+    run = run_dag(dag, conf, ledger)
+
+    assert run.ti_state("prepare_manifests") == "success" and run.ti_state("finish_run") == "failed", run.tis
+    copied = {(Path(r["manifest_uri"]).name, r["source_image_set_id"]) for r in run.rows if r["status"] == "succeeded"}
+    assert copied == {("a.csv", ids[0]), ("a.csv", ids[1]), ("c.csv", ids[6]), ("c.csv", ids[7])}
+    new = image_set_ids(client, datastore_id) - before
+    assert len(new) == 4 and copy_calls(emulator)["succeeded"] == 4  # no duplicate in the service either
+    for name in ("a.csv", "c.csv"):
+        accounted(json.loads((run.folder / name / "report.json").read_text()))
+    prepared = {Path(p["manifest_uri"]).name: p for p in task_result(run, "prepare_manifests")}
+    (middle_entry,) = [p for name, p in prepared.items() if name not in ("a.csv", "c.csv")]
+    if broken == "every row hostile":  # row-level problems: the manifest is copied, each row rejected and stored
+        rows = [r for r in run.rows if r["manifest_uri"] == str(middle)]
+        assert sorted(r["row_number"] for r in rows) == [1, 2, 3, 4, 5] and {r["status"] for r in rows} == {"rejected"}
+        middle_report = json.loads((run.folder / middle.name / "report.json").read_text())
+        assert middle_report["counts"]["rejected"] == 5
+        accounted(middle_report)
+    else:
+        assert reported in middle_entry["error"], middle_entry
+        assert "error" not in prepared["a.csv"] and "error" not in prepared["c.csv"]
+    claim = ledger.manifest_claim(str(middle)) if broken != "name not UTF-8" else None
+    if broken in ("stray quote", "header of 100 columns", "empty"):
+        assert claim["released_at"] is not None and reported in claim["failure"]
+
+
+def test_a_released_manifest_is_taken_again_once_it_changed(airflow_db, ledger, emulator_connection, tmp_path):
+    emulator = emulator_connection
+    datastore_id, ids = seed(emulator, 3)
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    middle = write_stray_quote(inbox, ids)
+    dag = load_dag(SCHEDULED_DAG_ID)
+    conf = {"manifest_location": str(inbox), "default_datastore_id": datastore_id, **FAST}
+
+    first = run_dag(dag, conf, ledger)
+    unchanged = run_dag(dag, conf, ledger)
+    write_manifest(middle, [{"source_image_set_id": ids[0]}, {"source_image_set_id": ids[1]}])
+    fixed = run_dag(dag, conf, ledger)
+
+    assert first.state == "failed" and not first.rows
+    assert unchanged.state == "success" and not unchanged.rows  # the same broken bytes are not tried every interval
+    assert fixed.state == "success", fixed.tis
+    assert sorted(r["source_image_set_id"] for r in fixed.rows if r["status"] == "succeeded") == ids[:2]
+    claim = ledger.manifest_claim(str(middle))
+    assert claim["run_id"] == fixed.run_id and claim["released_at"] is None and claim["failure"] is None
+    assert copy_calls(emulator)["succeeded"] == 2
+
+
 # ------------------------------------------------------------------------------------------ S3
 
 

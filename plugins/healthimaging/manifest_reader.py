@@ -51,8 +51,10 @@ def detect_format(name: str, data: bytes) -> str:
     return "jsonl" if data[:4096].lstrip().lstrip(_BOM)[:1] == b"{" else "csv"
 
 
-def check_size(size: int, max_bytes: int = MAX_MANIFEST_BYTES) -> None:
-    """Refuse a manifest larger than ``max_bytes`` (before it is read, when the size is known first)."""
+def check_size(size: int, max_bytes: int | None = None) -> None:
+    """Refuse a manifest larger than ``max_bytes`` (default :data:`MAX_MANIFEST_BYTES`), before it is
+    read when its size is known first."""
+    max_bytes = MAX_MANIFEST_BYTES if max_bytes is None else max_bytes
     if size > max_bytes:
         raise ManifestError(f"the manifest is {size:,} bytes; a manifest holds at most {max_bytes:,} bytes. "
                             "Split it into several manifests.")

@@ -94,7 +94,9 @@ def spreadsheet_safe(value: Any) -> Any:
 
 def to_csv(rows: Iterable[dict[str, Any]]) -> str:
     out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    # RFC 4180's CRLF: with "\n" alone the writer would leave a carriage return inside a value unquoted,
+    # and every reader would split the row there.
+    writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\r\n")
     writer.writeheader()
     for row in rows:
         writer.writerow({column: spreadsheet_safe(row.get(column)) for column in CSV_COLUMNS})

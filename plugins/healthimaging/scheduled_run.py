@@ -16,10 +16,10 @@ from typing import Any
 from sqlalchemy import exc as sa_exc
 
 from healthimaging import storage
-from healthimaging.bulk_run import prepare
+from healthimaging.bulk_run import BulkCopyRunError, prepare
 from healthimaging.ledger import Ledger
 from healthimaging.manifest import storable_text
-from healthimaging.manifest_reader import MAX_MANIFEST_BYTES
+from healthimaging.manifest_reader import MAX_MANIFEST_BYTES, ManifestError
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,10 @@ LEDGER_UNREACHABLE = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.Tim
 
 def failure_entry(uri: str, error: BaseException | str) -> dict[str, str]:
     """What the run reports for a manifest it could not copy (URI and message safe to store and log)."""
-    message = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+    if isinstance(error, (BulkCopyRunError, ManifestError, FileNotFoundError)):
+        message = str(error).removeprefix(f"manifest {uri}: ")  # the entry names the manifest already
+    else:
+        message = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
     return {"manifest_uri": storable_text(uri), "error": storable_text(message)[:2000]}
 
 
