@@ -34,7 +34,8 @@ def _up(args: argparse.Namespace) -> int:
             names = ", ".join(stack.processes)
             print(f"\nUp in {stack.timings['start']:.0f}s: {names}\n"
                   f"  UI and REST API  {stack.api_url}  (login {user}; password: cat {stack.passwords_file})\n"
-                  + (f"  emulator         {stack.emulator_url}\n" if stack.emulator else "")
+                  + (f"  emulator         {stack.emulator_url}  (admin API token: cat {_token_file(stack)})\n"
+                     if stack.emulator else "")
                   + f"  metadata DB      {stack.variables['POSTGRES_DB']}, ledger DB {stack.ledger_database}\n"
                   f"  Celery broker    redis://{stack.redis_host}:{stack.redis_port}/{stack.local.redis_db}\n"
                   "Ctrl-C stops every process and drops the databases.", flush=True)
@@ -44,6 +45,15 @@ def _up(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("\nStopping ...", flush=True)
     return 0
+
+
+def _token_file(stack) -> Path:
+    """The emulator's admin token in a file only its owner reads (the stack may have generated it)."""
+    from stack.init import write_private_file
+
+    path = stack.home / "config" / "emulator_admin_token"
+    write_private_file(path, stack.emulator_admin_token)
+    return path
 
 
 def _env(args: argparse.Namespace) -> int:

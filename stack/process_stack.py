@@ -74,6 +74,7 @@ RUNNER_VARIABLES: dict[str, str] = {
     "HEALTHIMAGING_LEDGER_DB": "a fresh ledger database per stack, dropped at the end",
     "AIRFLOW_JWT_SECRET": "generated when .env leaves it empty",
     "AIRFLOW_API_SECRET_KEY": "generated when .env leaves it empty",
+    "HEALTHIMAGING_EMULATOR_ADMIN_TOKEN": "generated when .env leaves it empty (ProcessStack.emulator_admin_token)",
     "AIRFLOW_WORKER_CONCURRENCY": "when given (workers' task slots)",
     "AIRFLOW_API_WORKERS": "1 by default: a small machine runs every component",
 }
@@ -180,7 +181,7 @@ class ProcessStack:
         if self.worker_concurrency is not None:
             ours["AIRFLOW_WORKER_CONCURRENCY"] = str(self.worker_concurrency)
         # The Fernet key and the login password are not here: airflow-init generates them, as in compose.
-        generated = {"AIRFLOW_JWT_SECRET": secrets.token_urlsafe(64), "AIRFLOW_API_SECRET_KEY": secrets.token_hex(16)}
+        generated = fresh_secrets()
         ours.update({key: value for key, value in generated.items() if not variables.get(key)})
         variables.update(ours)
         self.variables = variables
@@ -199,7 +200,7 @@ class ProcessStack:
             processes[compose.EMULATOR_SERVICE] = Process(
                 compose.EMULATOR_SERVICE, compose.EMULATOR_SERVICE,
                 [sys.executable, "-m", "healthimaging_emulator", *self.emulator_command(), *self.emulator_args],
-                {**base, "PYTHONPATH": str(REPO_ROOT)})
+                {**base, **self.compose_environment(compose.EMULATOR_SERVICE), "PYTHONPATH": str(REPO_ROOT)})
         processes[compose.INIT_SERVICE] = Process(
             compose.INIT_SERVICE, compose.INIT_SERVICE, [sys.executable, "-m", "stack.init"],
             self.service_environment(compose.INIT_SERVICE, base))
@@ -265,6 +266,21 @@ class ProcessStack:
     @property
     def emulator_url(self) -> str:
         return f"http://{compose.url_host(self.local.emulator_connect_host)}:{self.local.emulator_port}"
+
+    @property
+    def emulator_admin_token(self) -> str:
+        """The emulator's admin API token (``Authorization: Bearer``): .env's, else generated for this stack."""
+        return self.variables["HEALTHIMAGING_EMULATOR_ADMIN_TOKEN"]
+
+    def emulator_admin(self, method: str, path: str, body: Any = None) -> Any:
+        """One request to the emulator's admin API (``counters``, ``config``...) with the stack's token; the decoded
+        answer. RuntimeError, with the emulator's answer, unless it is HTTP 200."""
+        from healthimaging_emulator.admin_client import admin_request
+
+        status, answer = admin_request(self.emulator_url, method, path, body, token=self.emulator_admin_token)
+        if status != 200:
+            raise RuntimeError(f"emulator admin {method} {path} answered HTTP {status}: {answer}")
+        return answer
 
     @property
     def passwords_file(self) -> Path:
@@ -449,14 +465,17 @@ class ProcessStack:
 
     def _wait_for_emulator(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
+        last: Exception | None = None
         while time.monotonic() < deadline:
             self.check_alive()
-            with contextlib.suppress(OSError):
-                with urllib.request.urlopen(f"{self.emulator_url}/_emulator/health", timeout=2) as response:
-                    if response.status == 200:
-                        return
+            try:
+                self.emulator_admin("GET", "health")
+                return
+            except (OSError, RuntimeError) as exc:  # not listening yet, or refusing the token
+                last = exc
             time.sleep(0.2)
-        raise TimeoutError(f"the emulator did not answer in {timeout}s\n" + self.log_tail(compose.EMULATOR_SERVICE))
+        raise TimeoutError(f"the emulator's health did not answer 200 in {timeout}s (last: {last})\n"
+                           + self.log_tail(compose.EMULATOR_SERVICE))
 
     def health(self) -> dict[str, Any] | None:
         try:
@@ -624,10 +643,9 @@ def write_dotenv(target: Path = compose.ENV_FILE, example: Path = compose.ENV_EX
     """``make .env``: ``.env.example`` with the empty secrets filled in (an existing .env is kept)."""
     if target.exists():
         raise FileExistsError(f"{target} exists; delete it first to generate a new one")
-    from stack.init import generate_fernet_key
+    from stack.init import generate_fernet_key, write_private_file
 
-    fresh = {"AIRFLOW_JWT_SECRET": secrets.token_urlsafe(64), "AIRFLOW_API_SECRET_KEY": secrets.token_hex(16),
-             "AIRFLOW_FERNET_KEY": generate_fernet_key()}
+    fresh = {**fresh_secrets(), "AIRFLOW_FERNET_KEY": generate_fernet_key()}
     if hasattr(os, "getuid"):
         fresh["AIRFLOW_UID"] = str(os.getuid())
     lines = []
@@ -636,6 +654,23 @@ def write_dotenv(target: Path = compose.ENV_FILE, example: Path = compose.ENV_EX
         if sep and key in fresh and (not value.strip() or key == "AIRFLOW_UID"):
             line = f"{key}={fresh[key]}"
         lines.append(line)
-    target.write_text("\n".join(lines) + "\n")
-    target.chmod(0o600)
+    # A secret the compose file requires that the example does not list yet still gets a value.
+    listed = compose.read_dotenv(example)
+    lines += [f"# {SECRETS[key]}\n{key}={fresh[key]}" for key in SECRETS if key not in listed]
+    write_private_file(target, "\n".join(lines) + "\n")
     return target
+
+
+#: The secrets the compose file requires from .env (``${VAR:?...}``), which `make .env` and the process stack
+#: generate when .env leaves them empty.
+SECRETS: dict[str, str] = {
+    "AIRFLOW_JWT_SECRET": "The JWT secret every component shares (at least 64 characters)",
+    "AIRFLOW_API_SECRET_KEY": "The api-server's secret key",
+    "HEALTHIMAGING_EMULATOR_ADMIN_TOKEN": "The emulator's admin API token: Authorization: Bearer <token> on /_emulator/...",
+}
+
+
+def fresh_secrets() -> dict[str, str]:
+    """New values for :data:`SECRETS`."""
+    return {"AIRFLOW_JWT_SECRET": secrets.token_urlsafe(64), "AIRFLOW_API_SECRET_KEY": secrets.token_hex(16),
+            "HEALTHIMAGING_EMULATOR_ADMIN_TOKEN": secrets.token_urlsafe(32)}

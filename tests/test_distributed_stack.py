@@ -3,8 +3,8 @@
 CeleryExecutor with two workers on Redis, PostgreSQL for the metadata DB and the ledger, a triggerer,
 the api-server, scheduler and dag-processor, and the emulator with faults injected; configured from
 docker-compose.yaml and .env.example exactly as `make stack` runs it. The test triggers
-``healthimaging_bulk_copy`` through the REST API with a JWT from ``POST /auth/token`` (the login of
-.env.example), on a manifest of ROWS image sets, and checks:
+``healthimaging_bulk_copy`` through the REST API with a JWT from ``POST /auth/token`` (the login airflow-init
+wrote in the passwords file), on a manifest of ROWS image sets, and checks:
 
 - the run succeeds and every row is ``succeeded`` and verified in the PostgreSQL ledger;
 - both workers ran task instances (``task_instance.hostname`` and the workers' own logs);
@@ -90,13 +90,9 @@ def image_sets_by_series(client, datastore_id: str) -> dict[str, set[str]]:
     return series
 
 
-def admin(stack: ProcessStack, method: str, path: str) -> dict:
-    import urllib.request
-
-    with urllib.request.urlopen(urllib.request.Request(f"{stack.emulator_url}/_emulator/{path}", method=method),
-                                timeout=10) as response:
-        body = response.read()
-    return json.loads(body) if body else {}
+def admin(stack: ProcessStack, method: str, path: str, body: dict | None = None) -> dict:
+    """The emulator's admin API with the stack's token (``ProcessStack.emulator_admin``)."""
+    return stack.emulator_admin(method, path, body) or {}
 
 
 def worker_executions(stack: ProcessStack) -> dict[str, list[tuple[str, int]]]:

@@ -24,7 +24,7 @@ from stack.compose import (
     localize,
     read_dotenv,
 )
-from stack.process_stack import RUNNER_ONLY_VARIABLES, RUNNER_VARIABLES, ProcessStack, write_dotenv
+from stack.process_stack import RUNNER_ONLY_VARIABLES, RUNNER_VARIABLES, SECRETS, ProcessStack, write_dotenv
 
 AIRFLOW_SERVICES = {
     "airflow-apiserver": "api-server",
@@ -163,7 +163,10 @@ def test_health_checks_probe_what_each_service_serves(raw):
     assert worker.startswith(f"celery --app {'airflow.providers.celery.executors.celery_executor.app'} inspect ping")
     assert healthcheck(raw, "postgres") == ["CMD", "pg_isready", "-U", "${POSTGRES_USER:-airflow}"]
     assert healthcheck(raw, "redis") == ["CMD", "redis-cli", "ping"]
-    assert healthcheck(raw, "healthimaging-emulator") == ["CMD", "curl", "--fail", "http://localhost:8089/_emulator/health"]
+    # The admin API (health included) wants the token; the container's shell expands it ($$ in compose).
+    assert healthcheck(raw, "healthimaging-emulator") == [
+        "CMD-SHELL", 'curl --fail --silent --output /dev/null -H "Authorization: Bearer $${HEALTHIMAGING_EMULATOR_ADMIN_TOKEN}" '
+                     "http://localhost:8089/_emulator/health"]
 
 
 def test_health_check_commands_exist_in_this_airflow():
@@ -278,19 +281,22 @@ def test_every_variable_the_compose_file_uses_is_documented_in_env_example(raw):
     text = COMPOSE_FILE.read_text()
     used = set(re.findall(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)", text))
     # AIRFLOW_PROJ_DIR is the official file's optional override of the project folder.
-    # HEALTHIMAGING_PUBLISH_ADDRESS is documented in the compose file's header until .env.example lists it.
-    assert used - documented <= {"AIRFLOW_PROJ_DIR", "HEALTHIMAGING_PUBLISH_ADDRESS"}
-    assert "HEALTHIMAGING_PUBLISH_ADDRESS" in text.split("\n---\n", 1)[0]
+    # Documented in the compose file's header until .env.example lists them.
+    pending = {"HEALTHIMAGING_PUBLISH_ADDRESS", "HEALTHIMAGING_EMULATOR_ADMIN_TOKEN"}
+    assert used - documented <= {"AIRFLOW_PROJ_DIR"} | pending
+    header = text.split("\n---\n", 1)[0]
+    assert all(name in header for name in pending)
     required = set(re.findall(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*):?\?", text))
-    assert required == {"AIRFLOW_JWT_SECRET", "AIRFLOW_API_SECRET_KEY"}
+    # ... and `make .env` generates every one of them.
+    assert required == {"AIRFLOW_JWT_SECRET", "AIRFLOW_API_SECRET_KEY", "HEALTHIMAGING_EMULATOR_ADMIN_TOKEN"} == set(SECRETS)
 
 
 def test_make_dotenv_fills_in_fresh_secrets(tmp_path):
     first, second = write_dotenv(tmp_path / "a"), write_dotenv(tmp_path / "b")
     a, b = read_dotenv(first), read_dotenv(second)
-    for key in ("AIRFLOW_JWT_SECRET", "AIRFLOW_API_SECRET_KEY", "AIRFLOW_FERNET_KEY"):
+    for key in (*SECRETS, "AIRFLOW_FERNET_KEY"):
         assert a[key] and a[key] != b[key], key
-    assert set(a) == set(read_dotenv(ENV_EXAMPLE))
+    assert set(a) == set(read_dotenv(ENV_EXAMPLE)) | set(SECRETS)
     assert first.stat().st_mode & 0o077 == 0
     with pytest.raises(FileExistsError):
         write_dotenv(first)

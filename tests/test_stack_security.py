@@ -30,6 +30,7 @@ from pathlib import Path
 
 import pytest
 
+from healthimaging_emulator.admin_client import ADMIN_TOKEN_ENV, admin_request
 from stack import compose
 from stack.compose import COMPOSE_FILE, ENV_EXAMPLE, read_dotenv
 from stack.process_stack import ProcessStack, write_dotenv
@@ -107,6 +108,33 @@ def test_the_process_stack_listens_where_compose_publishes(dotenv, tmp_path):
     assert scheduler["AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_HOST"] == "127.0.0.1"
 
 
+# ------------------------------------------------------------------------------- emulator admin token
+
+
+def test_compose_gives_the_emulator_the_admin_token_from_dotenv(raw, dotenv):
+    variables = compose.compose_variables(dotenv, environ={})
+    assert len(variables[ADMIN_TOKEN_ENV]) >= 32  # `make .env` generated it
+    assert compose.environment(raw, "healthimaging-emulator", variables)[ADMIN_TOKEN_ENV] == variables[ADMIN_TOKEN_ENV]
+    # Its health check sends it (expanded by the container's shell, not written into the compose config).
+    check = compose.service(raw, "healthimaging-emulator", variables)["healthcheck"]["test"]
+    assert 'Authorization: Bearer ${HEALTHIMAGING_EMULATOR_ADMIN_TOKEN}' in check[1]
+    with pytest.raises(compose.InterpolationError, match=f"{ADMIN_TOKEN_ENV}: set {ADMIN_TOKEN_ENV} in .env"):
+        compose.service(raw, "healthimaging-emulator", {k: v for k, v in variables.items() if k != ADMIN_TOKEN_ENV})
+
+
+def test_the_process_stack_gives_the_emulator_a_token(dotenv, tmp_path):
+    given = ProcessStack(tmp_path / "a", workers=1, env_file=dotenv, environ=SHELL)
+    given.plan()
+    assert given.emulator_admin_token == read_dotenv(dotenv)[ADMIN_TOKEN_ENV]
+    assert given.processes["healthimaging-emulator"].env[ADMIN_TOKEN_ENV] == given.emulator_admin_token
+    # .env.example leaves it empty: the stack generates one, as it does the JWT secret.
+    generated = ProcessStack(tmp_path / "b", workers=1, env_file=ENV_EXAMPLE, environ=SHELL)
+    generated.plan()
+    assert len(generated.emulator_admin_token) >= 32
+    assert generated.processes["healthimaging-emulator"].env[ADMIN_TOKEN_ENV] == generated.emulator_admin_token
+    assert generated.emulator_admin_token not in generated.processes["healthimaging-emulator"].argv
+
+
 def listening_addresses(pid: int, timeout: float = 60) -> set[tuple[str, int]]:
     """The TCP addresses a process (or its children) listens on, once it listens on any."""
     import psutil
@@ -134,10 +162,10 @@ def test_the_emulator_listens_on_the_given_address_only(dotenv, tmp_path):
         try:
             assert listening_addresses(popen.pid) == {("127.0.0.2", stack.local.emulator_port)}, \
                 (tmp_path / "emulator.log").read_text()
-            with urllib.request.urlopen(f"{stack.emulator_url}/_emulator/health", timeout=10) as response:
-                assert response.status == 200
+            assert stack.emulator_admin("GET", "health")
             with pytest.raises(urllib.error.URLError):
-                urllib.request.urlopen(f"http://127.0.0.1:{stack.local.emulator_port}/_emulator/health", timeout=5)
+                admin_request(f"http://127.0.0.1:{stack.local.emulator_port}", "GET", "health",
+                              token=stack.emulator_admin_token, timeout=5)
         finally:
             stop_all([popen], 10)
 
@@ -364,6 +392,15 @@ def test_every_component_uses_the_generated_fernet_key(stack):
                             capture_output=True, text=True, timeout=180, check=False)
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.loads(result.stdout)[0]["password"] == "plain-secret"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_the_emulator_admin_api_wants_the_stack_token(stack):
+    assert admin_request(stack.emulator_url, "GET", "counters", token="")[0] == 401
+    assert admin_request(stack.emulator_url, "GET", "counters", token="wrong")[0] == 401
+    status, counters = admin_request(stack.emulator_url, "GET", "counters", token=stack.emulator_admin_token)
+    assert status == 200 and isinstance(counters, dict)
 
 
 @pytest.mark.slow
