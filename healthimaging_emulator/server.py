@@ -119,6 +119,21 @@ class _Handler(BaseHTTPRequestHandler):
             raise ValidationException(f"The request body ({length} bytes) is larger than {MAX_BODY_BYTES} bytes.")
         return self.rfile.read(length) if length else b""
 
+    def _refusal(self, body: bytes, is_admin: bool) -> tuple[int, dict[str, str], bytes] | None:
+        """The error response of a request the guard refuses (foreign origin, admin token, content type); None
+        when it passes."""
+        try:
+            guard.check_request({k.lower(): v for k, v in self.headers.items()}, body, admin=is_admin,
+                                admin_token=self.server.emulator.admin_token)
+        except HealthImagingError as refusal:
+            log.warning("refused %s %s from %s: %s", self.command, urlsplit(self.path).path, self.client_address[0],
+                        refusal.message)
+            status, headers, payload = protocol.serialize_error(refusal)
+            if refusal.status == 401:
+                headers["WWW-Authenticate"] = 'Bearer realm="healthimaging-emulator admin API"'
+            return status, headers, payload
+        return None
+
     def _handle(self) -> None:
         self.request_id = f"{time.time_ns():x}"
         emulator = self.server.emulator
@@ -130,14 +145,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(*protocol.serialize_error(error))
             return
         is_admin = urlsplit(self.path).path.startswith(ADMIN_PREFIX)
-        try:
-            guard.check_request({k.lower(): v for k, v in self.headers.items()}, body, admin=is_admin,
-                                admin_token=emulator.admin_token)
-        except HealthImagingError as refusal:
-            status, headers, payload = protocol.serialize_error(refusal)
-            if refusal.status == 401:
-                headers["WWW-Authenticate"] = 'Bearer realm="healthimaging-emulator admin API"'
-            self._send(status, headers, payload)
+        refusal = self._refusal(body, is_admin)
+        if refusal is not None:
+            self._send(*refusal)
             return
         if is_admin:
             self._send(*emulator.admin(self.command, self.path, body))
