@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install test test-deaths demo emulator stack bench bench-bulk bench-bulk-stack lock clean
+.PHONY: install test test-deaths test-fuzz bench-hostile demo emulator stack bench bench-bulk bench-bulk-stack lock clean
 
 # The venv is (re)built whenever requirements.txt changes. uv resolves and installs the pinned set
 # in seconds; it is itself installed from PyPI into the venv.
@@ -22,6 +22,13 @@ test: install
 # The real process deaths alone: the process stack, SIGKILLed triggerer, worker and scheduler, the chaos run.
 test-deaths: install
 	$(PY) -m pytest -s tests/test_stack_deaths.py
+
+# The manifest fuzzing with 10,000 examples per property (make test runs 150), and hostile input at 100 MB.
+test-fuzz: install
+	HEALTHIMAGING_FUZZ_EXAMPLES=10000 $(PY) -m pytest -q -p no:cacheprovider tests/test_manifest_fuzz.py
+
+bench-hostile: install
+	$(PY) bench/hostile_manifest.py --megabytes 100
 
 demo: install
 	$(PY) scripts/demo.py

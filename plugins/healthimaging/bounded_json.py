@@ -11,21 +11,19 @@ from typing import Any
 MAX_DEPTH = 32
 
 
-def depth(value: Any) -> int:
-    """How deeply a parsed JSON value nests (a scalar is 0, ``[]`` is 1), without recursing."""
-    deepest = 0
-    stack = [(value, 1)]
-    while stack:
-        item, level = stack.pop()
-        if isinstance(item, dict):
-            children = item.values()
-        elif isinstance(item, list):
-            children = item
-        else:
-            continue
-        deepest = max(deepest, level)
-        stack.extend((child, level + 1) for child in children if isinstance(child, (dict, list)))
-    return deepest
+def depth(value: Any, stop_after: int | None = None) -> int:
+    """How deeply a parsed JSON value nests (a scalar is 0, ``[]`` is 1), level by level without
+    recursing; with ``stop_after``, counting stops one level past it (enough to refuse the value)."""
+    level, frontier = 0, [value]
+    while frontier:
+        containers = [item for item in frontier if isinstance(item, (dict, list))]
+        if not containers:
+            break
+        level += 1
+        if stop_after is not None and level > stop_after:
+            break
+        frontier = [child for item in containers for child in (item.values() if isinstance(item, dict) else item)]
+    return level
 
 
 def loads(text: str | bytes, *, max_depth: int = MAX_DEPTH) -> Any:
@@ -34,6 +32,6 @@ def loads(text: str | bytes, *, max_depth: int = MAX_DEPTH) -> Any:
         value = json.loads(text)
     except RecursionError:
         raise ValueError(f"it nests deeper than {max_depth} levels") from None
-    if depth(value) > max_depth:
+    if depth(value, stop_after=max_depth) > max_depth:
         raise ValueError(f"it nests deeper than {max_depth} levels")
     return value

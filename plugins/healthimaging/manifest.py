@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import re
+import sys
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -36,6 +37,7 @@ COLUMNS: tuple[str, ...] = (
     "promote_to_primary",
     "label",
 )
+_COLUMN_SET = frozenset(COLUMNS)
 REQUIRED_COLUMNS = ("source_image_set_id",)
 FORMATS = ("csv", "jsonl")
 #: Columns whose value is a JSON document: only these may span lines in a CSV manifest.
@@ -56,7 +58,7 @@ _FALSE = {"false", "0", "no", "n", ""}
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RowError:
     """One problem with one manifest row."""
 
@@ -130,7 +132,8 @@ def validate_manifest(data: bytes, name: str = "manifest.csv", *, default_datast
         if problem:
             expected = ("a header naming known columns" if problem.startswith("not read") else
                         "a UTF-8 line holding one row" if fmt == "csv" else "one JSON object per line")
-            result.rejected.append((row, {}, [RowError(row, None, problem, expected)]))
+            # The same few problems repeat over thousands of rows: one string each keeps memory flat.
+            result.rejected.append((row, {}, [RowError(row, None, sys.intern(problem), expected)]))
             continue
         valid, errors = validate_row(row, raw, default_datastore_id=default_datastore_id)
         if valid is not None:
@@ -167,6 +170,9 @@ def storable_text(text: str) -> str:
 
 def _unstorable(value: Any) -> str | None:
     """Why a raw value (nested JSON included) cannot be stored, or None."""
+    if isinstance(value, str):  # the common case, without the walk
+        found = _UNSTORABLE.search(value)
+        return None if found is None else _unstorable_reason(found.group())
     stack = [value]
     while stack:
         item = stack.pop()
@@ -176,10 +182,13 @@ def _unstorable(value: Any) -> str | None:
         elif isinstance(item, list):
             stack.extend(item)
         elif isinstance(item, str) and (found := _UNSTORABLE.search(item)):
-            character = found.group()
-            return "holds a NUL character" if character == "\x00" else \
-                f"holds an unpaired UTF-16 surrogate (U+{ord(character):04X})"
+            return _unstorable_reason(found.group())
     return None
+
+
+def _unstorable_reason(character: str) -> str:
+    return "holds a NUL character" if character == "\x00" else \
+        f"holds an unpaired UTF-16 surrogate (U+{ord(character):04X})"
 
 
 def _text(value: Any) -> str | None:
@@ -231,8 +240,9 @@ def validate_row(row: int, raw: dict[str, Any], *, default_datastore_id: str | N
     unknown = sorted(set(raw) - set(COLUMNS))
     if unknown:
         fail(None, f"unknown columns {_show(unknown, 200)}", f"only {', '.join(COLUMNS)}")
-    for column in COLUMNS:
-        value = raw.get(column)
+    for column, value in raw.items():
+        if column not in _COLUMN_SET or not isinstance(value, (str, dict, list)):
+            continue
         if (problem := _unstorable(value)) is not None:
             fail(column, problem, "text without NUL characters or unpaired surrogates")
         elif isinstance(value, str) and len(value) > MAX_CELL_CHARACTERS:

@@ -1,0 +1,104 @@
+"""Time and peak memory of manifest validation on 100 MB of hostile input, beside a valid manifest of
+the same size measured in the same run (the baseline).
+
+    .venv/bin/python bench/hostile_manifest.py [--megabytes 100]
+
+Each input is written to a file and validated in a fresh Python process (read + validate), so that
+its peak resident memory is its own. Ratios are against the valid manifest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+ID = "a" * 32
+
+CHILD = r"""
+import json, resource, sys, time
+sys.path.insert(0, sys.argv[1])
+from healthimaging.manifest import ManifestError, validate_manifest
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+started = time.perf_counter()
+data = open(sys.argv[2], "rb").read()
+try:
+    v = validate_manifest(data, sys.argv[3], default_datastore_id="d" * 32)
+    outcome = f"{v.total_rows:,} rows: {len(v.rows):,} valid, {len(v.rejected):,} rejected"
+except ManifestError as exc:
+    outcome = "refused: " + str(exc)[:70]
+seconds = time.perf_counter() - started
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"seconds": seconds, "peak_mb": peak / 1024, "added_mb": (peak - before) / 1024, "outcome": outcome}))
+"""
+
+
+def fill(line: bytes, size: int, header: bytes = b"") -> bytes:
+    return header + line * max(1, (size - len(header)) // len(line))
+
+
+def inputs(size: int) -> dict[str, tuple[str, bytes]]:
+    """name -> (file name, bytes) of each input, about ``size`` bytes each."""
+    rng = random.Random(7)
+    header = b"source_image_set_id,label\n"
+    # A realistic row (~120 bytes: data store, source, version, label), so 100 MB stays under MAX_ROWS.
+    full = b"datastore_id,source_image_set_id,source_version_id,label\n"
+    row = "{d},{n:032x},1,{label}\n"
+    row_size = len(row.format(d="d" * 32, n=0, label="study 0 " + "x" * 40))
+    valid = full + b"".join(row.format(d="d" * 32, n=n, label=f"study {n} " + "x" * 40).encode()
+                            for n in range(max(1, (size - len(full)) // row_size)))
+    deep = ('{"source_image_set_id": "%s", "label": %s}\n' % (ID, "[" * 900 + "]" * 900)).encode()
+    return {
+        "valid CSV (baseline)": ("m.csv", valid),
+        "random bytes": ("m.csv", rng.randbytes(size)),
+        "invalid UTF-8 lines": ("m.csv", fill(f"{ID},caf".encode() + b"\xe9\n", size, header)),
+        "NUL in every line": ("m.csv", fill(f"{ID},a".encode() + b"\x00b\n", size, header)),
+        "lines over the line limit": ("m.csv", fill(b"x" * (3 * 1024 * 1024) + b"\n", size, header)),
+        "quote never closed (line 2)": ("m.csv", header + b'"' + fill(b"x" * 1000 + b"\n", size)),
+        "unknown header, 60 columns": ("m.csv", fill(b",".join([b"x"] * 60) + b"\n", size,
+                                                     b",".join(b"c%d" % i for i in range(60)) + b"\n")),
+        "deep JSON (900 levels)": ("m.jsonl", fill(deep, size)),
+        "JSON lines not objects": ("m.jsonl", fill(b"[1,2,3]\n", size)),
+        "lone surrogates": ("m.jsonl", fill(('{"source_image_set_id": "%s", "label": "\\ud800"}\n' % ID).encode(), size)),
+        "blank lines only": ("m.csv", b"\n" * size),
+    }
+
+
+def measure(path: Path, name: str) -> dict:
+    out = subprocess.run([sys.executable, "-c", CHILD, str(ROOT / "plugins"), str(path), name],
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--megabytes", type=float, default=100)
+    args = parser.parse_args()
+    size = int(args.megabytes * 1_000_000)
+    results = {}
+    with tempfile.TemporaryDirectory() as folder:
+        for label, (name, data) in inputs(size).items():
+            path = Path(folder) / name
+            path.write_bytes(data)
+            results[label] = {**measure(path, name), "mb": len(data) / 1e6}
+            path.unlink()
+            del data
+    base = results["valid CSV (baseline)"]
+    print(f"{'input':30} {'MB':>6} {'seconds':>8} {'x base':>7} {'peak MB':>8} {'x base':>7}  outcome")
+    for label, r in results.items():
+        print(f"{label:30} {r['mb']:6.0f} {r['seconds']:8.2f} {r['seconds'] / base['seconds']:7.2f} {r['peak_mb']:8.0f} "
+              f"{r['peak_mb'] / base['peak_mb']:7.2f}  {r['outcome']}")
+    worst = max(r["peak_mb"] / r["mb"] for r in results.values())
+    print(f"\nworst peak memory: {worst:.1f} x the input's size; every input ended in rows or one ManifestError")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
