@@ -18,13 +18,15 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import boto3
 from botocore.config import Config
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from healthimaging_emulator.admin_client import admin_request  # noqa: E402 - after the path is set
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET_GET_PER_SECOND = 300
@@ -128,8 +130,7 @@ def main() -> int:
             datastoreId=datastore_id, sourceImageSetId=s["imageSetId"],
             copyImageSetInformation={"sourceImageSet": {"latestVersionId": str(s["version"])}}) for s in sources[:args.copies]]
         copy_rate, copy_errors = rate(copies, args.threads)
-        with urllib.request.urlopen(f"{url}/_emulator/counters", timeout=10) as reply:
-            counters = json.loads(reply.read())
+        _, counters = admin_request(url, "GET", "counters")
     finally:
         emulator.terminate()
         emulator.wait(timeout=10)

@@ -11,22 +11,26 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 ID = "a" * 32
 
+# Peak memory is the child's VmHWM (its own high-water mark; ru_maxrss would carry the parent's peak
+# across fork and exec).
 CHILD = r"""
-import json, resource, sys, time
+import json, sys, time
 sys.path.insert(0, sys.argv[1])
 from healthimaging.manifest import ManifestError, validate_manifest
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+def hwm_kb():
+    return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+before = hwm_kb()
 started = time.perf_counter()
 data = open(sys.argv[2], "rb").read()
 try:
@@ -35,7 +39,7 @@ try:
 except ManifestError as exc:
     outcome = "refused: " + str(exc)[:70]
 seconds = time.perf_counter() - started
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+peak = hwm_kb()
 print(json.dumps({"seconds": seconds, "peak_mb": peak / 1024, "added_mb": (peak - before) / 1024, "outcome": outcome}))
 """
 
@@ -44,30 +48,33 @@ def fill(line: bytes, size: int, header: bytes = b"") -> bytes:
     return header + line * max(1, (size - len(header)) // len(line))
 
 
-def inputs(size: int) -> dict[str, tuple[str, bytes]]:
-    """name -> (file name, bytes) of each input, about ``size`` bytes each."""
+def inputs(size: int) -> dict[str, tuple[str, Callable[[], bytes]]]:
+    """name -> (file name, a function making its bytes) of each input, about ``size`` bytes each."""
     rng = random.Random(7)
     header = b"source_image_set_id,label\n"
     # A realistic row (~120 bytes: data store, source, version, label), so 100 MB stays under MAX_ROWS.
     full = b"datastore_id,source_image_set_id,source_version_id,label\n"
     row = "{d},{n:032x},1,{label}\n"
     row_size = len(row.format(d="d" * 32, n=0, label="study 0 " + "x" * 40))
-    valid = full + b"".join(row.format(d="d" * 32, n=n, label=f"study {n} " + "x" * 40).encode()
-                            for n in range(max(1, (size - len(full)) // row_size)))
+
+    def valid() -> bytes:
+        return full + b"".join(row.format(d="d" * 32, n=n, label=f"study {n} " + "x" * 40).encode()
+                               for n in range(max(1, (size - len(full)) // row_size)))
+
     deep = ('{"source_image_set_id": "%s", "label": %s}\n' % (ID, "[" * 900 + "]" * 900)).encode()
     return {
         "valid CSV (baseline)": ("m.csv", valid),
-        "random bytes": ("m.csv", rng.randbytes(size)),
-        "invalid UTF-8 lines": ("m.csv", fill(f"{ID},caf".encode() + b"\xe9\n", size, header)),
-        "NUL in every line": ("m.csv", fill(f"{ID},a".encode() + b"\x00b\n", size, header)),
-        "lines over the line limit": ("m.csv", fill(b"x" * (3 * 1024 * 1024) + b"\n", size, header)),
-        "quote never closed (line 2)": ("m.csv", header + b'"' + fill(b"x" * 1000 + b"\n", size)),
-        "unknown header, 60 columns": ("m.csv", fill(b",".join([b"x"] * 60) + b"\n", size,
+        "random bytes": ("m.csv", lambda: rng.randbytes(size)),
+        "invalid UTF-8 lines": ("m.csv", lambda: fill(f"{ID},caf".encode() + b"\xe9\n", size, header)),
+        "NUL in every line": ("m.csv", lambda: fill(f"{ID},a".encode() + b"\x00b\n", size, header)),
+        "lines over the line limit": ("m.csv", lambda: fill(b"x" * (3 * 1024 * 1024) + b"\n", size, header)),
+        "quote never closed (line 2)": ("m.csv", lambda: header + b'"' + fill(b"x" * 1000 + b"\n", size)),
+        "unknown header, 60 columns": ("m.csv", lambda: fill(b",".join([b"x"] * 60) + b"\n", size,
                                                      b",".join(b"c%d" % i for i in range(60)) + b"\n")),
-        "deep JSON (900 levels)": ("m.jsonl", fill(deep, size)),
-        "JSON lines not objects": ("m.jsonl", fill(b"[1,2,3]\n", size)),
-        "lone surrogates": ("m.jsonl", fill(('{"source_image_set_id": "%s", "label": "\\ud800"}\n' % ID).encode(), size)),
-        "blank lines only": ("m.csv", b"\n" * size),
+        "deep JSON (900 levels)": ("m.jsonl", lambda: fill(deep, size)),
+        "JSON lines not objects": ("m.jsonl", lambda: fill(b"[1,2,3]\n", size)),
+        "lone surrogates": ("m.jsonl", lambda: fill(('{"source_image_set_id": "%s", "label": "\\ud800"}\n' % ID).encode(), size)),
+        "blank lines only": ("m.csv", lambda: b"\n" * size),
     }
 
 
@@ -84,12 +91,14 @@ def main() -> int:
     size = int(args.megabytes * 1_000_000)
     results = {}
     with tempfile.TemporaryDirectory() as folder:
-        for label, (name, data) in inputs(size).items():
+        for label, (name, make) in inputs(size).items():
             path = Path(folder) / name
+            data = make()
             path.write_bytes(data)
-            results[label] = {**measure(path, name), "mb": len(data) / 1e6}
-            path.unlink()
+            megabytes = len(data) / 1e6
             del data
+            results[label] = {**measure(path, name), "mb": megabytes}
+            path.unlink()
     base = results["valid CSV (baseline)"]
     print(f"{'input':30} {'MB':>6} {'seconds':>8} {'x base':>7} {'peak MB':>8} {'x base':>7}  outcome")
     for label, r in results.items():

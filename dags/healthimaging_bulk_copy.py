@@ -61,7 +61,8 @@ PARAMS = {
     "poll_interval_seconds": Param(5, type="number", minimum=0.1, maximum=300, title="Poll interval (seconds)"),
     "progress_interval_seconds": Param(30, type="number", minimum=1, maximum=3600, title="Progress log interval (seconds)"),
     "report_folder": Param("", type="string", title="Report folder",
-                           description="Local folder for reports; empty: $AIRFLOW_HOME/healthimaging_reports."),
+                           description="A folder inside the report root ([healthimaging] report_folder, default "
+                                       "$AIRFLOW_HOME/healthimaging_reports), relative or absolute under it; empty: the root."),
 }
 
 

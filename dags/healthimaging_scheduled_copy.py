@@ -53,7 +53,8 @@ PARAMS = {
     "region_name": Param("", type="string", title="AWS region"),
     "poll_interval_seconds": Param(5, type="number", minimum=0.1, title="Poll interval (seconds)"),
     "progress_interval_seconds": Param(30, type="number", minimum=1, title="Progress log interval (seconds)"),
-    "report_folder": Param("", type="string", title="Report folder"),
+    "report_folder": Param("", type="string", title="Report folder",
+                           description="A folder inside the report root ([healthimaging] report_folder); empty: the root."),
     "strict": Param(False, type="boolean", title="Strict"),
 }
 

@@ -144,7 +144,7 @@ def copy_run(stack: ProcessStack, api: StackClient, sources: Sources, name: str,
     admin(stack, "DELETE", "counters")
     settings = {"manifest": str(manifest), "copies_per_second": COPIES_PER_SECOND, "burst": 1, "batch_size": 50,
                 "poll_interval_seconds": 1, "progress_interval_seconds": 10,
-                "report_folder": str(stack.home / "reports"), **conf}
+                "report_folder": "reports", **conf}
     started = time.monotonic()
     run_id = api.trigger(DAG_ID, conf=settings, wait_for_dag_timeout=120)
     if during is not None:
@@ -341,12 +341,7 @@ def test_chaos_run(stack, api, sources, tmp_path):
 
 
 def admin_config(stack: ProcessStack, changes: dict[str, Any]) -> None:
-    import urllib.request
-
-    request = urllib.request.Request(f"{stack.emulator_url}/_emulator/config", method="POST",
-                                     data=json.dumps(changes).encode(), headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=10):
-        pass
+    admin(stack, "POST", "config", changes)
 
 
 def ledger_rows_any(stack: ProcessStack) -> list[dict[str, Any]]:

@@ -72,7 +72,7 @@ class RowError:
         return f"{where}: {self.problem}; expected {self.expected}"
 
 
-@dataclass
+@dataclass(slots=True)
 class ManifestRow:
     """A valid manifest row: one copy to make."""
 

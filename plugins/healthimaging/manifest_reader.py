@@ -185,7 +185,8 @@ def _refuse_stray_multiline(record: list[str], header: list[str] | None, first_l
                 continue
             except ValueError:
                 pass
-        where = f"column {column}" if column else f"field {index + 1}"
+        where = f"field {index + 1}" if not column else \
+            f"column {column}" if column.isidentifier() else f"column {_shorten(repr(column), 40)}"
         raise ManifestError(
             f"line {first_line}: a quoted field ({where}) opens on this line and runs to line {last_line}, taking "
             f"{last_line - first_line} following lines with it; a stray quote? Close it, or write a quote inside a "
