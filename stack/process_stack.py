@@ -79,6 +79,21 @@ RUNNER_VARIABLES: dict[str, str] = {
     "AIRFLOW_API_WORKERS": "1 by default: a small machine runs every component",
 }
 
+#: The secrets the compose file requires from .env (``${VAR:?...}``), which `make .env` and the process stack
+#: generate when .env leaves them empty.
+SECRETS: dict[str, str] = {
+    "AIRFLOW_JWT_SECRET": "The JWT secret every component shares (at least 64 characters)",
+    "AIRFLOW_API_SECRET_KEY": "The api-server's secret key",
+    "HEALTHIMAGING_EMULATOR_ADMIN_TOKEN": "The emulator's admin API token: Authorization: Bearer <token> on /_emulator/...",
+}
+
+
+def fresh_secrets() -> dict[str, str]:
+    """New values for :data:`SECRETS`."""
+    return {"AIRFLOW_JWT_SECRET": secrets.token_urlsafe(64), "AIRFLOW_API_SECRET_KEY": secrets.token_hex(16),
+            "HEALTHIMAGING_EMULATOR_ADMIN_TOKEN": secrets.token_urlsafe(32)}
+
+
 POSTGRES_USERS = ("postgres", "root")
 DB_PREFIX = "hi_stack_"
 REDIS_OWNER_KEY = "healthimaging-stack:owner"
@@ -660,17 +675,3 @@ def write_dotenv(target: Path = compose.ENV_FILE, example: Path = compose.ENV_EX
     write_private_file(target, "\n".join(lines) + "\n")
     return target
 
-
-#: The secrets the compose file requires from .env (``${VAR:?...}``), which `make .env` and the process stack
-#: generate when .env leaves them empty.
-SECRETS: dict[str, str] = {
-    "AIRFLOW_JWT_SECRET": "The JWT secret every component shares (at least 64 characters)",
-    "AIRFLOW_API_SECRET_KEY": "The api-server's secret key",
-    "HEALTHIMAGING_EMULATOR_ADMIN_TOKEN": "The emulator's admin API token: Authorization: Bearer <token> on /_emulator/...",
-}
-
-
-def fresh_secrets() -> dict[str, str]:
-    """New values for :data:`SECRETS`."""
-    return {"AIRFLOW_JWT_SECRET": secrets.token_urlsafe(64), "AIRFLOW_API_SECRET_KEY": secrets.token_hex(16),
-            "HEALTHIMAGING_EMULATOR_ADMIN_TOKEN": secrets.token_urlsafe(32)}

@@ -30,7 +30,6 @@ import sys
 import time
 import urllib.error
 import urllib.parse
-from pathlib import Path
 
 import psutil
 import pytest
@@ -128,7 +127,7 @@ def test_bulk_copy_on_the_distributed_stack(tmp_path):
         with stack:
             log["stack_start_s"] = round(stack.timings["start"], 1)
             pids = stack.pids()
-            run_and_check(stack, tmp_path, log)
+            run_and_check(stack, log)
             pids = sorted(set(pids) | set(stack.pids()))
     finally:
         log["stop_s"] = round(stack.timings.get("stop_processes", 0.0), 1)
@@ -145,7 +144,7 @@ def test_bulk_copy_on_the_distributed_stack(tmp_path):
             assert cur.fetchall() == []
 
 
-def run_and_check(stack: ProcessStack, tmp_path: Path, log: dict) -> None:
+def run_and_check(stack: ProcessStack, log: dict) -> None:
     client = emulator_client(stack.emulator_url)
     (datastore,) = [d for d in client.list_datastores()["datastoreSummaries"] if d["datastoreName"] == "synthetic"]
     datastore_id = datastore["datastoreId"]
@@ -170,7 +169,7 @@ def run_and_check(stack: ProcessStack, tmp_path: Path, log: dict) -> None:
     api.auth_token = stack.token()
 
     conf = {"manifest": str(manifest), "copies_per_second": COPIES_PER_SECOND, "burst": 1, "batch_size": BATCH_SIZE,
-            "poll_interval_seconds": 1, "progress_interval_seconds": 10, "report_folder": str(tmp_path / "reports")}
+            "poll_interval_seconds": 1, "progress_interval_seconds": 10, "report_folder": "reports"}
     t0 = time.monotonic()
     run_id = api.trigger(DAG_ID, conf=conf, wait_for_dag_timeout=120)
     state = api.wait_for_run(DAG_ID, run_id, timeout=RUN_TIMEOUT, poll=2)
