@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 
 from healthimaging_emulator import seeding
 from healthimaging_emulator.admin_client import ADMIN_TOKEN_ENV, admin_token_from_env
+
+#: Host names besides IP addresses and localhost that clients may address the emulator by, comma-separated.
+ALLOWED_HOSTS_ENV = "HEALTHIMAGING_EMULATOR_ALLOWED_HOSTS"
 from healthimaging_emulator.quotas import RATE_PROFILES
 from healthimaging_emulator.realism import FAULT_KINDS, Realism, Timing
 from healthimaging_emulator.server import EmulatorServer
@@ -72,6 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="require 'Authorization: Bearer TOKEN' on the admin API (/_emulator/...); default: "
                              f"${ADMIN_TOKEN_ENV}, empty = no token. Prefer the variable: other local users can read "
                              "a command line (ps)")
+    parser.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                        help="a host name clients address the emulator by (IP addresses and localhost always pass; "
+                             f"a request naming any other host is refused, against DNS rebinding); repeatable; also "
+                             f"${ALLOWED_HOSTS_ENV}, comma-separated")
     parser.add_argument("--log-level", default="INFO")
     return parser
 
@@ -99,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     server = EmulatorServer(host=args.host, port=args.port, state_dir=args.state_dir, realism=realism,
                             account_id=args.account_id, region=args.region, s3_root=args.s3_root,
-                            admin_token=admin_token_from_env() if args.admin_token is None else args.admin_token)
+                            admin_token=admin_token_from_env() if args.admin_token is None else args.admin_token,
+                            allowed_hosts=[*args.allowed_host, *os.environ.get(ALLOWED_HOSTS_ENV, "").split(",")])
     for spec in args.seed:
         result = seeding.seed(server.backend, spec)
         verb = "created" if result.created else "kept existing"

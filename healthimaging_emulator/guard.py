@@ -5,6 +5,10 @@
 - A CORS "simple request" content type (``text/plain``, ``application/x-www-form-urlencoded``,
   ``multipart/form-data``) on any request, or any other non-JSON content type on a request with a
   body: 415 UnsupportedMediaTypeException. Every request body of this API is JSON.
+- A ``Host`` that names the emulator by a host name it was not told about: 403 AccessDeniedException.
+  This is DNS rebinding: a page at ``evil.example`` that points its own name at 127.0.0.1 makes its
+  requests same-origin, and only the Host header shows it. IP addresses, ``localhost`` and the names
+  given with ``--allowed-host`` pass.
 - An admin request (``/_emulator/...``) without ``Authorization: Bearer <token>`` when the emulator
   has an admin token: 401 UnauthorizedException.
 
@@ -14,7 +18,8 @@ Headers are given as a mapping with lower-case names.
 from __future__ import annotations
 
 import hmac
-from collections.abc import Mapping
+import ipaddress
+from collections.abc import Collection, Mapping
 from urllib.parse import urlsplit
 
 from healthimaging_emulator.exceptions import (
@@ -77,6 +82,38 @@ def check_origin(headers: Mapping[str, str]) -> None:
             "The emulator refuses browser cross-origin requests; call it from boto3, the AWS CLI or curl.")
 
 
+#: Host names that always pass the Host check (IP addresses pass too).
+ALWAYS_ALLOWED_HOSTS = ("localhost",)
+#: The host prefix of the data-plane operations in the service model (``hostPrefix: "runtime-"``).
+DATA_PLANE_PREFIX = "runtime-"
+
+
+def _is_ip_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def check_host(headers: Mapping[str, str], allowed_hosts: Collection[str]) -> None:
+    """Refuse a request addressed to a host name the emulator was not told about (AccessDeniedException, 403):
+    DNS rebinding. No Host header (HTTP/1.0) passes: a browser always sends one."""
+    host_header = headers.get("host")
+    if host_header is None:
+        return
+    addressed = _host_and_port(host_header)
+    # botocore's data-plane host prefix (runtime-<endpoint host>) names the same host.
+    host = addressed[0].removeprefix(DATA_PLANE_PREFIX) if addressed else None
+    if host is not None and (_is_ip_address(host) or host in ALWAYS_ALLOWED_HOSTS or host in allowed_hosts):
+        return
+    raise AccessDeniedException(
+        f"Host {host_header!r} is not a name this emulator answers to (IP addresses, localhost and "
+        f"{', '.join(sorted(allowed_hosts)) or 'no --allowed-host names'}). A page can point its own domain at "
+        "this machine (DNS rebinding); start the emulator with --allowed-host NAME (or "
+        "HEALTHIMAGING_EMULATOR_ALLOWED_HOSTS) for each name its clients use.")
+
+
 def media_type(content_type: str) -> str:
     """``application/json`` of ``Application/JSON; charset=utf-8``."""
     return content_type.split(";", 1)[0].strip().lower()
@@ -122,8 +159,10 @@ def check_admin_token(headers: Mapping[str, str], token: str) -> None:
         raise UnauthorizedException(f"The admin token given is wrong: {ADMIN_TOKEN_HINT}.")
 
 
-def check_request(headers: Mapping[str, str], body: bytes, *, admin: bool, admin_token: str) -> None:
-    """Every check, in order: origin (403), then the admin token (401), then the content type (415)."""
+def check_request(headers: Mapping[str, str], body: bytes, *, admin: bool, admin_token: str,
+                  allowed_hosts: Collection[str] = ()) -> None:
+    """Every check, in order: host and origin (403), then the admin token (401), then the content type (415)."""
+    check_host(headers, {h.lower() for h in allowed_hosts})
     check_origin(headers)
     if admin:
         check_admin_token(headers, admin_token)

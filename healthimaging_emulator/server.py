@@ -15,6 +15,7 @@ import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -124,7 +125,8 @@ class _Handler(BaseHTTPRequestHandler):
         when it passes."""
         try:
             guard.check_request({k.lower(): v for k, v in self.headers.items()}, body, admin=is_admin,
-                                admin_token=self.server.emulator.admin_token)
+                                admin_token=self.server.emulator.admin_token,
+                                allowed_hosts=self.server.emulator.allowed_hosts)
         except HealthImagingError as refusal:
             log.warning("refused %s %s from %s: %s", self.command, urlsplit(self.path).path, self.client_address[0],
                         refusal.message)
@@ -168,14 +170,18 @@ class EmulatorServer:
     """The emulator as an object: start it in a thread (tests, ``make demo``) or serve in the foreground (CLI).
 
     ``admin_token``: when not empty, every admin route requires ``Authorization: Bearer <admin_token>``.
+    ``allowed_hosts``: host names clients may use besides IP addresses and localhost (DNS rebinding guard).
     ``s3_root``: the only folder imports may read and write (``s3://bucket/key`` is ``s3_root/bucket/key``).
     """
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 8089, state_dir: str | Path | None = None,
                  realism: Realism | None = None, account_id: str = "123456789012", region: str = "us-east-1",
-                 s3_root: str | Path | None = None, validate_responses: bool = False, admin_token: str = "") -> None:
+                 s3_root: str | Path | None = None, validate_responses: bool = False, admin_token: str = "",
+                 allowed_hosts: Iterable[str] = ()) -> None:
         #: The admin API (``/_emulator/...``) requires ``Authorization: Bearer <admin_token>``; empty: open.
         self.admin_token = admin_token
+        #: Host names (besides IP addresses and localhost) that requests may address the emulator by.
+        self.allowed_hosts = frozenset(h.strip().lower() for h in allowed_hosts if h.strip())
         self.validate_responses = validate_responses
         #: Problems found by strict mode (``validate_responses``): responses that broke the service model.
         self.response_problems: list[str] = []

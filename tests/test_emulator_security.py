@@ -471,3 +471,44 @@ def test_the_cli_without_a_token_is_open_and_help_never_prints_the_token():
                            text=True, env={**os.environ, ADMIN_TOKEN_ENV: TOKEN}, check=True).stdout
     assert "--admin-token" in shown and ADMIN_TOKEN_ENV in shown.replace("\n", "").replace(" ", "")
     assert TOKEN not in shown
+
+
+# ---------------------------------------------------------------------------------------------- DNS rebinding
+
+
+@pytest.mark.parametrize("host", ["evil.example", "evil.example:{port}", "127.0.0.1.nip.io:{port}", "localhost.evil.example",
+                                  "runtime-evil.example:{port}"])
+def test_a_host_name_the_emulator_was_not_told_about_is_refused(emulator, host):
+    """A page whose domain was pointed at this machine is same-origin by its Origin: only Host shows it."""
+    _, port = host_port(emulator.url)
+    named = host.format(port=port)
+    status, _, answer = raw(emulator.url, "POST", "/_emulator/config", b'{"faults": {}}',
+                            {"Host": named, "Origin": f"http://{named}", "Content-Type": "application/json"})
+    assert status == 403 and "DNS rebinding" in answer["message"] and "--allowed-host" in answer["message"]
+    status, _, _ = raw(emulator.url, "DELETE", "/datastore/" + "0" * 32, headers={"Host": named})
+    assert status == 403
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1:{port}", "localhost:{port}", "LOCALHOST", "[::1]:{port}", "10.1.2.3"])
+def test_ip_addresses_and_localhost_pass_the_host_check(emulator, host):
+    _, port = host_port(emulator.url)
+    status, _, answer = raw(emulator.url, "GET", "/_emulator/health", headers={"Host": host.format(port=port)})
+    assert status == 200 and answer["status"] == "ok"
+
+
+def test_allowed_host_names_pass(tmp_path):
+    with running_emulator(allowed_hosts=["healthimaging-emulator"]) as handle:
+        _, port = host_port(handle.url)
+        assert raw(handle.url, "GET", "/_emulator/health", headers={"Host": f"healthimaging-emulator:{port}"})[0] == 200
+        assert raw(handle.url, "GET", "/_emulator/health", headers={"Host": f"other:{port}"})[0] == 403
+
+
+@pytest.mark.parametrize(("args", "env"), [
+    (["--allowed-host", "emulator.internal"], {}),
+    ([], {"HEALTHIMAGING_EMULATOR_ALLOWED_HOSTS": "other.internal, emulator.internal"}),
+])
+def test_the_cli_flag_and_the_environment_allow_host_names(args, env):
+    with cli_emulator(*args, env=env) as (url, _):
+        _, port = host_port(url)
+        assert raw(url, "GET", "/_emulator/health", headers={"Host": f"emulator.internal:{port}"})[0] == 200
+        assert raw(url, "GET", "/_emulator/health", headers={"Host": f"rebound.example:{port}"})[0] == 403
