@@ -15,6 +15,7 @@ passwords encrypted with a Fernet key airflow-init generates, the same in compos
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import sqlite3
@@ -23,6 +24,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Iterator, Mapping
@@ -151,6 +153,28 @@ def listening_addresses(pid: int, timeout: float = 60) -> set[tuple[str, int]]:
     raise TimeoutError(f"process {pid} listened on nothing in {timeout}s")
 
 
+def health_status(stack: ProcessStack, host_name: str, token: str) -> int:
+    """The emulator's answer to GET /_emulator/health sent with ``Host: <host_name>:<port>``."""
+    connection = http.client.HTTPConnection(stack.local.emulator_connect_host, stack.local.emulator_port, timeout=10)
+    try:
+        connection.request("GET", "/_emulator/health", headers={"Host": f"{host_name}:{stack.local.emulator_port}",
+                                                                 "Authorization": f"Bearer {token}"})
+        return connection.getresponse().status
+    finally:
+        connection.close()
+
+
+def test_compose_services_call_the_emulator_by_a_name_it_answers_to(raw, dotenv):
+    from airflow.models.connection import Connection
+
+    variables = compose.compose_variables(dotenv, environ={})
+    endpoint = Connection(conn_id="aws_default",
+                          uri=compose.common_environment(raw, variables)["AIRFLOW_CONN_AWS_DEFAULT"]).extra_dejson["endpoint_url"]
+    args = compose.command(raw, "healthimaging-emulator", variables)
+    allowed = [args[i + 1] for i, arg in enumerate(args) if arg == "--allowed-host"]
+    assert urllib.parse.urlsplit(endpoint).hostname in allowed
+
+
 def test_the_emulator_listens_on_the_given_address_only(dotenv, tmp_path):
     """The emulator process as the process stack runs it, with HEALTHIMAGING_PUBLISH_ADDRESS=127.0.0.2."""
     stack = ProcessStack(tmp_path / "home", workers=1, env_file=dotenv,
@@ -163,6 +187,10 @@ def test_the_emulator_listens_on_the_given_address_only(dotenv, tmp_path):
             assert listening_addresses(popen.pid) == {("127.0.0.2", stack.local.emulator_port)}, \
                 (tmp_path / "emulator.log").read_text()
             assert stack.emulator_admin("GET", "health")
+            # The compose services' name for it passes its DNS-rebinding check; another name does not.
+            token = stack.emulator_admin_token
+            assert health_status(stack, "healthimaging-emulator", token) == 200
+            assert health_status(stack, "rebound.example", token) == 403
             with pytest.raises(urllib.error.URLError):
                 admin_request(f"http://127.0.0.1:{stack.local.emulator_port}", "GET", "health",
                               token=stack.emulator_admin_token, timeout=5)
