@@ -191,14 +191,14 @@ def bulk_copy_on_stack(rows: int, rate: float, batch_size: int) -> dict:
 
         manifest = stack.home / "manifests" / "bench.csv"
         manifest.write_text(template({"source_image_set_id": i} for i in ids))
-        emulator_admin(stack.emulator_url, "DELETE", "counters")
+        stack.emulator_admin("DELETE", "counters")
         api = StackClient(stack)
         api.auth_token = stack.token()
         started = time.monotonic()
         run_id = api.trigger(DAG_ID, conf=run_conf(manifest, datastore_id, rate, batch_size), wait_for_dag_timeout=180)
         state = api.wait_for_run(DAG_ID, run_id, timeout=10 * rows / rate + 600, poll=2)
         run_seconds = time.monotonic() - started
-        counters = emulator_admin(stack.emulator_url, "GET", "counters")
+        counters = stack.emulator_admin("GET", "counters")
         copies = copy_figures(stack.ledger_url())
         slot_seconds, instances = running_seconds(stack.sql_alchemy_conn, DAG_ID)
         if state != "success":
