@@ -1,0 +1,31 @@
+"""The HealthImaging state machine: one method per operation, no HTTP.
+
+Methods take the operation's input members (names as in the service model) and return its output
+members. Asynchronous work (copies, metadata updates, deletes, imports, data store creation) is a
+row in the ``jobs`` table with a due time; ``run_due_jobs`` completes it. Behaviours that AWS does not
+document are marked [I] and listed in README.md.
+"""
+
+from healthimaging_emulator.backend.core import (
+    DEFAULT_PAGE_SIZE,
+    INJECTED_COPY_FAILURE,
+    STORAGE_TIER,
+    HealthImagingBackend,
+    HealthImagingError,
+    apply_dicom_updates,
+    compress,
+    decompress,
+    new_id,
+)
+
+__all__ = [
+    "DEFAULT_PAGE_SIZE",
+    "INJECTED_COPY_FAILURE",
+    "STORAGE_TIER",
+    "HealthImagingBackend",
+    "HealthImagingError",
+    "apply_dicom_updates",
+    "compress",
+    "decompress",
+    "new_id",
+]
