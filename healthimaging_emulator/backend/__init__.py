@@ -10,13 +10,13 @@ from healthimaging_emulator.backend.core import (
     DEFAULT_PAGE_SIZE,
     INJECTED_COPY_FAILURE,
     STORAGE_TIER,
-    HealthImagingBackend,
     HealthImagingError,
     apply_dicom_updates,
     compress,
     decompress,
     new_id,
 )
+from healthimaging_emulator.backend.service import HealthImagingBackend
 
 __all__ = [
     "DEFAULT_PAGE_SIZE",

@@ -1,10 +1,5 @@
-"""The HealthImaging state machine: one method per operation, no HTTP.
-
-Methods take the operation's input members (names as in the service model) and return its output
-members. Asynchronous work (copies, metadata updates, deletes, imports, data store creation) is a
-row in the ``jobs`` table with a due time; ``run_due_jobs`` completes it. Behaviours that AWS does not
-document are marked [I] and listed in README.md.
-"""
+"""What every resource of the backend shares: the store and settings, ARNs, the lookups and checks of data
+stores and image sets, pagination, the scheduling of asynchronous jobs, and the rows of image sets."""
 
 from __future__ import annotations
 
@@ -12,13 +7,10 @@ import base64
 import gzip
 import hashlib
 import json
-import logging
 import time
 import uuid
 from pathlib import Path
 from typing import Any
-
-from botocore import xform_name
 
 from healthimaging_emulator import copy_rules, dicom_metadata
 from healthimaging_emulator.exceptions import (
@@ -32,8 +24,6 @@ from healthimaging_emulator.exceptions import (
 from healthimaging_emulator.import_paths import LOCAL_FOLDER_PREFIX, ImportRoot, no_root_refusal, write_text
 from healthimaging_emulator.realism import Realism
 from healthimaging_emulator.store import Store
-
-log = logging.getLogger(__name__)
 
 STORAGE_TIER = "FREQUENT_ACCESS"
 DEFAULT_PAGE_SIZE = 50
@@ -52,8 +42,9 @@ def new_id() -> str:
     return uuid.uuid4().hex
 
 
-class HealthImagingBackend:
-    """All operations of the service over a :class:`Store`, with the :class:`Realism` settings."""
+class BackendCore:
+    """The state every resource's operations share: the :class:`Store`, the :class:`Realism` settings, the
+    account and region of the ARNs, the import root; and the helpers more than one resource uses."""
 
     def __init__(self, store: Store, realism: Realism, *, account_id: str = "123456789012", region: str = "us-east-1",
                  s3_root: str | Path | None = None) -> None:
@@ -64,15 +55,6 @@ class HealthImagingBackend:
         #: The only folder imports read and write (``import_paths``); None: every import is refused.
         self.import_root = ImportRoot.of(s3_root) if s3_root else None
         self.s3_root = self.import_root.root if self.import_root else None
-
-    # ------------------------------------------------------------------ dispatch
-
-    def call(self, operation: str, params: dict[str, Any], *, fault: str | None = None) -> dict[str, Any]:
-        """Run one operation. ``fault`` is an injected fault that changes the outcome (``copy_failed``)."""
-        method = getattr(self, xform_name(operation))
-        if operation == "CopyImageSet":
-            return method(**params, injected_failure=fault == "copy_failed")
-        return method(**params)
 
     # ------------------------------------------------------------------ naming
 
@@ -704,50 +686,6 @@ class HealthImagingBackend:
         db.execute("INSERT INTO jobs (kind, datastore_id, due_at, payload, result) VALUES (?,?,?,?,?)",
                    (kind, datastore_id, time.time() + delay, json.dumps(payload), result))
 
-    def next_due(self) -> float | None:
-        with self.store.reading() as db:
-            row = db.execute("SELECT MIN(due_at) FROM jobs WHERE done = 0").fetchone()
-        return row[0]
-
-    def run_due_jobs(self, now: float | None = None) -> int:
-        """Complete every job whose time has come; returns how many ran."""
-        now = time.time() if now is None else now
-        with self.store.reading() as db:
-            due = db.execute("SELECT * FROM jobs WHERE done = 0 AND due_at <= ? ORDER BY due_at, job_id", (now,)).fetchall()
-        for job in due:
-            try:
-                self._complete(job)
-            except Exception:  # a job that cannot complete must not stop the others
-                log.exception("job %s (%s) failed", job["job_id"], job["kind"])
-                with self.store.transaction() as db:
-                    db.execute("UPDATE jobs SET done = 1 WHERE job_id = ?", (job["job_id"],))
-        return len(due)
-
-    def _complete(self, job) -> None:
-        payload = json.loads(job["payload"])
-        datastore_id, kind = job["datastore_id"], job["kind"]
-        if kind == "import":
-            self._run_import(payload["job_id"])
-            with self.store.transaction() as db:
-                db.execute("UPDATE jobs SET done = 1 WHERE job_id = ?", (job["job_id"],))
-            return
-        with self.store.transaction() as db:
-            now = time.time()
-            if kind == "copy":
-                self._finish_copy(db, datastore_id, payload, job["result"], now)
-            elif kind == "update":
-                self._finish_version(db, datastore_id, payload["image_set_id"], payload["version"], "UPDATED", job["result"], now)
-            elif kind == "delete":
-                db.execute("UPDATE versions SET state = 'DELETED', workflow_status = 'DELETED', updated_at = ?, deleted_at = ?"
-                           " WHERE datastore_id = ? AND image_set_id = ? AND version = ?",
-                           (now, now, datastore_id, payload["image_set_id"], payload["version"]))
-                db.execute("UPDATE image_sets SET deleted_at = ?, updated_at = ? WHERE datastore_id = ? AND image_set_id = ?",
-                           (now, now, datastore_id, payload["image_set_id"]))
-            elif kind == "datastore_status":
-                db.execute("UPDATE datastores SET status = ?, updated_at = ? WHERE datastore_id = ?",
-                           (payload["status"], now, datastore_id))
-            db.execute("UPDATE jobs SET done = 1 WHERE job_id = ?", (job["job_id"],))
-
     def _finish_version(self, db, datastore_id: str, image_set_id: str, version: int, status: str, result: bytes | None,
                         now: float, message: str | None = None, forced: bool | None = None) -> None:
         db.execute("UPDATE versions SET state = 'ACTIVE', workflow_status = ?, message = ?, updated_at = ?,"
@@ -812,6 +750,3 @@ def _apply_level(target: dict[str, Any], change: dict[str, Any], *, remove: bool
             del target[key]  # an entity (series or instance) given as {} is removed
             continue
         _apply_level(target[key], value, remove=remove, where=path)
-
-
-__all__ = ["HealthImagingBackend", "HealthImagingError", "apply_dicom_updates", "compress", "decompress"]

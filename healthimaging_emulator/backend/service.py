@@ -1,0 +1,72 @@
+"""The backend as the server uses it: every resource's operations in one class, the dispatch of an
+operation name to its method, and the runner of due asynchronous jobs."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+from botocore import xform_name
+
+from healthimaging_emulator.backend.core import BackendCore
+
+log = logging.getLogger(__name__)
+
+
+class HealthImagingBackend(BackendCore):
+    """All operations of the service over a :class:`Store`, with the :class:`Realism` settings.
+
+    ``call`` finds an operation's method by its botocore name (``CopyImageSet`` -> ``copy_image_set``)."""
+
+    def call(self, operation: str, params: dict[str, Any], *, fault: str | None = None) -> dict[str, Any]:
+        """Run one operation. ``fault`` is an injected fault that changes the outcome (``copy_failed``)."""
+        method = getattr(self, xform_name(operation))
+        if operation == "CopyImageSet":
+            return method(**params, injected_failure=fault == "copy_failed")
+        return method(**params)
+
+    def next_due(self) -> float | None:
+        with self.store.reading() as db:
+            row = db.execute("SELECT MIN(due_at) FROM jobs WHERE done = 0").fetchone()
+        return row[0]
+
+    def run_due_jobs(self, now: float | None = None) -> int:
+        """Complete every job whose time has come; returns how many ran."""
+        now = time.time() if now is None else now
+        with self.store.reading() as db:
+            due = db.execute("SELECT * FROM jobs WHERE done = 0 AND due_at <= ? ORDER BY due_at, job_id", (now,)).fetchall()
+        for job in due:
+            try:
+                self._complete(job)
+            except Exception:  # a job that cannot complete must not stop the others
+                log.exception("job %s (%s) failed", job["job_id"], job["kind"])
+                with self.store.transaction() as db:
+                    db.execute("UPDATE jobs SET done = 1 WHERE job_id = ?", (job["job_id"],))
+        return len(due)
+
+    def _complete(self, job) -> None:
+        payload = json.loads(job["payload"])
+        datastore_id, kind = job["datastore_id"], job["kind"]
+        if kind == "import":
+            self._run_import(payload["job_id"])
+            with self.store.transaction() as db:
+                db.execute("UPDATE jobs SET done = 1 WHERE job_id = ?", (job["job_id"],))
+            return
+        with self.store.transaction() as db:
+            now = time.time()
+            if kind == "copy":
+                self._finish_copy(db, datastore_id, payload, job["result"], now)
+            elif kind == "update":
+                self._finish_version(db, datastore_id, payload["image_set_id"], payload["version"], "UPDATED", job["result"], now)
+            elif kind == "delete":
+                db.execute("UPDATE versions SET state = 'DELETED', workflow_status = 'DELETED', updated_at = ?, deleted_at = ?"
+                           " WHERE datastore_id = ? AND image_set_id = ? AND version = ?",
+                           (now, now, datastore_id, payload["image_set_id"], payload["version"]))
+                db.execute("UPDATE image_sets SET deleted_at = ?, updated_at = ? WHERE datastore_id = ? AND image_set_id = ?",
+                           (now, now, datastore_id, payload["image_set_id"]))
+            elif kind == "datastore_status":
+                db.execute("UPDATE datastores SET status = ?, updated_at = ? WHERE datastore_id = ?",
+                           (payload["status"], now, datastore_id))
+            db.execute("UPDATE jobs SET done = 1 WHERE job_id = ?", (job["job_id"],))
