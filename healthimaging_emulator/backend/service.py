@@ -10,12 +10,12 @@ from typing import Any
 
 from botocore import xform_name
 
-from healthimaging_emulator.backend.core import BackendCore
+from healthimaging_emulator.backend.tags import TagsMixin
 
 log = logging.getLogger(__name__)
 
 
-class HealthImagingBackend(BackendCore):
+class HealthImagingBackend(TagsMixin):
     """All operations of the service over a :class:`Store`, with the :class:`Realism` settings.
 
     ``call`` finds an operation's method by its botocore name (``CopyImageSet`` -> ``copy_image_set``)."""
