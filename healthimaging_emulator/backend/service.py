@@ -10,12 +10,13 @@ from typing import Any
 
 from botocore import xform_name
 
+from healthimaging_emulator.backend.datastores import DatastoresMixin
 from healthimaging_emulator.backend.tags import TagsMixin
 
 log = logging.getLogger(__name__)
 
 
-class HealthImagingBackend(TagsMixin):
+class HealthImagingBackend(DatastoresMixin, TagsMixin):
     """All operations of the service over a :class:`Store`, with the :class:`Realism` settings.
 
     ``call`` finds an operation's method by its botocore name (``CopyImageSet`` -> ``copy_image_set``)."""
@@ -67,6 +68,5 @@ class HealthImagingBackend(TagsMixin):
                 db.execute("UPDATE image_sets SET deleted_at = ?, updated_at = ? WHERE datastore_id = ? AND image_set_id = ?",
                            (now, now, datastore_id, payload["image_set_id"]))
             elif kind == "datastore_status":
-                db.execute("UPDATE datastores SET status = ?, updated_at = ? WHERE datastore_id = ?",
-                           (payload["status"], now, datastore_id))
+                self._finish_datastore_status(db, datastore_id, payload, now)
             db.execute("UPDATE jobs SET done = 1 WHERE job_id = ?", (job["job_id"],))
