@@ -8,13 +8,13 @@ document are marked [I] and listed in README.md.
 
 from healthimaging_emulator.backend.core import (
     DEFAULT_PAGE_SIZE,
-    INJECTED_COPY_FAILURE,
     HealthImagingError,
     apply_dicom_updates,
     compress,
     decompress,
     new_id,
 )
+from healthimaging_emulator.backend.copies import INJECTED_COPY_FAILURE
 from healthimaging_emulator.backend.image_set_reads import STORAGE_TIER
 from healthimaging_emulator.backend.service import HealthImagingBackend
 

@@ -10,6 +10,7 @@ from typing import Any
 
 from botocore import xform_name
 
+from healthimaging_emulator.backend.copies import CopiesMixin
 from healthimaging_emulator.backend.datastores import DatastoresMixin
 from healthimaging_emulator.backend.image_set_reads import ImageSetReadsMixin
 from healthimaging_emulator.backend.tags import TagsMixin
@@ -17,7 +18,7 @@ from healthimaging_emulator.backend.tags import TagsMixin
 log = logging.getLogger(__name__)
 
 
-class HealthImagingBackend(DatastoresMixin, ImageSetReadsMixin, TagsMixin):
+class HealthImagingBackend(DatastoresMixin, ImageSetReadsMixin, CopiesMixin, TagsMixin):
     """All operations of the service over a :class:`Store`, with the :class:`Realism` settings.
 
     ``call`` finds an operation's method by its botocore name (``CopyImageSet`` -> ``copy_image_set``)."""
