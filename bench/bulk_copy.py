@@ -147,7 +147,7 @@ def bulk_copy_dags_test(rows: int, rate: float, batch_size: int) -> dict:
     home = Path(tempfile.mkdtemp(prefix="bench-bulk-"))
     try:
         datastore_id, ids = source_ids(url, rows)
-        from healthimaging.manifest import template
+        from healthimaging.bulk.manifest import template
 
         manifest = home / "manifest.csv"
         manifest.write_text(template({"source_image_set_id": i} for i in ids))
@@ -187,7 +187,7 @@ def bulk_copy_on_stack(rows: int, rate: float, batch_size: int) -> dict:
                          emulator_args=emulator_args(rows, rate))
     with stack:
         datastore_id, ids = source_ids(stack.emulator_url, rows)
-        from healthimaging.manifest import template
+        from healthimaging.bulk.manifest import template
 
         manifest = stack.home / "manifests" / "bench.csv"
         manifest.write_text(template({"source_image_set_id": i} for i in ids))
@@ -216,7 +216,7 @@ def emulator_admin(url: str, method: str, path: str) -> dict:
 
 
 def validation(rows: int) -> dict:
-    from healthimaging.manifest import template, validate_manifest
+    from healthimaging.bulk.manifest import template, validate_manifest
 
     datastore = "a" * 32
     data = template({"datastore_id": datastore, "source_image_set_id": f"{i:032x}", "label": f"row {i}"}

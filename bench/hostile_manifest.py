@@ -27,7 +27,7 @@ ID = "a" * 32
 CHILD = r"""
 import json, sys, time
 sys.path.insert(0, sys.argv[1])
-from healthimaging.manifest import ManifestError, validate_manifest
+from healthimaging.bulk.manifest import ManifestError, validate_manifest
 def hwm_kb():
     return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:"))
 before = hwm_kb()

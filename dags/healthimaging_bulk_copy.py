@@ -82,8 +82,8 @@ def healthimaging_bulk_copy():
         """Validate the manifest and record every row in the ledger."""
         from airflow.sdk.exceptions import AirflowFailException
 
-        from healthimaging.bulk_run import BulkCopyRunError, prepare
-        from healthimaging.ledger import Ledger
+        from healthimaging.bulk.run import BulkCopyRunError, prepare
+        from healthimaging.bulk.ledger import Ledger
 
         context = get_current_context()
         try:
@@ -99,8 +99,8 @@ def healthimaging_bulk_copy():
     @task
     def dry_run_plan(prepared: dict) -> dict:
         """In a dry run, check every row against the data store; otherwise nothing."""
-        from healthimaging.bulk_run import plan
-        from healthimaging.ledger import Ledger
+        from healthimaging.bulk.run import plan
+        from healthimaging.bulk.ledger import Ledger
 
         if not prepared["dry_run"]:
             return {}
@@ -112,8 +112,8 @@ def healthimaging_bulk_copy():
         """Write the report, emit an Asset event per data store, and fail the run past the tolerated failures."""
         from airflow.sdk.exceptions import AirflowFailException
 
-        from healthimaging.bulk_run import datastore_summaries, finish, verdict
-        from healthimaging.ledger import Ledger
+        from healthimaging.bulk.run import datastore_summaries, finish, verdict
+        from healthimaging.bulk.ledger import Ledger
 
         context = get_current_context()
         dag_id, run_id, params = context["dag"].dag_id, context["run_id"], dict(context["params"])

@@ -75,9 +75,9 @@ def healthimaging_scheduled_copy():
         """The manifests this run copies: new files in the location, plus one built from the search.
         A manifest that cannot be read (or a search that fails) is reported, not fatal to the others."""
         from healthimaging.hooks import HealthImagingHook
-        from healthimaging.ledger import Ledger
-        from healthimaging.manifest_sources import list_manifests, search_rows, write_generated
-        from healthimaging.scheduled_run import isolated, take_manifests
+        from healthimaging.bulk.ledger import Ledger
+        from healthimaging.bulk.manifest_sources import list_manifests, search_rows, write_generated
+        from healthimaging.bulk.scheduled import isolated, take_manifests
 
         context = get_current_context()
         params, dag_id, run_id = context["params"], context["dag"].dag_id, context["run_id"]
@@ -116,8 +116,8 @@ def healthimaging_scheduled_copy():
     def prepare_manifests(manifests: list[dict]) -> list[dict]:
         """Validate each manifest and record its rows in the ledger; a manifest that fails is reported and
         released (taken again once it changed), the others are copied."""
-        from healthimaging.ledger import Ledger
-        from healthimaging.scheduled_run import prepare_manifests as prepare_each
+        from healthimaging.bulk.ledger import Ledger
+        from healthimaging.bulk.scheduled import prepare_manifests as prepare_each
 
         context = get_current_context()
         return prepare_each(Ledger.from_airflow(LEDGER_CONN_ID), manifests, dag_id=context["dag"].dag_id,
@@ -135,8 +135,8 @@ def healthimaging_scheduled_copy():
         """One report per manifest; the run fails if any manifest failed past its tolerance or was unusable."""
         from airflow.sdk.exceptions import AirflowFailException
 
-        from healthimaging.bulk_run import finish, verdict
-        from healthimaging.ledger import Ledger
+        from healthimaging.bulk.run import finish, verdict
+        from healthimaging.bulk.ledger import Ledger
 
         context = get_current_context()
         dag_id, run_id, params = context["dag"].dag_id, context["run_id"], dict(context["params"])

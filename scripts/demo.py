@@ -142,7 +142,7 @@ def main() -> int:
         step("Writing the sample manifest")
         rows = build_manifest(client, datastore_id)
         sys.path.insert(0, str(ROOT / "plugins"))
-        from healthimaging.manifest import template
+        from healthimaging.bulk.manifest import template
 
         manifest = DEMO / "manifest.csv"
         manifest.write_text(template(rows))

@@ -179,7 +179,7 @@ def ledger_url():
     conn = Connection.from_json(value, conn_id=LEDGER_CONN_ID) if value.lstrip().startswith("{") else \
         Connection(conn_id=LEDGER_CONN_ID, uri=value)
     _add_plugins_to_path()
-    from healthimaging.ledger import url_from_connection
+    from healthimaging.bulk.ledger import url_from_connection
 
     return url_from_connection(conn)
 
@@ -211,7 +211,7 @@ def create_ledger(url) -> None:
                     log(f"the ledger database {url.database!r} exists")
         finally:
             server.dispose()
-    from healthimaging.ledger import current_revision, engine_for
+    from healthimaging.bulk.ledger import current_revision, engine_for
 
     engine = engine_for(url)
     log(f"ledger schema at revision {current_revision(engine)} in {engine.url.render_as_string(hide_password=True)}")

@@ -26,12 +26,12 @@ import pendulum
 import pytest
 import sqlalchemy as sa
 
-from healthimaging import bulk_copy
-from healthimaging.bulk_copy import BatchCopyEngine, BulkCopySettings
-from healthimaging.bulk_run import MAX_BATCHES, prepare, report_folder
-from healthimaging.ledger import Ledger, copies, engine_for, manifests
-from healthimaging.manifest import template
-from healthimaging.rate_limit import SharedTokenBucket, buckets
+from healthimaging.bulk import engine as bulk_copy
+from healthimaging.bulk.engine import BatchCopyEngine, BulkCopySettings
+from healthimaging.bulk.run import MAX_BATCHES, prepare, report_folder
+from healthimaging.bulk.ledger import Ledger, copies, engine_for, manifests
+from healthimaging.bulk.manifest import template
+from healthimaging.bulk.rate_limit import SharedTokenBucket, buckets
 from stack.processes import free_port
 from healthimaging_emulator.exceptions import ValidationException
 from tests.airflow_env import DAGS_FOLDER

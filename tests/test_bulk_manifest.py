@@ -9,11 +9,11 @@ import json
 
 import pytest
 
-from healthimaging import report
-from healthimaging.bulk_copy import register_manifest
-from healthimaging.bulk_run import BulkCopyRunError, prepare, verdict
-from healthimaging.ledger import Ledger, engine_for
-from healthimaging.manifest import COLUMNS, ManifestError, RowError, template, validate_manifest
+from healthimaging.bulk import report
+from healthimaging.bulk.engine import register_manifest
+from healthimaging.bulk.run import BulkCopyRunError, prepare, verdict
+from healthimaging.bulk.ledger import Ledger, engine_for
+from healthimaging.bulk.manifest import COLUMNS, ManifestError, RowError, template, validate_manifest
 
 DATASTORE = "d" * 32
 A, B, C, E = "a" * 32, "b" * 32, "c" * 32, "e" * 32

@@ -184,3 +184,19 @@ def test_the_guards_catch_work_at_import_time(tmp_path):
     assert list(report["dags"]) == ["bad"]
     assert any("create_client" in a or "Session.client" in a for a in report["attempts"]), report["attempts"]
     assert any(a.startswith("socket.") for a in report["attempts"]), report["attempts"]
+
+
+def test_the_public_import_paths_of_the_airflow_pieces_still_work():
+    """DAGs in the field import from the packages; the classes live in their ``medical_imaging`` modules."""
+    import importlib
+
+    for package, names in {
+        "hooks": ["HealthImagingHook", "NO_RETRIES"], "links": ["HealthImagingImageSetLink"],
+        "operators": ["HealthImagingCopyImageSetOperator", "HealthImagingBulkCopyBatchOperator", "COPY_STATE_KEY"],
+        "sensors": ["HealthImagingImageSetSensor"],
+        "triggers": ["HealthImagingImageSetTrigger", "HealthImagingBulkCopyTrigger"],
+    }.items():
+        public = importlib.import_module(f"healthimaging.{package}")
+        module = importlib.import_module(f"healthimaging.{package}.medical_imaging")
+        for name in names:
+            assert getattr(public, name) is getattr(module, name), (package, name)

@@ -228,7 +228,7 @@ def test_connections_default_to_the_emulator_and_the_ledger_database(raw, variab
     assert aws.extra_dejson == {"endpoint_url": "http://healthimaging-emulator:8089", "region_name": "us-east-1"}
     ledger = connection(env["AIRFLOW_CONN_HEALTHIMAGING_LINEAGE"])
     assert (ledger.conn_type, ledger.host, ledger.port, ledger.schema) == ("postgres", "postgres", 5432, "healthimaging")
-    from healthimaging.ledger import url_from_connection
+    from healthimaging.bulk.ledger import url_from_connection
 
     assert url_from_connection(ledger).render_as_string(hide_password=False) == \
         "postgresql+psycopg2://airflow:airflow@postgres:5432/healthimaging"

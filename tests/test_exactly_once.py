@@ -27,9 +27,9 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from healthimaging.bulk_copy import BatchCopyEngine, BulkCopySettings
-from healthimaging.bulk_run import prepare
-from healthimaging.ledger import Ledger, copies, leases
+from healthimaging.bulk.engine import BatchCopyEngine, BulkCopySettings
+from healthimaging.bulk.run import prepare
+from healthimaging.bulk.ledger import Ledger, copies, leases
 from healthimaging.triggers import HealthImagingBulkCopyTrigger
 from stack.processes import signal_group, spawn
 from tests.airflow_env import REPO_ROOT, airflow_command

@@ -20,9 +20,9 @@ from typing import Any
 
 import pytest
 
-from healthimaging import operators
-from healthimaging.copy_plan import MAX_FRAMES_PER_COPY, resolve_plan, uid_digest
-from healthimaging.copy_submission import SubmissionPolicy, submit_copy
+from healthimaging.operators import medical_imaging as operators
+from healthimaging.copy.plan import MAX_FRAMES_PER_COPY, resolve_plan, uid_digest
+from healthimaging.copy.submission import SubmissionPolicy, submit_copy
 from healthimaging.hooks import HealthImagingHook
 from healthimaging.links import HealthImagingImageSetLink
 from healthimaging.operators import COPY_STATE_KEY, HealthImagingCopyImageSetOperator

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError, WaiterError
 
-from healthimaging import states
+from healthimaging.copy import states
 from healthimaging.hooks import NO_RETRIES, HealthImagingHook
 from healthimaging.operators import HealthImagingCopyImageSetOperator
 from healthimaging.sensors import HealthImagingImageSetSensor
@@ -34,7 +34,7 @@ from tests.healthimaging_helpers import (
     write_dag,
 )
 
-WAITERS_FILE = PLUGINS_FOLDER / "healthimaging" / "waiters" / "medical-imaging.json"
+WAITERS_FILE = PLUGINS_FOLDER / "healthimaging" / "hooks" / "waiters" / "medical-imaging.json"
 MODES = {
     "poke": dict(mode="poke", deferrable=False),
     "reschedule": dict(mode="reschedule", deferrable=False),
@@ -329,8 +329,8 @@ def test_no_retry_conn_makes_exactly_one_attempt(sample):
 
 def test_no_retry_conn_serves_only_copy_image_set(sample, monkeypatch):
     """Every call of a copy with a lost response (reconciled) and an internal error (copied again)."""
-    from healthimaging import operators
-    from healthimaging.copy_submission import SubmissionPolicy
+    from healthimaging.operators import medical_imaging as operators
+    from healthimaging.copy.submission import SubmissionPolicy
 
     monkeypatch.setattr(operators, "SubmissionPolicy", functools.partial(SubmissionPolicy, sleep=lambda _: None))
     source = sample.with_instances(3)
@@ -355,7 +355,7 @@ def test_no_retry_conn_is_used_only_for_copy_image_set_in_the_source():
     """Statically: every ``.no_retry_conn`` in the package is followed by ``.copy_image_set`` (or by ``.meta``, to
     register event handlers, which calls nothing)."""
     uses = []
-    for path in sorted((PLUGINS_FOLDER / "healthimaging").glob("*.py")):
+    for path in sorted((PLUGINS_FOLDER / "healthimaging").rglob("*.py")):
         tree = ast.parse(path.read_text(), filename=str(path))
         for node in ast.walk(tree):
             if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute) and node.value.attr == "no_retry_conn":
@@ -457,7 +457,9 @@ def test_trigger_serialization_round_trip(overrides):
 
     trigger = make_trigger(**overrides)
     classpath, kwargs = trigger.serialize()
-    assert classpath == "healthimaging.triggers.HealthImagingImageSetTrigger"
+    assert classpath == "healthimaging.triggers.medical_imaging.HealthImagingImageSetTrigger"
+    # A trigger deferred before the package layout (its classpath stored in the metadata DB) still loads.
+    assert import_string("healthimaging.triggers.HealthImagingImageSetTrigger") is import_string(classpath)
     rebuilt = import_string(classpath)(**kwargs)
     assert rebuilt.serialize() == (classpath, kwargs)
     # What dag.test() and the triggerer do: the kwargs travel serde-encoded.

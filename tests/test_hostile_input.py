@@ -17,11 +17,13 @@ from types import SimpleNamespace
 import pytest
 import sqlalchemy as sa
 
-from healthimaging import bounded_json, manifest_reader, report
-from healthimaging.bulk_copy import register_manifest
-from healthimaging.bulk_run import BulkCopyRunError, report_folder, safe_name
-from healthimaging.ledger import Ledger, LedgerConnectionError, engine_for, url_from_connection
-from healthimaging.manifest import MAX_CELL_CHARACTERS, ManifestError, validate_manifest
+from healthimaging import bounded_json
+
+from healthimaging.bulk import manifest_reader, report
+from healthimaging.bulk.engine import register_manifest
+from healthimaging.bulk.run import BulkCopyRunError, report_folder, safe_name
+from healthimaging.bulk.ledger import Ledger, LedgerConnectionError, engine_for, url_from_connection
+from healthimaging.bulk.manifest import MAX_CELL_CHARACTERS, ManifestError, validate_manifest
 
 DATASTORE = "d" * 32
 A = "a" * 32
@@ -217,7 +219,7 @@ def test_size_row_and_line_limits_are_errors_naming_what_to_do(monkeypatch):
 
 
 def test_a_manifest_file_over_the_limit_is_refused_before_it_is_read(tmp_path, monkeypatch):
-    from healthimaging import storage
+    from healthimaging.bulk import storage
 
     big = tmp_path / "big.csv"
     with big.open("wb") as handle:  # sparse: 600 MB that were never written

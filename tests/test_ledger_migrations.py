@@ -12,8 +12,8 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
-from healthimaging import ledger as ledger_module
-from healthimaging.ledger import (
+from healthimaging.bulk import ledger as ledger_module
+from healthimaging.bulk.ledger import (
     VERSION_TABLE,
     Ledger,
     current_revision,

@@ -20,10 +20,10 @@ import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from healthimaging import report
-from healthimaging.bulk_copy import register_manifest
-from healthimaging.ledger import Ledger, engine_for
-from healthimaging.manifest import COLUMNS, JSON_COLUMNS, ManifestError, validate_manifest
+from healthimaging.bulk import report
+from healthimaging.bulk.engine import register_manifest
+from healthimaging.bulk.ledger import Ledger, engine_for
+from healthimaging.bulk.manifest import COLUMNS, JSON_COLUMNS, ManifestError, validate_manifest
 
 EXAMPLES = int(os.environ.get("HEALTHIMAGING_FUZZ_EXAMPLES", "150"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None,

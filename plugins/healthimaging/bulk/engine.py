@@ -14,7 +14,7 @@ All state is in the ledger, so any process can pick a batch up where another sto
   with the service's message).
 
 Every write to a claimed row is fenced by the claim: an engine whose write changes nothing stops
-working on that row (see :mod:`healthimaging.ledger` for the ownership rules).
+working on that row (see :mod:`healthimaging.bulk.ledger` for the ownership rules).
 
 The engine is synchronous and advances in small steps (:meth:`BatchCopyEngine.step`), so the same
 code runs in a deferrable trigger (in a thread of the triggerer) and in plain tests.
@@ -33,10 +33,10 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from healthimaging import states
-from healthimaging.copiable_attributes import CopyRequestError
-from healthimaging.copy_plan import CopyPlan, expected_contents, resolve_plan, uid_digest
-from healthimaging.copy_submission import (
+from healthimaging.copy import states
+from healthimaging.copy.copiable_attributes import CopyRequestError
+from healthimaging.copy.plan import CopyPlan, expected_contents, resolve_plan, uid_digest
+from healthimaging.copy.submission import (
     CopySubmissionError,
     SendCancelled,
     SubmissionPolicy,
@@ -44,8 +44,8 @@ from healthimaging.copy_submission import (
     snapshot_series,
     submit_copy,
 )
-from healthimaging.hooks import HealthImagingHook
-from healthimaging.ledger import (
+from healthimaging.hooks.medical_imaging import HealthImagingHook
+from healthimaging.bulk.ledger import (
     FAILED,
     FINAL_STATUSES,
     LEASE_SECONDS,
@@ -58,8 +58,8 @@ from healthimaging.ledger import (
     BatchKey,
     Ledger,
 )
-from healthimaging.manifest import storable_text
-from healthimaging.rate_limit import SharedTokenBucket
+from healthimaging.bulk.manifest import storable_text
+from healthimaging.bulk.rate_limit import SharedTokenBucket
 
 log = logging.getLogger(__name__)
 

@@ -24,9 +24,9 @@ from typing import Any
 
 from botocore.exceptions import ClientError, ConnectTimeoutError, EndpointConnectionError, HTTPClientError
 
-from healthimaging import states
-from healthimaging.copy_plan import CopyPlan
-from healthimaging.hooks import HealthImagingHook
+from healthimaging.copy import states
+from healthimaging.copy.plan import CopyPlan
+from healthimaging.hooks.medical_imaging import HealthImagingHook
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from healthimaging.ledger import FAILED, PLANNED, REJECTED, SKIPPED, SUCCEEDED
+from healthimaging.bulk.ledger import FAILED, PLANNED, REJECTED, SKIPPED, SUCCEEDED
 
 CSV_COLUMNS = (
     "row_number", "label", "datastore_id", "source_image_set_id", "source_version_id", "destination_image_set_id",

@@ -12,15 +12,17 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from healthimaging import report, states, storage
-from healthimaging.bulk_copy import BulkCopySettings, register_manifest, state_line
-from healthimaging.consistency import disagreements
-from healthimaging.copiable_attributes import CopyRequestError, selection_of
-from healthimaging.copy_plan import resolve_plan
-from healthimaging.hooks import HealthImagingHook, series_instances
-from healthimaging.ledger import FAILED, LEASE_SECONDS, PENDING, PLANNED, REJECTED, SKIPPED, Ledger
-from healthimaging.manifest import ManifestError, validate_manifest
-from healthimaging.manifest_reader import MAX_MANIFEST_BYTES
+from healthimaging.bulk import report, storage
+
+from healthimaging.copy import states
+from healthimaging.bulk.engine import BulkCopySettings, register_manifest, state_line
+from healthimaging.copy.consistency import disagreements
+from healthimaging.copy.copiable_attributes import CopyRequestError, selection_of
+from healthimaging.copy.plan import resolve_plan
+from healthimaging.hooks.medical_imaging import HealthImagingHook, series_instances
+from healthimaging.bulk.ledger import FAILED, LEASE_SECONDS, PENDING, PLANNED, REJECTED, SKIPPED, Ledger
+from healthimaging.bulk.manifest import ManifestError, validate_manifest
+from healthimaging.bulk.manifest_reader import MAX_MANIFEST_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +36,7 @@ class BulkCopyRunError(Exception):
 
 def settings_from_params(params: dict[str, Any]) -> BulkCopySettings:
     """The engine's settings from a run's params; the lease length from ``[healthimaging] lease_seconds``
-    (``AIRFLOW__HEALTHIMAGING__LEASE_SECONDS``), default :data:`~healthimaging.ledger.LEASE_SECONDS`."""
+    (``AIRFLOW__HEALTHIMAGING__LEASE_SECONDS``), default :data:`~healthimaging.bulk.ledger.LEASE_SECONDS`."""
     from airflow.sdk.configuration import conf
 
     return BulkCopySettings(
@@ -54,7 +56,7 @@ def settings_from_params(params: dict[str, Any]) -> BulkCopySettings:
 def prepare(ledger: Ledger, *, dag_id: str, run_id: str, params: dict[str, Any], manifest_uri: str | None = None) -> dict[str, Any]:
     """Read and validate a manifest (``params["manifest"]`` unless given) and record every row in the
     ledger; returns what the next tasks need. Copies a dead run left in flight are resumed (see
-    :func:`~healthimaging.bulk_copy.register_manifest`)."""
+    :func:`~healthimaging.bulk.engine.register_manifest`)."""
     uri = manifest_uri or params["manifest"]
     report_folder(params, dag_id, run_id, uri)  # a report folder outside the root fails the run before any copy
     try:

@@ -15,11 +15,11 @@ from typing import Any
 
 from sqlalchemy import exc as sa_exc
 
-from healthimaging import storage
-from healthimaging.bulk_run import BulkCopyRunError, prepare
-from healthimaging.ledger import Ledger
-from healthimaging.manifest import storable_text
-from healthimaging.manifest_reader import MAX_MANIFEST_BYTES, ManifestError
+from healthimaging.bulk import storage
+from healthimaging.bulk.run import BulkCopyRunError, prepare
+from healthimaging.bulk.ledger import Ledger
+from healthimaging.bulk.manifest import storable_text
+from healthimaging.bulk.manifest_reader import MAX_MANIFEST_BYTES, ManifestError
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ def take_manifests(ledger: Ledger, candidates: Iterable[str], *, dag_id: str, ru
 
 def prepare_manifests(ledger: Ledger, manifests: Iterable[dict[str, str]], *, dag_id: str, run_id: str,
                       params: dict[str, Any]) -> list[dict[str, Any]]:
-    """Prepare each taken manifest (see :func:`~healthimaging.bulk_run.prepare`); a manifest that fails is
+    """Prepare each taken manifest (see :func:`~healthimaging.bulk.run.prepare`); a manifest that fails is
     released and reported, the others go on."""
     prepared = []
     for entry in manifests:

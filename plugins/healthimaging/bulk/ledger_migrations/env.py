@@ -2,7 +2,7 @@
 
 from alembic import context
 
-from healthimaging.ledger import VERSION_TABLE, metadata
+from healthimaging.bulk.ledger import VERSION_TABLE, metadata
 
 connection = context.config.attributes["connection"]
 context.configure(connection=connection, target_metadata=metadata, version_table=VERSION_TABLE,

@@ -39,7 +39,7 @@ def read_bytes(uri: str, aws_conn_id: str | None = "aws_default", *, max_bytes: 
 
 def _check_size(size: int, max_bytes: int | None) -> None:
     if max_bytes is not None and size > max_bytes:
-        from healthimaging.manifest_reader import check_size
+        from healthimaging.bulk.manifest_reader import check_size
 
         check_size(size, max_bytes)
 

@@ -18,8 +18,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from healthimaging import bounded_json
-from healthimaging import copiable_attributes as ca
-from healthimaging.manifest_reader import ManifestError, detect_format, read_raw_rows
+from healthimaging.copy import copiable_attributes as ca
+from healthimaging.bulk.manifest_reader import ManifestError, detect_format, read_raw_rows
 
 #: The manifest columns, in the order a template shows them. ``source_image_set_id`` is required;
 #: ``datastore_id`` is required unless the run gives a default data store.

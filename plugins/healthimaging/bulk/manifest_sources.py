@@ -8,8 +8,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from healthimaging import storage
-from healthimaging.hooks import HealthImagingHook
+from healthimaging.bulk import storage
+from healthimaging.hooks.medical_imaging import HealthImagingHook
 
 MANIFEST_SUFFIXES = (".csv", ".jsonl", ".ndjson")
 GENERATED_FOLDER = "generated"

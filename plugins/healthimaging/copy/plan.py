@@ -7,8 +7,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from healthimaging import copiable_attributes as ca
-from healthimaging.hooks import HealthImagingHook, series_instances
+from healthimaging.copy import copiable_attributes as ca
+from healthimaging.hooks.medical_imaging import HealthImagingHook, series_instances
 
 #: The service's limit of image frames per CopyImageSet (a quota, adjustable on request).
 MAX_FRAMES_PER_COPY = 1000
@@ -105,7 +105,7 @@ def resolve_plan(
     ``copy_image_set_information`` (the AWS CLI's JSON) replaces the version, destination and
     copiableAttributes arguments. The source (and destination) metadata are read to build a subset
     from UIDs, check the frame quota and compute the expected contents.
-    Raises :class:`~healthimaging.copiable_attributes.CopyRequestError` naming the bad argument.
+    Raises :class:`~healthimaging.copy.copiable_attributes.CopyRequestError` naming the bad argument.
     """
     if copy_image_set_information is not None:
         given = {

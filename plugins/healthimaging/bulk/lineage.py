@@ -80,7 +80,7 @@ def batch_lineage(rows: list[dict[str, Any]], counts: dict[str, int]):
     """OperatorLineage for a bulk-copy batch: each copied source version in, each destination version out."""
     from airflow.providers.openlineage.extractors import OperatorLineage
 
-    from healthimaging.ledger import FAILED, SUCCEEDED
+    from healthimaging.bulk.ledger import FAILED, SUCCEEDED
 
     inputs, outputs = [], []
     for row in rows:

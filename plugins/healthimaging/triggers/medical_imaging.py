@@ -9,7 +9,7 @@ from typing import Any
 from airflow.providers.amazon.aws.triggers.base import AwsBaseWaiterTrigger
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from healthimaging.hooks import HealthImagingHook
+from healthimaging.hooks.medical_imaging import HealthImagingHook
 
 
 class HealthImagingImageSetTrigger(AwsBaseWaiterTrigger):
@@ -83,7 +83,7 @@ class HealthImagingBulkCopyTrigger(BaseTrigger):
     """
     Run one batch of a bulk copy in the triggerer: send, wait for and verify its copies.
 
-    The work is the :class:`~healthimaging.bulk_copy.BatchCopyEngine`, whose state is the ledger, run
+    The work is the :class:`~healthimaging.bulk.engine.BatchCopyEngine`, whose state is the ledger, run
     step by step in a thread so the event loop stays free. If the triggerer restarts, the trigger
     starts again and the engine resumes from the ledger: rows the dead engine held are taken over once
     its lease has expired and reconciled. Two instances of one trigger (two triggerers during a
@@ -93,7 +93,7 @@ class HealthImagingBulkCopyTrigger(BaseTrigger):
     :param run_id: The run.
     :param manifest_sha256: The manifest's digest (part of the ledger key).
     :param batch: The batch number.
-    :param settings: :class:`~healthimaging.bulk_copy.BulkCopySettings` as a dict.
+    :param settings: :class:`~healthimaging.bulk.engine.BulkCopySettings` as a dict.
     :param ledger_conn_id: The Airflow connection of the ledger database.
     """
 
@@ -115,8 +115,8 @@ class HealthImagingBulkCopyTrigger(BaseTrigger):
         )
 
     def engine(self):
-        from healthimaging.bulk_copy import BatchCopyEngine, BulkCopySettings
-        from healthimaging.ledger import Ledger
+        from healthimaging.bulk.engine import BatchCopyEngine, BulkCopySettings
+        from healthimaging.bulk.ledger import Ledger
 
         return BatchCopyEngine(Ledger.from_airflow(self.ledger_conn_id), dag_id=self.dag_id, run_id=self.run_id,
                                manifest_sha256=self.manifest_sha256, batch=self.batch,

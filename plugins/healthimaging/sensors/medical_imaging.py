@@ -12,9 +12,9 @@ from airflow.providers.amazon.aws.utils import validate_execute_complete_event
 from airflow.providers.amazon.aws.utils.mixins import aws_template_fields
 from airflow.providers.common.compat.sdk import AirflowException, conf
 
-from healthimaging import states
-from healthimaging.hooks import HealthImagingHook
-from healthimaging.triggers import HealthImagingImageSetTrigger
+from healthimaging.copy import states
+from healthimaging.hooks.medical_imaging import HealthImagingHook
+from healthimaging.triggers.medical_imaging import HealthImagingImageSetTrigger
 
 if TYPE_CHECKING:
     from airflow.sdk import Context

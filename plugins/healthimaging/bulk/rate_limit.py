@@ -14,7 +14,7 @@ from collections.abc import Callable
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from healthimaging.ledger import buckets, db_now
+from healthimaging.bulk.ledger import buckets, db_now
 
 #: CopyImageSet's default quota: 0.25 requests per second, burst 1 (shared/reference/healthimaging-api.md).
 DEFAULT_RATE = 0.25

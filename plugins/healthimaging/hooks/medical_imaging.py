@@ -15,7 +15,7 @@ from botocore.config import Config
 #: botocore settings for calls that must never be repeated by the SDK (CopyImageSet has no idempotency token).
 NO_RETRIES = {"mode": "standard", "total_max_attempts": 1}
 #: The no-retry client's timeouts at most (a connection's shorter ones are kept): a CopyImageSet call ends (answered or failed) within 40 s, well inside
-#: a bulk-copy engine's lease (healthimaging.ledger.LEASE_SECONDS), so a copy its owner sent has reached
+#: a bulk-copy engine's lease (healthimaging.bulk.ledger.LEASE_SECONDS), so a copy its owner sent has reached
 #: the service before anyone may take the row over and reconcile it.
 NO_RETRY_CONNECT_TIMEOUT_SECONDS = 10
 NO_RETRY_READ_TIMEOUT_SECONDS = 30

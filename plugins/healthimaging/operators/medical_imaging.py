@@ -14,13 +14,15 @@ from airflow.providers.amazon.aws.utils.mixins import aws_template_fields
 from airflow.providers.amazon.aws.utils.waiter_with_logging import wait
 from airflow.providers.common.compat.sdk import AirflowException, BaseOperator, conf
 
-from healthimaging import lineage, states
-from healthimaging.copiable_attributes import CopyRequestError
-from healthimaging.copy_plan import CopyPlan, resolve_plan, uid_digest
-from healthimaging.copy_submission import CopySubmissionError, SubmissionPolicy, reconcile, snapshot_series, submit_copy
-from healthimaging.hooks import HealthImagingHook
-from healthimaging.links import HealthImagingImageSetLink
-from healthimaging.triggers import HealthImagingBulkCopyTrigger, HealthImagingImageSetTrigger
+from healthimaging.bulk import lineage
+
+from healthimaging.copy import states
+from healthimaging.copy.copiable_attributes import CopyRequestError
+from healthimaging.copy.plan import CopyPlan, resolve_plan, uid_digest
+from healthimaging.copy.submission import CopySubmissionError, SubmissionPolicy, reconcile, snapshot_series, submit_copy
+from healthimaging.hooks.medical_imaging import HealthImagingHook
+from healthimaging.links.medical_imaging import HealthImagingImageSetLink
+from healthimaging.triggers.medical_imaging import HealthImagingBulkCopyTrigger, HealthImagingImageSetTrigger
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -362,7 +364,7 @@ class HealthImagingBulkCopyBatchOperator(BaseOperator):
 
     :param batch: The batch number (mapped).
     :param manifest_sha256: The manifest's digest.
-    :param settings: :class:`~healthimaging.bulk_copy.BulkCopySettings` as a dict.
+    :param settings: :class:`~healthimaging.bulk.engine.BulkCopySettings` as a dict.
     :param ledger_conn_id: The Airflow connection of the ledger database.
     :param deferrable: Run the batch in the triggerer (default) or in this worker.
     :return: the batch's row counts by status.
@@ -407,7 +409,7 @@ class HealthImagingBulkCopyBatchOperator(BaseOperator):
 
     def _remember(self, context: Context, counts: dict[str, int]) -> None:
         """Keep the batch's rows for OpenLineage."""
-        from healthimaging.ledger import Ledger
+        from healthimaging.bulk.ledger import Ledger
 
         self._counts = counts
         self._lineage_rows = Ledger.from_airflow(self.ledger_conn_id).run_rows(

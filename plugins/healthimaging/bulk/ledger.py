@@ -116,7 +116,7 @@ leases = sa.Table(
     sa.Index("ix_healthimaging_leases_expires", "expires_at"),
 )
 
-#: The deployment-wide CopyImageSet token bucket (see healthimaging.rate_limit), one row per limit.
+#: The deployment-wide CopyImageSet token bucket (see healthimaging.bulk.rate_limit), one row per limit.
 buckets = sa.Table(
     "healthimaging_rate_limit",
     metadata,
