@@ -9,13 +9,13 @@ document are marked [I] and listed in README.md.
 from healthimaging_emulator.backend.core import (
     DEFAULT_PAGE_SIZE,
     HealthImagingError,
-    apply_dicom_updates,
     compress,
     decompress,
     new_id,
 )
 from healthimaging_emulator.backend.copies import INJECTED_COPY_FAILURE
 from healthimaging_emulator.backend.image_set_reads import STORAGE_TIER
+from healthimaging_emulator.backend.image_set_writes import apply_dicom_updates
 from healthimaging_emulator.backend.service import HealthImagingBackend
 
 __all__ = [

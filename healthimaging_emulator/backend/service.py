@@ -13,12 +13,13 @@ from botocore import xform_name
 from healthimaging_emulator.backend.copies import CopiesMixin
 from healthimaging_emulator.backend.datastores import DatastoresMixin
 from healthimaging_emulator.backend.image_set_reads import ImageSetReadsMixin
+from healthimaging_emulator.backend.image_set_writes import ImageSetWritesMixin
 from healthimaging_emulator.backend.tags import TagsMixin
 
 log = logging.getLogger(__name__)
 
 
-class HealthImagingBackend(DatastoresMixin, ImageSetReadsMixin, CopiesMixin, TagsMixin):
+class HealthImagingBackend(DatastoresMixin, ImageSetReadsMixin, CopiesMixin, ImageSetWritesMixin, TagsMixin):
     """All operations of the service over a :class:`Store`, with the :class:`Realism` settings.
 
     ``call`` finds an operation's method by its botocore name (``CopyImageSet`` -> ``copy_image_set``)."""
@@ -62,13 +63,9 @@ class HealthImagingBackend(DatastoresMixin, ImageSetReadsMixin, CopiesMixin, Tag
             if kind == "copy":
                 self._finish_copy(db, datastore_id, payload, job["result"], now)
             elif kind == "update":
-                self._finish_version(db, datastore_id, payload["image_set_id"], payload["version"], "UPDATED", job["result"], now)
+                self._finish_update(db, datastore_id, payload, job["result"], now)
             elif kind == "delete":
-                db.execute("UPDATE versions SET state = 'DELETED', workflow_status = 'DELETED', updated_at = ?, deleted_at = ?"
-                           " WHERE datastore_id = ? AND image_set_id = ? AND version = ?",
-                           (now, now, datastore_id, payload["image_set_id"], payload["version"]))
-                db.execute("UPDATE image_sets SET deleted_at = ?, updated_at = ? WHERE datastore_id = ? AND image_set_id = ?",
-                           (now, now, datastore_id, payload["image_set_id"]))
+                self._finish_delete(db, datastore_id, payload, now)
             elif kind == "datastore_status":
                 self._finish_datastore_status(db, datastore_id, payload, now)
             db.execute("UPDATE jobs SET done = 1 WHERE job_id = ?", (job["job_id"],))
