@@ -14,12 +14,14 @@ from healthimaging_emulator.backend.copies import CopiesMixin
 from healthimaging_emulator.backend.datastores import DatastoresMixin
 from healthimaging_emulator.backend.image_set_reads import ImageSetReadsMixin
 from healthimaging_emulator.backend.image_set_writes import ImageSetWritesMixin
+from healthimaging_emulator.backend.imports import ImportsMixin
 from healthimaging_emulator.backend.tags import TagsMixin
 
 log = logging.getLogger(__name__)
 
 
-class HealthImagingBackend(DatastoresMixin, ImageSetReadsMixin, CopiesMixin, ImageSetWritesMixin, TagsMixin):
+class HealthImagingBackend(DatastoresMixin, ImageSetReadsMixin, CopiesMixin, ImageSetWritesMixin, ImportsMixin,
+                           TagsMixin):
     """All operations of the service over a :class:`Store`, with the :class:`Realism` settings.
 
     ``call`` finds an operation's method by its botocore name (``CopyImageSet`` -> ``copy_image_set``)."""
