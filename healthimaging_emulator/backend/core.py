@@ -7,6 +7,7 @@ import base64
 import gzip
 import hashlib
 import json
+import sqlite3
 import time
 import uuid
 from pathlib import Path
@@ -57,7 +58,7 @@ class BackendCore:
 
     # ------------------------------------------------------------------ lookups
 
-    def _datastore(self, db, datastore_id: str, *, active: bool = True):
+    def _datastore(self, db: sqlite3.Connection, datastore_id: str, *, active: bool = True) -> sqlite3.Row:
         row = db.execute("SELECT * FROM datastores WHERE datastore_id = ?", (datastore_id,)).fetchone()
         if row is None or row["status"] == "DELETED":
             raise ResourceNotFoundException(f"Datastore {datastore_id} does not exist.")
@@ -65,7 +66,8 @@ class BackendCore:
             raise ConflictException(f"Datastore {datastore_id} is {row['status']}, not ACTIVE.")
         return row
 
-    def _image_set(self, db, datastore_id: str, image_set_id: str, *, allow_deleted: bool = False):
+    def _image_set(self, db: sqlite3.Connection, datastore_id: str, image_set_id: str, *,
+                   allow_deleted: bool = False) -> sqlite3.Row:
         """The image set joined with its latest version."""
         self._datastore(db, datastore_id)
         row = db.execute(
@@ -80,7 +82,8 @@ class BackendCore:
             raise ResourceNotFoundException(f"Image set {image_set_id} has been deleted.")
         return row
 
-    def _version(self, db, datastore_id: str, image_set_id: str, version: str | None):
+    def _version(self, db: sqlite3.Connection, datastore_id: str, image_set_id: str,
+                 version: str | None) -> tuple[sqlite3.Row, sqlite3.Row]:
         """The image set and one row of ``versions``: the given version, or the latest."""
         image_set = self._image_set(db, datastore_id, image_set_id, allow_deleted=True)
         number = image_set["latest_version"] if version is None else int(version)
@@ -94,7 +97,7 @@ class BackendCore:
         return image_set, row
 
     @staticmethod
-    def _check_writable(row, role: str) -> None:
+    def _check_writable(row: sqlite3.Row, role: str) -> None:
         if row["state"] == "LOCKED":
             raise ConflictException(
                 f"The {role} image set {row['image_set_id']} is locked ({row['workflow_status']}); "
@@ -102,7 +105,7 @@ class BackendCore:
             )
 
     @staticmethod
-    def _check_version(row, given: str, role: str) -> None:
+    def _check_version(row: sqlite3.Row, given: str, role: str) -> None:
         if int(given) != row["latest_version"]:
             raise ConflictException(
                 f"The latestVersionId {given} of the {role} image set {row['image_set_id']} is not its latest version "
@@ -133,8 +136,8 @@ class BackendCore:
 
     # ------------------------------------------------------------------ image set rows
 
-    def _insert_image_set(self, db, datastore_id: str, image_set_id: str, document: dict[str, Any], *, state: str,
-                          workflow_status: str, is_primary: bool, now: float, level: int = 6) -> None:
+    def _insert_image_set(self, db: sqlite3.Connection, datastore_id: str, image_set_id: str, document: dict[str, Any],
+                          *, state: str, workflow_status: str, is_primary: bool, now: float, level: int = 6) -> None:
         document = {**document, "DatastoreID": datastore_id, "ImageSetID": image_set_id}
         db.execute(
             "INSERT INTO image_sets (datastore_id, image_set_id, latest_version, is_primary, created_at, updated_at)"
@@ -144,7 +147,7 @@ class BackendCore:
                     compress(document, level)))
         self._index(db, datastore_id, image_set_id, document)
 
-    def _index(self, db, datastore_id: str, image_set_id: str, document: dict[str, Any]) -> None:
+    def _index(self, db: sqlite3.Connection, datastore_id: str, image_set_id: str, document: dict[str, Any]) -> None:
         """Refresh the search columns from a document."""
         tags = dicom_metadata.dicom_tags(document)
         study = document.get("Study", {}).get("DICOM", {})
@@ -156,8 +159,8 @@ class BackendCore:
              tags.get("DICOMStudyInstanceUID"), "|" + "|".join(dicom_metadata.series_uids(document)) + "|",
              study_date_time or None, json.dumps(tags), datastore_id, image_set_id))
 
-    def _finish_version(self, db, datastore_id: str, image_set_id: str, version: int, status: str, result: bytes | None,
-                        now: float, message: str | None = None, forced: bool | None = None) -> None:
+    def _finish_version(self, db: sqlite3.Connection, datastore_id: str, image_set_id: str, version: int, status: str,
+                        result: bytes | None, now: float, message: str | None = None, forced: bool | None = None) -> None:
         """The end of a copy or update: the version is ACTIVE with ``status``, and ``result`` its document if given."""
         db.execute("UPDATE versions SET state = 'ACTIVE', workflow_status = ?, message = ?, updated_at = ?,"
                    " forced = COALESCE(?, forced), metadata = COALESCE(?, metadata)"
@@ -170,12 +173,13 @@ class BackendCore:
 
     # ------------------------------------------------------------------ tags
 
-    def _put_tags(self, db, arn: str, tags: dict[str, str]) -> None:
+    def _put_tags(self, db: sqlite3.Connection, arn: str, tags: dict[str, str]) -> None:
         """Set tags of a resource (CreateDatastore's ``tags``, TagResource)."""
         db.executemany("INSERT OR REPLACE INTO tags VALUES (?,?,?)", [(arn, k, v) for k, v in tags.items()])
 
     # ------------------------------------------------------------------ asynchronous work
 
-    def _schedule(self, db, kind: str, datastore_id: str, delay: float, payload: dict[str, Any], result: bytes | None = None) -> None:
+    def _schedule(self, db: sqlite3.Connection, kind: str, datastore_id: str, delay: float, payload: dict[str, Any],
+                  result: bytes | None = None) -> None:
         db.execute("INSERT INTO jobs (kind, datastore_id, due_at, payload, result) VALUES (?,?,?,?,?)",
                    (kind, datastore_id, time.time() + delay, json.dumps(payload), result))

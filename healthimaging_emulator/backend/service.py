@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 import time
 from typing import Any
 
@@ -52,7 +53,7 @@ class HealthImagingBackend(DatastoresMixin, ImageSetReadsMixin, CopiesMixin, Ima
                     db.execute("UPDATE jobs SET done = 1 WHERE job_id = ?", (job["job_id"],))
         return len(due)
 
-    def _complete(self, job) -> None:
+    def _complete(self, job: sqlite3.Row) -> None:
         payload = json.loads(job["payload"])
         datastore_id, kind = job["datastore_id"], job["kind"]
         if kind == "import":
