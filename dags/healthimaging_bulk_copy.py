@@ -20,49 +20,23 @@ from datetime import timedelta
 
 from airflow.sdk import Asset, AssetAlias, Param, dag, get_current_context, task
 
+from healthimaging.bulk.ledger import CONNECTION_ID as LEDGER_CONN_ID
+from healthimaging.bulk.manifest import COLUMNS
+from healthimaging.bulk.settings import trigger_form
 from healthimaging.operators import HealthImagingBulkCopyBatchOperator
 
-LEDGER_CONN_ID = "healthimaging_lineage"
 DATASTORE_ASSETS = AssetAlias("healthimaging-datastores")
-ID_PATTERN = "^[0-9a-z]{32}$"
 PREPARE_RETRY_DELAY = timedelta(seconds=15)
 
+# Every setting's Param comes from healthimaging.bulk.settings (its name is the setting's name);
+# only the manifest is this DAG's own.
 PARAMS = {
     "manifest": Param(
         type="string", minLength=1, title="Manifest",
-        description="CSV or JSON Lines: a local path the workers can read, or s3://bucket/key. Columns: datastore_id, "
-                    "source_image_set_id (required), source_version_id, destination_image_set_id, destination_version_id, "
-                    "series_instance_uids, sop_instance_uids, copiable_attributes, copy_image_set_information, force, "
-                    "promote_to_primary, label.",
+        description="CSV or JSON Lines: a local path the workers can read, or s3://bucket/key. Columns: "
+                    + ", ".join(COLUMNS) + " (source_image_set_id is required).",
     ),
-    "default_datastore_id": Param(
-        "", type="string", pattern=f"^$|{ID_PATTERN}", title="Default data store id",
-        description="Used for rows whose datastore_id is empty.",
-    ),
-    "dry_run": Param(False, type="boolean", title="Dry run",
-                     description="Check every row against the data store and write the plan; copy nothing."),
-    "strict": Param(False, type="boolean", title="Strict",
-                    description="Fail the run before copying if any manifest row is invalid."),
-    "tolerated_failure_percent": Param(0.0, type="number", minimum=0, maximum=100, title="Tolerated failure percent",
-                                       description="The run fails if a larger share of attempted copies fails."),
-    "max_copies_in_flight": Param(20, type="integer", minimum=1, maximum=100, title="Max copies in flight",
-                                  description="Per data store, across the deployment (the service allows 100)."),
-    "copies_per_second": Param(0.25, type="number", exclusiveMinimum=0, maximum=100, title="CopyImageSet rate limit (per second)",
-                               description="Shared by every worker and run. AWS's default quota is 0.25/s (900 an hour)."),
-    "burst": Param(1, type="number", minimum=1, maximum=100, title="Rate limit burst"),
-    "batch_size": Param(250, type="integer", minimum=1, maximum=100000, title="Rows per batch",
-                        description="Each batch is one task instance (raised automatically to keep batches under 500)."),
-    "skip_already_copied": Param(True, type="boolean", title="Skip rows already copied",
-                                 description="Rows an earlier run copied (same source, version and target) are skipped."),
-    "verify_copies": Param(True, type="boolean", title="Verify copies",
-                           description="Check that each destination holds exactly the SOP instances meant to be copied."),
-    "aws_conn_id": Param("aws_default", type="string", minLength=1, title="AWS connection id"),
-    "region_name": Param("", type="string", title="AWS region", description="Empty: the connection's region."),
-    "poll_interval_seconds": Param(5, type="number", minimum=0.1, maximum=300, title="Poll interval (seconds)"),
-    "progress_interval_seconds": Param(30, type="number", minimum=1, maximum=3600, title="Progress log interval (seconds)"),
-    "report_folder": Param("", type="string", title="Report folder",
-                           description="A folder inside the report root ([healthimaging] report_folder, default "
-                                       "$AIRFLOW_HOME/healthimaging_reports), relative or absolute under it; empty: the root."),
+    **trigger_form(),
 }
 
 

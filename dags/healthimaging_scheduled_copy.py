@@ -24,38 +24,29 @@ from datetime import timedelta
 import pendulum
 from airflow.sdk import Asset, Param, dag, get_current_context, task
 
+from healthimaging.bulk.ledger import CONNECTION_ID as LEDGER_CONN_ID
+from healthimaging.bulk.settings import DEFAULT_COPIES_PER_SECOND, trigger_form
+from healthimaging.copy.service_model import anchored
 from healthimaging.operators import HealthImagingBulkCopyBatchOperator
 
-LEDGER_CONN_ID = "healthimaging_lineage"
 log = logging.getLogger(__name__)
-ID_PATTERN = "^$|^[0-9a-z]{32}$"
 
-# Reading the environment is cheap and local: no work at import time beyond it.
+# Reading the environment is cheap and local: no work at import time beyond it. The copy settings'
+# Params come from healthimaging.bulk.settings; a dry run has no place in a schedule.
 PARAMS = {
     "manifest_location": Param(os.environ.get("HEALTHIMAGING_MANIFEST_LOCATION", ""), type="string", title="Manifest folder or S3 prefix",
                                description="New .csv/.jsonl manifests here are copied once each. Empty: none."),
-    "search_datastore_id": Param(os.environ.get("HEALTHIMAGING_SEARCH_DATASTORE_ID", ""), type="string", pattern=ID_PATTERN,
-                                 title="Data store to search", description="Build a manifest from SearchImageSets over the data interval. Empty: off."),
+    "search_datastore_id": Param(os.environ.get("HEALTHIMAGING_SEARCH_DATASTORE_ID", ""), type="string",
+                                 pattern=anchored("DatastoreId", empty_allowed=True), title="Data store to search",
+                                 description="Build a manifest from SearchImageSets over the data interval. Empty: off."),
     "search_filter": Param(os.environ.get("HEALTHIMAGING_SEARCH_FILTER", "non_primary_updated"), type="string",
                            enum=["non_primary_updated", "updated"], title="Search filter"),
     "manual_search_window_hours": Param(1, type="number", exclusiveMinimum=0, title="Search window of a manual run (hours)",
                                         description="A manual run has no data interval; it searches this many hours back."),
-    "default_datastore_id": Param("", type="string", pattern=ID_PATTERN, title="Default data store id"),
-    "copies_per_second": Param(float(os.environ.get("HEALTHIMAGING_COPIES_PER_SECOND", "0.25")), type="number", exclusiveMinimum=0,
-                               title="CopyImageSet rate limit (per second)"),
-    "burst": Param(1, type="number", minimum=1, title="Rate limit burst"),
-    "max_copies_in_flight": Param(20, type="integer", minimum=1, maximum=100, title="Max copies in flight"),
-    "tolerated_failure_percent": Param(0.0, type="number", minimum=0, maximum=100, title="Tolerated failure percent"),
-    "batch_size": Param(250, type="integer", minimum=1, title="Rows per batch"),
-    "skip_already_copied": Param(True, type="boolean", title="Skip rows already copied"),
-    "verify_copies": Param(True, type="boolean", title="Verify copies"),
-    "aws_conn_id": Param(os.environ.get("HEALTHIMAGING_AWS_CONN_ID", "aws_default"), type="string", minLength=1, title="AWS connection id"),
-    "region_name": Param("", type="string", title="AWS region"),
-    "poll_interval_seconds": Param(5, type="number", minimum=0.1, title="Poll interval (seconds)"),
-    "progress_interval_seconds": Param(30, type="number", minimum=1, title="Progress log interval (seconds)"),
-    "report_folder": Param("", type="string", title="Report folder",
-                           description="A folder inside the report root ([healthimaging] report_folder); empty: the root."),
-    "strict": Param(False, type="boolean", title="Strict"),
+    **trigger_form(defaults={
+        "copies_per_second": float(os.environ.get("HEALTHIMAGING_COPIES_PER_SECOND", DEFAULT_COPIES_PER_SECOND)),
+        "aws_conn_id": os.environ.get("HEALTHIMAGING_AWS_CONN_ID", "aws_default"),
+    }, exclude=("dry_run",)),
 }
 
 

@@ -33,7 +33,6 @@ from base64 import urlsafe_b64encode
 from collections.abc import Mapping
 from pathlib import Path
 
-LEDGER_CONN_ID = "healthimaging_lineage"
 SIMPLE_AUTH_MANAGER = "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
 PRIVATE_MODE = 0o600
 FERNET_KEY_CMD = "AIRFLOW__CORE__FERNET_KEY_CMD"
@@ -173,14 +172,14 @@ def ledger_url():
     """The ledger's SQLAlchemy URL, from the ``healthimaging_lineage`` connection (None if it is not defined)."""
     from airflow.models.connection import Connection
 
-    value = os.environ.get(f"AIRFLOW_CONN_{LEDGER_CONN_ID.upper()}")
+    _add_plugins_to_path()
+    from healthimaging.bulk.ledger import CONNECTION_ID, url_from_connection
+
+    value = os.environ.get(f"AIRFLOW_CONN_{CONNECTION_ID.upper()}")
     if not value:
         return None
-    conn = Connection.from_json(value, conn_id=LEDGER_CONN_ID) if value.lstrip().startswith("{") else \
-        Connection(conn_id=LEDGER_CONN_ID, uri=value)
-    _add_plugins_to_path()
-    from healthimaging.bulk.ledger import url_from_connection
-
+    conn = Connection.from_json(value, conn_id=CONNECTION_ID) if value.lstrip().startswith("{") else \
+        Connection(conn_id=CONNECTION_ID, uri=value)
     return url_from_connection(conn)
 
 
@@ -277,7 +276,7 @@ def main() -> int:
     migrate()
     url = ledger_url()
     if url is None:
-        log(f"no {LEDGER_CONN_ID} connection: the ledger falls back to SQLite under AIRFLOW_HOME")
+        log("no healthimaging_lineage connection: the ledger falls back to SQLite under AIRFLOW_HOME")
     else:
         create_ledger(url)
     write_login()

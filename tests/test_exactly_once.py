@@ -318,7 +318,7 @@ def test_rows_waiting_on_another_owner_name_its_run_and_when_its_lease_ends(ledg
 
     def engine(run_id: str, prepared: dict) -> BatchCopyEngine:
         return BatchCopyEngine(ledger, dag_id=DAG_ID, run_id=run_id, manifest_sha256=prepared["manifest_sha256"], batch=0,
-                               settings=BulkCopySettings(**{**prepared["settings"], "progress_interval": 0.0}))
+                               settings=BulkCopySettings(**{**prepared["settings"], "progress_interval_seconds": 0.0}))
 
     first, second = engine(run_a, prepared_a), engine(run_b, prepared_b)
     first.step()

@@ -27,12 +27,27 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from healthimaging.bulk.ledger import (
+    FAILED,
+    FINAL_STATUSES,
+    PENDING,
+    REJECTED,
+    SKIPPED,
+    SUBMITTED,
+    SUBMITTING,
+    SUCCEEDED,
+    BatchKey,
+    Ledger,
+)
+from healthimaging.bulk.manifest import storable_text
+from healthimaging.bulk.rate_limit import SharedTokenBucket
+from healthimaging.bulk.settings import BulkCopySettings
 from healthimaging.copy import states
 from healthimaging.copy.copiable_attributes import CopyRequestError
 from healthimaging.copy.plan import CopyPlan, expected_contents, resolve_plan, uid_digest
@@ -45,21 +60,6 @@ from healthimaging.copy.submission import (
     submit_copy,
 )
 from healthimaging.hooks.medical_imaging import HealthImagingHook
-from healthimaging.bulk.ledger import (
-    FAILED,
-    FINAL_STATUSES,
-    LEASE_SECONDS,
-    PENDING,
-    REJECTED,
-    SKIPPED,
-    SUBMITTED,
-    SUBMITTING,
-    SUCCEEDED,
-    BatchKey,
-    Ledger,
-)
-from healthimaging.bulk.manifest import storable_text
-from healthimaging.bulk.rate_limit import SharedTokenBucket
 
 log = logging.getLogger(__name__)
 
@@ -71,27 +71,6 @@ PACE_MARGIN = 0.99
 #: Polls stop this long before a send is due: one poll (GetImageSet, and verification when it is done)
 #: takes a few milliseconds, and a send that starts late loses that time from the quota for good.
 SEND_GUARD_SECONDS = 0.005
-
-@dataclass
-class BulkCopySettings:
-    """How a bulk copy runs; JSON-serializable (it travels in the trigger's kwargs)."""
-
-    aws_conn_id: str | None = "aws_default"
-    region_name: str | None = None
-    copies_per_second: float = 0.25
-    burst: float = 1.0
-    max_in_flight: int = 20
-    poll_interval: float = 5.0
-    verify_copies: bool = True
-    progress_interval: float = 30.0
-    rate_limit_name: str = "CopyImageSet"
-    max_submit_attempts: int = 8
-    skip_already_copied: bool = True
-    lease_seconds: float = LEASE_SECONDS
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
 
 def state_line(event: str, row: dict[str, Any], **fields: Any) -> str:
     """One structured JSON log line for a row's state change: ids, statuses and codes, no patient data."""
@@ -233,7 +212,7 @@ class BatchCopyEngine:
             self.release()
             return None
         due = [t for t in (send_at, poll_at, self._renew_at, self._sweep_at) if t is not None]
-        return max(0.0, min(min(due) - self.clock(), self.settings.poll_interval))
+        return max(0.0, min(min(due) - self.clock(), self.settings.poll_interval_seconds))
 
     def _take_over_orphans(self, orphans: Iterable[dict[str, Any]]) -> None:
         """Rows in flight whose owner's lease expired (its engine died or stalled): take each over, then
@@ -310,13 +289,13 @@ class BatchCopyEngine:
                 continue
             claimed_at = self.clock()
             if not self.ledger.claim(row["id"], self.owner, datastore_id=row["datastore_id"], claimed_at=claimed_at,
-                                     source_image_set_id=row["source_image_set_id"], max_in_flight=self.settings.max_in_flight):
+                                     source_image_set_id=row["source_image_set_id"], max_in_flight=self.settings.max_copies_in_flight):
                 # The claim checks both guards atomically; only why it failed is looked up here. A guard held
                 # by an owner that died is taken over (and reconciled), so that nothing waits on it for ever.
-                obstacle = self.ledger.claim_obstacle(row, self.settings.max_in_flight)
+                obstacle = self.ledger.claim_obstacle(row, self.settings.max_copies_in_flight)
                 self._take_over_orphans(obstacle.orphans)
                 if obstacle.kind == "cap":
-                    return self.clock() + self.settings.poll_interval / 2
+                    return self.clock() + self.settings.poll_interval_seconds / 2
                 if obstacle.kind == "source":
                     blocked_sources.add(row["source_image_set_id"])  # the source is locked by a copy in flight
                 continue
@@ -431,7 +410,7 @@ class BatchCopyEngine:
         returns when the next one is due."""
         now = self.clock()
         rows = self.ledger.held_rows(self.owner, SUBMITTED)
-        interval = max(self.settings.poll_interval, len(rows) / 10.0)  # stays well under GetImageSet's 25/s
+        interval = max(self.settings.poll_interval_seconds, len(rows) / 10.0)  # stays well under GetImageSet's 25/s
         next_due: float | None = None
 
         def come_back(when: float) -> None:
@@ -482,7 +461,7 @@ class BatchCopyEngine:
 
     def _progress(self) -> None:
         now = self.clock()
-        if now - self._last_progress < self.settings.progress_interval:
+        if now - self._last_progress < self.settings.progress_interval_seconds:
             return
         self._last_progress = now
         counts = self.counts()

@@ -19,6 +19,7 @@ from typing import Any
 
 from healthimaging import bounded_json
 from healthimaging.copy import copiable_attributes as ca
+from healthimaging.copy.service_model import pattern
 from healthimaging.bulk.manifest_reader import ManifestError, detect_format, read_raw_rows
 
 #: The manifest columns, in the order a template shows them. ``source_image_set_id`` is required;
@@ -48,7 +49,7 @@ MAX_CELL_CHARACTERS = 1024 * 1024
 #: What is kept of a rejected row for its ledger record and report (all else is in the error message).
 REJECTED_KEPT_COLUMNS = ("datastore_id", "source_image_set_id", "label")
 
-_ID = re.compile(r"[0-9a-z]{32}")
+_ID = re.compile(pattern("ImageSetId"))  # botocore's model: data store and image set ids alike
 _VERSION = re.compile(r"[1-9][0-9]{0,18}")
 _UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 _TRUE = {"true", "1", "yes", "y"}

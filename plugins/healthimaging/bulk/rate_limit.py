@@ -15,15 +15,13 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from healthimaging.bulk.ledger import buckets, db_now
+from healthimaging.bulk.settings import DEFAULT_BURST, DEFAULT_COPIES_PER_SECOND
 
-#: CopyImageSet's default quota: 0.25 requests per second, burst 1 (shared/reference/healthimaging-api.md).
-DEFAULT_RATE = 0.25
-DEFAULT_BURST = 1.0
 
 class SharedTokenBucket:
     """A token bucket in a database row: ``rate`` tokens a second, at most ``burst`` stored."""
 
-    def __init__(self, engine: Engine, name: str, rate: float = DEFAULT_RATE, burst: float = DEFAULT_BURST,
+    def __init__(self, engine: Engine, name: str, rate: float = DEFAULT_COPIES_PER_SECOND, burst: float = DEFAULT_BURST,
                  sleep: Callable[[float], None] = time.sleep) -> None:
         if rate <= 0 or burst < 1:
             raise ValueError(f"rate must be > 0 and burst >= 1, got rate={rate}, burst={burst}")

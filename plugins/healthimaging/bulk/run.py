@@ -15,12 +15,13 @@ from botocore.exceptions import BotoCoreError, ClientError
 from healthimaging.bulk import report, storage
 
 from healthimaging.copy import states
-from healthimaging.bulk.engine import BulkCopySettings, register_manifest, state_line
+from healthimaging.bulk.engine import register_manifest, state_line
+from healthimaging.bulk.settings import BulkCopySettings
 from healthimaging.copy.consistency import disagreements
 from healthimaging.copy.copiable_attributes import CopyRequestError, selection_of
 from healthimaging.copy.plan import resolve_plan
 from healthimaging.hooks.medical_imaging import HealthImagingHook, series_instances
-from healthimaging.bulk.ledger import FAILED, LEASE_SECONDS, PENDING, PLANNED, REJECTED, SKIPPED, Ledger
+from healthimaging.bulk.ledger import FAILED, PENDING, PLANNED, REJECTED, SKIPPED, Ledger
 from healthimaging.bulk.manifest import ManifestError, validate_manifest
 from healthimaging.bulk.manifest_reader import MAX_MANIFEST_BYTES
 
@@ -32,25 +33,6 @@ MAX_BATCHES = 500
 
 class BulkCopyRunError(Exception):
     """The run cannot go on (bad manifest, strict mode, too many failures); the message says why."""
-
-
-def settings_from_params(params: dict[str, Any]) -> BulkCopySettings:
-    """The engine's settings from a run's params; the lease length from ``[healthimaging] lease_seconds``
-    (``AIRFLOW__HEALTHIMAGING__LEASE_SECONDS``), default :data:`~healthimaging.bulk.ledger.LEASE_SECONDS`."""
-    from airflow.sdk.configuration import conf
-
-    return BulkCopySettings(
-        aws_conn_id=params.get("aws_conn_id") or "aws_default",
-        region_name=params.get("region_name") or None,
-        copies_per_second=float(params.get("copies_per_second", 0.25)),
-        burst=float(params.get("burst", 1)),
-        max_in_flight=int(params.get("max_copies_in_flight", 20)),
-        poll_interval=float(params.get("poll_interval_seconds", 5)),
-        verify_copies=bool(params.get("verify_copies", True)),
-        progress_interval=float(params.get("progress_interval_seconds", 30)),
-        skip_already_copied=bool(params.get("skip_already_copied", True)),
-        lease_seconds=conf.getfloat("healthimaging", "lease_seconds", fallback=LEASE_SECONDS),
-    )
 
 
 def prepare(ledger: Ledger, *, dag_id: str, run_id: str, params: dict[str, Any], manifest_uri: str | None = None) -> dict[str, Any]:
@@ -81,7 +63,7 @@ def prepare(ledger: Ledger, *, dag_id: str, run_id: str, params: dict[str, Any],
         "total_rows": validated.total_rows,
         "dry_run": bool(params.get("dry_run")),
         "batches": [] if params.get("dry_run") else registered.batches,
-        "settings": settings_from_params(params).to_dict(),
+        "settings": BulkCopySettings.from_params(params).to_dict(),
         "rejected": registered.rejected,
     }
     if params.get("strict") and registered.rejected:
@@ -95,7 +77,7 @@ def prepare(ledger: Ledger, *, dag_id: str, run_id: str, params: dict[str, Any],
 
 def plan(ledger: Ledger, *, dag_id: str, run_id: str, prepared: dict[str, Any]) -> dict[str, int]:
     """The dry run: check every pending row against the data store and mark it planned (or failed, with why)."""
-    settings = BulkCopySettings(**prepared["settings"])
+    settings = BulkCopySettings.from_dict(prepared["settings"])
     hook = HealthImagingHook(aws_conn_id=settings.aws_conn_id, region_name=settings.region_name)
     rows = [r for r in ledger.run_rows(dag_id, run_id, prepared["manifest_sha256"]) if r["status"] == PENDING]
     outcome = {"planned": 0, "failed": 0}

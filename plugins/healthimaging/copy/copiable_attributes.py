@@ -10,16 +10,15 @@ It travels as a JSON *string* of at most 260,000 characters (the service model's
 
 from __future__ import annotations
 
-import functools
 import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-import botocore.session
 import jsonschema
 from botocore.validate import ParamValidator
 
 from healthimaging import bounded_json
+from healthimaging.copy.service_model import service_model
 
 _UID = {"type": "string", "pattern": "^[0-9]+(\\.[0-9]+)*$", "maxLength": 64}
 
@@ -65,14 +64,9 @@ class CopyRequestError(ValueError):
     """A copy request that cannot be sent: the message names the argument and what is expected."""
 
 
-@functools.cache
-def _service_model():
-    return botocore.session.get_session().get_service_model("medical-imaging")
-
-
 def max_copiable_attributes_length() -> int:
     """The longest copiableAttributes string the service accepts (from botocore's model)."""
-    return int(_service_model().shape_for("CopiableAttributes").metadata["max"])
+    return int(service_model().shape_for("CopiableAttributes").metadata["max"])
 
 
 def parse_copiable_attributes(value: str | Mapping[str, Any], *, argument: str = "copiable_attributes") -> dict[str, Any]:
@@ -159,7 +153,7 @@ def parse_copy_image_set_information(value: str | Mapping[str, Any]) -> dict[str
             raise CopyRequestError(f"copy_image_set_information is not valid JSON ({exc})") from None
     else:
         information = dict(value)
-    shape = _service_model().shape_for("CopyImageSetInformation")
+    shape = service_model().shape_for("CopyImageSetInformation")
     report = ParamValidator().validate(information, shape)
     if report.has_errors():
         raise CopyRequestError(f"copy_image_set_information does not match CopyImageSetInformation: {report.generate_report()}")

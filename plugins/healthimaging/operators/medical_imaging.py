@@ -14,6 +14,7 @@ from airflow.providers.amazon.aws.utils.mixins import aws_template_fields
 from airflow.providers.amazon.aws.utils.waiter_with_logging import wait
 from airflow.providers.common.compat.sdk import AirflowException, BaseOperator, conf
 
+from healthimaging.bulk.ledger import CONNECTION_ID as LEDGER_CONN_ID
 from healthimaging.bulk import lineage
 
 from healthimaging.copy import states
@@ -374,7 +375,7 @@ class HealthImagingBulkCopyBatchOperator(BaseOperator):
     ui_color = "#66c3ff"
 
     def __init__(self, *, batch: int, manifest_sha256: str, settings: dict[str, Any],
-                 ledger_conn_id: str = "healthimaging_lineage", deferrable: bool = True, **kwargs: Any) -> None:
+                 ledger_conn_id: str = LEDGER_CONN_ID, deferrable: bool = True, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.batch = batch
         self.manifest_sha256 = manifest_sha256

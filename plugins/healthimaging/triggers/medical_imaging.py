@@ -9,6 +9,7 @@ from typing import Any
 from airflow.providers.amazon.aws.triggers.base import AwsBaseWaiterTrigger
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
+from healthimaging.bulk.ledger import CONNECTION_ID as LEDGER_CONN_ID
 from healthimaging.hooks.medical_imaging import HealthImagingHook
 
 
@@ -98,7 +99,7 @@ class HealthImagingBulkCopyTrigger(BaseTrigger):
     """
 
     def __init__(self, *, dag_id: str, run_id: str, manifest_sha256: str, batch: int, settings: dict[str, Any],
-                 ledger_conn_id: str = "healthimaging_lineage") -> None:
+                 ledger_conn_id: str = LEDGER_CONN_ID) -> None:
         super().__init__()
         self.dag_id = dag_id
         self.run_id = run_id
@@ -115,12 +116,13 @@ class HealthImagingBulkCopyTrigger(BaseTrigger):
         )
 
     def engine(self):
-        from healthimaging.bulk.engine import BatchCopyEngine, BulkCopySettings
+        from healthimaging.bulk.engine import BatchCopyEngine
+        from healthimaging.bulk.settings import BulkCopySettings
         from healthimaging.bulk.ledger import Ledger
 
         return BatchCopyEngine(Ledger.from_airflow(self.ledger_conn_id), dag_id=self.dag_id, run_id=self.run_id,
                                manifest_sha256=self.manifest_sha256, batch=self.batch,
-                               settings=BulkCopySettings(**self.settings))
+                               settings=BulkCopySettings.from_dict(self.settings))
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         engine = None

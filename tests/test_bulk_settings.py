@@ -1,0 +1,57 @@
+"""The bulk-copy settings are one source: both DAGs' trigger forms, a run's settings and the engine's."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+
+import pytest
+
+from healthimaging.bulk.settings import (
+    DEFAULT_COPIES_PER_SECOND,
+    BulkCopySettings,
+    BulkRunOptions,
+    trigger_form,
+)
+from tests.test_bulk_copy_dag import BULK_DAG_ID, SCHEDULED_DAG_ID, load_dag
+
+
+def param_fields(cls: type) -> set[str]:
+    return {f.name for f in fields(cls) if "param" in f.metadata}
+
+
+@pytest.mark.parametrize("dag_id, own, missing", [
+    (BULK_DAG_ID, {"manifest"}, set()),
+    (SCHEDULED_DAG_ID, {"manifest_location", "search_datastore_id", "search_filter", "manual_search_window_hours"},
+     {"dry_run"}),
+])
+def test_each_dag_form_is_the_settings_plus_its_own_params(airflow_db, dag_id, own, missing):
+    dag = load_dag(dag_id)
+    settings = param_fields(BulkCopySettings) | param_fields(BulkRunOptions)
+    assert set(dag.params) == (settings - missing) | own
+    for name in settings - missing:
+        assert dag.params.get_param(name).schema["title"] == trigger_form()[name].schema["title"]
+
+
+def test_the_params_of_a_run_are_read_back_typed():
+    form = {name: param.value for name, param in trigger_form().items()}
+    settings = BulkCopySettings.from_params({**form, "copies_per_second": "2", "max_copies_in_flight": 7.0,
+                                             "region_name": ""})
+    assert (settings.copies_per_second, settings.max_copies_in_flight, settings.region_name) == (2.0, 7, None)
+    assert BulkCopySettings.from_params(form) == BulkCopySettings(lease_seconds=settings.lease_seconds)
+    options = BulkRunOptions.from_params({**form, "default_datastore_id": "", "batch_size": "40"})
+    assert options.default_datastore_id is None and options.batch_size == 40
+    assert trigger_form()["copies_per_second"].value == DEFAULT_COPIES_PER_SECOND
+
+
+def test_settings_a_trigger_deferred_before_the_rename_carries_still_load():
+    old = {**BulkCopySettings().to_dict(), "max_in_flight": 3, "poll_interval": 0.5, "progress_interval": 9.0}
+    for new in ("max_copies_in_flight", "poll_interval_seconds", "progress_interval_seconds"):
+        del old[new]
+    settings = BulkCopySettings.from_dict(old)
+    assert (settings.max_copies_in_flight, settings.poll_interval_seconds, settings.progress_interval_seconds) == (3, 0.5, 9.0)
+    assert BulkCopySettings.from_dict(settings.to_dict()) == settings
+
+
+def test_a_form_default_can_be_replaced_and_a_setting_left_out():
+    form = trigger_form(defaults={"copies_per_second": 5.0}, exclude=("dry_run",))
+    assert form["copies_per_second"].value == 5.0 and "dry_run" not in form
