@@ -55,3 +55,24 @@ def test_settings_a_trigger_deferred_before_the_rename_carries_still_load():
 def test_a_form_default_can_be_replaced_and_a_setting_left_out():
     form = trigger_form(defaults={"copies_per_second": 5.0}, exclude=("dry_run",))
     assert form["copies_per_second"].value == 5.0 and "dry_run" not in form
+
+
+def test_a_copy_request_is_one_frozen_value_from_any_of_its_sources():
+    from healthimaging.bulk.manifest import COLUMNS, validate_manifest
+    from healthimaging.copy.request import COPY_ARGUMENTS, CopyRequest
+    from healthimaging.operators import HealthImagingCopyImageSetOperator
+
+    request = CopyRequest.from_mapping({"datastore_id": "d" * 32, "source_image_set_id": "a" * 32, "label": "ignored",
+                                        "series_instance_uids": ["1.2", "1.3"], "source_version_id": "",
+                                        "copiable_attributes": {}})
+    assert request.series_instance_uids == ("1.2", "1.3") and request.source_version_id is None
+    assert request.copiable_attributes is None and hash(request)
+    with pytest.raises(AttributeError):
+        request.force = True  # frozen
+    assert CopyRequest.from_mapping(request.to_dict()) == request
+    # One list: the manifest's columns and the operator's template fields derive from it.
+    assert COLUMNS[:-1] == COPY_ARGUMENTS and COLUMNS[-1] == "label"
+    assert set(COPY_ARGUMENTS) <= set(HealthImagingCopyImageSetOperator.template_fields)
+    (row,) = validate_manifest(b'{"source_image_set_id": "%s", "series_instance_uids": "1.2;1.3"}\n' % (b"a" * 32),
+                               "m.jsonl", default_datastore_id="d" * 32).rows
+    assert row.request == request

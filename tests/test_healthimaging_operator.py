@@ -22,6 +22,7 @@ import pytest
 
 from healthimaging.operators import medical_imaging as operators
 from healthimaging.copy.plan import MAX_FRAMES_PER_COPY, resolve_plan, uid_digest
+from healthimaging.copy.request import CopyRequest
 from healthimaging.copy.submission import SubmissionPolicy, submit_copy
 from healthimaging.hooks import HealthImagingHook
 from healthimaging.links import HealthImagingImageSetLink
@@ -481,8 +482,8 @@ def test_submit_copy_with_an_old_plan_re_resolves_the_unpinned_versions(sample):
     source = sample.with_instances(3)
     destination = boto_copy(sample, source.image_set_id, selection={source.series_uid: source.instances[:1]})
     hook = HealthImagingHook(aws_conn_id="aws_default")
-    plan = resolve_plan(hook, datastore_id=sample.datastore_id, source_image_set_id=source.image_set_id,
-                        destination_image_set_id=destination)
+    plan = resolve_plan(hook, CopyRequest(datastore_id=sample.datastore_id, source_image_set_id=source.image_set_id,
+                                          destination_image_set_id=destination))
     assert (plan.source_version_id, plan.destination_version_id) == ("1", "1")
     update_study_description(sample, source.image_set_id, "newer source")
     sleeps: list[float] = []
@@ -523,7 +524,7 @@ def test_the_throttle_backoff_doubles_from_its_own_base(sample):
         policy = SubmissionPolicy(sleep=sleeps.append)
         if base is not None:
             policy.throttle_backoff_base_seconds = base
-        plan = resolve_plan(hook, datastore_id=sample.datastore_id, source_image_set_id=source.image_set_id)
+        plan = resolve_plan(hook, CopyRequest(datastore_id=sample.datastore_id, source_image_set_id=source.image_set_id))
 
         submitted = submit_copy(hook, plan, policy)
 
@@ -546,7 +547,7 @@ def test_throttling_by_a_low_copy_rate_paces_the_copies(sample):
         time.sleep(0.25)  # enough for the bucket (one token every 0.5 s) without the full backoff
 
     for source in sources:
-        plan = resolve_plan(hook, datastore_id=sample.datastore_id, source_image_set_id=source.image_set_id)
+        plan = resolve_plan(hook, CopyRequest(datastore_id=sample.datastore_id, source_image_set_id=source.image_set_id))
         submit_copy(hook, plan, SubmissionPolicy(sleep=sleep))
     counters = sample.copy_counters()
     assert counters["succeeded"] == 3 and counters["throttled"] >= 1 and len(slept) == counters["throttled"]

@@ -51,6 +51,7 @@ from healthimaging.bulk.settings import BulkCopySettings
 from healthimaging.copy import states
 from healthimaging.copy.copiable_attributes import CopyRequestError
 from healthimaging.copy.plan import CopyPlan, expected_contents, resolve_plan, uid_digest
+from healthimaging.copy.request import CopyRequest
 from healthimaging.copy.submission import (
     CopySubmissionError,
     SendCancelled,
@@ -328,20 +329,7 @@ class BatchCopyEngine:
         """Resolve a claimed row's copy and store the plan; None if the row failed or went back to pending."""
         request = json.loads(row["request_json"])
         try:
-            plan = resolve_plan(
-                self.hook,
-                datastore_id=request["datastore_id"],
-                source_image_set_id=request["source_image_set_id"],
-                source_version_id=request.get("source_version_id"),
-                destination_image_set_id=request.get("destination_image_set_id"),
-                destination_version_id=request.get("destination_version_id"),
-                copiable_attributes=request.get("copiable_attributes"),
-                series_instance_uids=request.get("series_instance_uids") or None,
-                sop_instance_uids=request.get("sop_instance_uids") or None,
-                copy_image_set_information=request.get("copy_image_set_information"),
-                force=request.get("force", False),
-                promote_to_primary=request.get("promote_to_primary", False),
-            )
+            plan = resolve_plan(self.hook, CopyRequest.from_mapping(request))
             plan = snapshot_series(self.hook, plan)
         except CopyRequestError as exc:
             self._write(row, FAILED, error_code="InvalidCopyRequest", message=str(exc), completed_at=self.clock())

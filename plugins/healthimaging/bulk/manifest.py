@@ -19,25 +19,13 @@ from typing import Any
 
 from healthimaging import bounded_json
 from healthimaging.copy import copiable_attributes as ca
+from healthimaging.copy.request import COPY_ARGUMENTS, CopyRequest
 from healthimaging.copy.service_model import pattern
 from healthimaging.bulk.manifest_reader import ManifestError, detect_format, read_raw_rows
 
 #: The manifest columns, in the order a template shows them. ``source_image_set_id`` is required;
 #: ``datastore_id`` is required unless the run gives a default data store.
-COLUMNS: tuple[str, ...] = (
-    "datastore_id",
-    "source_image_set_id",
-    "source_version_id",
-    "destination_image_set_id",
-    "destination_version_id",
-    "series_instance_uids",
-    "sop_instance_uids",
-    "copiable_attributes",
-    "copy_image_set_information",
-    "force",
-    "promote_to_primary",
-    "label",
-)
+COLUMNS: tuple[str, ...] = (*COPY_ARGUMENTS, "label")
 _COLUMN_SET = frozenset(COLUMNS)
 REQUIRED_COLUMNS = ("source_image_set_id",)
 FORMATS = ("csv", "jsonl")
@@ -105,6 +93,11 @@ class ManifestRow:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @property
+    def request(self) -> CopyRequest:
+        """The copy this row asks for."""
+        return CopyRequest.from_mapping(self.to_dict())
 
 
 @dataclass

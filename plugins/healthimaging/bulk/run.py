@@ -20,6 +20,7 @@ from healthimaging.bulk.settings import BulkCopySettings
 from healthimaging.copy.consistency import disagreements
 from healthimaging.copy.copiable_attributes import CopyRequestError, selection_of
 from healthimaging.copy.plan import resolve_plan
+from healthimaging.copy.request import CopyRequest
 from healthimaging.hooks.medical_imaging import HealthImagingHook, series_instances
 from healthimaging.bulk.ledger import FAILED, PENDING, PLANNED, REJECTED, SKIPPED, Ledger
 from healthimaging.bulk.manifest import ManifestError, validate_manifest
@@ -93,14 +94,7 @@ def plan(ledger: Ledger, *, dag_id: str, run_id: str, prepared: dict[str, Any]) 
 def _plan_row(hook: HealthImagingHook, request: dict[str, Any]) -> tuple[str, str | None, str, str | None]:
     """(status, error code, message, copy kind) for one row of a dry run."""
     try:
-        copy = resolve_plan(
-            hook, datastore_id=request["datastore_id"], source_image_set_id=request["source_image_set_id"],
-            source_version_id=request.get("source_version_id"), destination_image_set_id=request.get("destination_image_set_id"),
-            destination_version_id=request.get("destination_version_id"), copiable_attributes=request.get("copiable_attributes"),
-            series_instance_uids=request.get("series_instance_uids") or None, sop_instance_uids=request.get("sop_instance_uids") or None,
-            copy_image_set_information=request.get("copy_image_set_information"), force=request.get("force", False),
-            promote_to_primary=request.get("promote_to_primary", False),
-        )
+        copy = resolve_plan(hook, CopyRequest.from_mapping(request))
         source = hook.get_image_set(copy.datastore_id, copy.source_image_set_id, copy.source_version_id)
         problems = []
         if source["imageSetState"] != states.ACTIVE:

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from healthimaging.copy import copiable_attributes as ca
+from healthimaging.copy.request import CopyRequest
 from healthimaging.hooks.medical_imaging import HealthImagingHook, series_instances
 
 #: The service's limit of image frames per CopyImageSet (a quota, adjustable on request).
@@ -85,41 +86,24 @@ class CopyPlan:
         return cls(**data)
 
 
-def resolve_plan(
-    hook: HealthImagingHook,
-    *,
-    datastore_id: str,
-    source_image_set_id: str,
-    source_version_id: str | None = None,
-    destination_image_set_id: str | None = None,
-    destination_version_id: str | None = None,
-    copiable_attributes: str | Mapping[str, Any] | None = None,
-    series_instance_uids: Iterable[str] | None = None,
-    sop_instance_uids: Iterable[str] | None = None,
-    copy_image_set_information: str | Mapping[str, Any] | None = None,
-    force: bool = False,
-    promote_to_primary: bool = False,
-) -> CopyPlan:
-    """Resolve the arguments of a copy against the data store (latest versions, subset, expected contents).
+def resolve_plan(hook: HealthImagingHook, request: CopyRequest) -> CopyPlan:
+    """Resolve a copy request against the data store (latest versions, subset, expected contents).
 
     ``copy_image_set_information`` (the AWS CLI's JSON) replaces the version, destination and
     copiableAttributes arguments. The source (and destination) metadata are read to build a subset
     from UIDs, check the frame quota and compute the expected contents.
     Raises :class:`~healthimaging.copy.copiable_attributes.CopyRequestError` naming the bad argument.
     """
-    if copy_image_set_information is not None:
-        given = {
-            "source_version_id": source_version_id,
-            "destination_image_set_id": destination_image_set_id,
-            "destination_version_id": destination_version_id,
-            "copiable_attributes": copiable_attributes,
-            "series_instance_uids": series_instance_uids,
-            "sop_instance_uids": sop_instance_uids,
-        }
-        clash = sorted(name for name, value in given.items() if value)
+    datastore_id, source_image_set_id = request.datastore_id, request.source_image_set_id
+    source_version_id, copiable_attributes = request.source_version_id, request.copiable_attributes
+    destination_image_set_id, destination_version_id = request.destination_image_set_id, request.destination_version_id
+    series_instance_uids, sop_instance_uids = request.series_instance_uids, request.sop_instance_uids
+    if request.copy_image_set_information is not None:
+        clash = request.given(("source_version_id", "destination_image_set_id", "destination_version_id",
+                               "copiable_attributes", "series_instance_uids", "sop_instance_uids"))
         if clash:
             raise ca.CopyRequestError(f"copy_image_set_information already says what to copy; do not also pass {', '.join(clash)}")
-        information = ca.parse_copy_image_set_information(copy_image_set_information)
+        information = ca.parse_copy_image_set_information(request.copy_image_set_information)
         source_version_id = information["sourceImageSet"]["latestVersionId"]
         copiable_attributes = (information["sourceImageSet"].get("DICOMCopies") or {}).get("copiableAttributes")
         destination = information.get("destinationImageSet") or {}
@@ -139,8 +123,8 @@ def resolve_plan(
         source_version_pinned=bool(source_version_id),
         destination_image_set_id=destination_image_set_id or None,
         destination_version_pinned=bool(destination_version_id),
-        force=bool(force),
-        promote_to_primary=bool(promote_to_primary),
+        force=request.force,
+        promote_to_primary=request.promote_to_primary,
     )
     if destination_image_set_id:
         plan.destination_version_id = (

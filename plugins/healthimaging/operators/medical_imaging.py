@@ -20,6 +20,7 @@ from healthimaging.bulk import lineage
 from healthimaging.copy import states
 from healthimaging.copy.copiable_attributes import CopyRequestError
 from healthimaging.copy.plan import CopyPlan, resolve_plan, uid_digest
+from healthimaging.copy.request import COPY_ARGUMENTS, CopyRequest
 from healthimaging.copy.submission import CopySubmissionError, SubmissionPolicy, reconcile, snapshot_series, submit_copy
 from healthimaging.hooks.medical_imaging import HealthImagingHook
 from healthimaging.links.medical_imaging import HealthImagingImageSetLink
@@ -78,17 +79,7 @@ class HealthImagingCopyImageSetOperator(AwsBaseOperator[HealthImagingHook]):
 
     aws_hook_class = HealthImagingHook
     template_fields: Sequence[str] = aws_template_fields(
-        "datastore_id",
-        "source_image_set_id",
-        "source_version_id",
-        "destination_image_set_id",
-        "destination_version_id",
-        "copiable_attributes",
-        "series_instance_uids",
-        "sop_instance_uids",
-        "copy_image_set_information",
-        "force",
-        "promote_to_primary",
+        *COPY_ARGUMENTS,
         "wait_for_completion",
         "deferrable",
         "waiter_delay",
@@ -229,22 +220,14 @@ class HealthImagingCopyImageSetOperator(AwsBaseOperator[HealthImagingHook]):
 
     # ------------------------------------------------------------------ steps
 
+    @property
+    def copy_request(self) -> CopyRequest:
+        """The copy this task makes, from its (rendered) arguments."""
+        return CopyRequest(**{name: getattr(self, name) for name in COPY_ARGUMENTS})
+
     def _plan(self) -> CopyPlan:
         try:
-            return resolve_plan(
-                self.hook,
-                datastore_id=self.datastore_id,
-                source_image_set_id=self.source_image_set_id,
-                source_version_id=self.source_version_id,
-                destination_image_set_id=self.destination_image_set_id,
-                destination_version_id=self.destination_version_id,
-                copiable_attributes=self.copiable_attributes,
-                series_instance_uids=self.series_instance_uids,
-                sop_instance_uids=self.sop_instance_uids,
-                copy_image_set_information=self.copy_image_set_information,
-                force=self.force,
-                promote_to_primary=self.promote_to_primary,
-            )
+            return resolve_plan(self.hook, self.copy_request)
         except CopyRequestError as exc:
             raise AirflowException(f"Cannot copy image set {self.source_image_set_id}: {exc}") from exc
 
