@@ -66,6 +66,8 @@ def healthimaging_bulk_copy():
         except (BulkCopyRunError, FileNotFoundError) as exc:
             raise AirflowFailException(str(exc)) from exc
 
+    # Airflow maps only over a task's return value ("cannot map over XCom with custom key"), so the
+    # batch numbers of prepare_manifest's dict are one small task's return value.
     @task
     def batch_numbers(prepared: dict) -> list[int]:
         return prepared["batches"]
@@ -111,7 +113,10 @@ def healthimaging_bulk_copy():
         task_id="copy_batch",
         manifest_sha256=prepared["manifest_sha256"],
         settings=prepared["settings"],
+        aws_conn_id="{{ params.aws_conn_id }}",
+        region_name="{{ params.region_name }}",
         ledger_conn_id=LEDGER_CONN_ID,
+        deferrable=True,  # the batches run in the triggerer, whatever [operators] default_deferrable says
         retries=3,
         max_active_tis_per_dagrun=8,
     ).expand(batch=batch_numbers(prepared))

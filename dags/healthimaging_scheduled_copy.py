@@ -153,7 +153,8 @@ def healthimaging_scheduled_copy():
 
     prepared = prepare_manifests(take_new_manifests())
     copies = HealthImagingBulkCopyBatchOperator.partial(
-        task_id="copy_batch", ledger_conn_id=LEDGER_CONN_ID, retries=3, max_active_tis_per_dagrun=8,
+        task_id="copy_batch", aws_conn_id="{{ params.aws_conn_id }}", region_name="{{ params.region_name }}",
+        ledger_conn_id=LEDGER_CONN_ID, deferrable=True, retries=3, max_active_tis_per_dagrun=8,
     ).expand_kwargs(batches_of(prepared))
     copies >> finish_run()
 

@@ -76,3 +76,25 @@ def test_a_copy_request_is_one_frozen_value_from_any_of_its_sources():
     (row,) = validate_manifest(b'{"source_image_set_id": "%s", "series_instance_uids": "1.2;1.3"}\n' % (b"a" * 32),
                                "m.jsonl", default_datastore_id="d" * 32).rows
     assert row.request == request
+
+
+def test_the_batch_operator_takes_the_aws_connection_as_arguments_and_deferrable_from_the_config(monkeypatch):
+    from types import SimpleNamespace
+
+    from healthimaging.operators import HealthImagingBulkCopyBatchOperator
+
+    settings = BulkCopySettings(aws_conn_id="in_settings", region_name="us-west-2").to_dict()
+    context = {"dag": SimpleNamespace(dag_id="d"), "run_id": "r"}
+    given = HealthImagingBulkCopyBatchOperator(task_id="b", batch=1, manifest_sha256="s", settings=settings,
+                                               aws_conn_id="argument", region_name="eu-west-1", deferrable=True)
+    trigger = given._trigger(context)
+    assert (trigger.settings["aws_conn_id"], trigger.settings["region_name"]) == ("argument", "eu-west-1")
+    assert settings["aws_conn_id"] == "in_settings"  # the operator's settings are not changed
+    unset = HealthImagingBulkCopyBatchOperator(task_id="c", batch=1, manifest_sha256="s", settings=settings,
+                                               region_name="")
+    assert (unset._trigger(context).settings["aws_conn_id"], unset._trigger(context).settings["region_name"]) == \
+        ("in_settings", "us-west-2")
+    assert {"aws_conn_id", "region_name"} <= set(HealthImagingBulkCopyBatchOperator.template_fields)
+    from airflow.providers.common.compat.sdk import conf
+
+    assert unset.deferrable is conf.getboolean("operators", "default_deferrable", fallback=False)

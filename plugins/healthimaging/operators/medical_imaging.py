@@ -348,30 +348,43 @@ class HealthImagingBulkCopyBatchOperator(BaseOperator):
 
     :param batch: The batch number (mapped).
     :param manifest_sha256: The manifest's digest.
-    :param settings: :class:`~healthimaging.bulk.engine.BulkCopySettings` as a dict.
+    :param settings: :class:`~healthimaging.bulk.settings.BulkCopySettings` as a dict.
+    :param aws_conn_id: The Airflow connection used for AWS credentials; None: the one in ``settings``.
+    :param region_name: AWS region_name; None or empty: the one in ``settings`` (else the connection's).
     :param ledger_conn_id: The Airflow connection of the ledger database.
-    :param deferrable: Run the batch in the triggerer (default) or in this worker.
+    :param deferrable: Run the batch in the triggerer, holding no worker slot, or in this worker.
+        (default: the ``[operators] default_deferrable`` setting; the bulk-copy DAGs pass True)
     :return: the batch's row counts by status.
     """
 
-    template_fields: Sequence[str] = ("batch", "manifest_sha256", "settings", "ledger_conn_id")
+    template_fields: Sequence[str] = ("batch", "manifest_sha256", "settings", "aws_conn_id", "region_name",
+                                      "ledger_conn_id")
     ui_color = "#66c3ff"
 
-    def __init__(self, *, batch: int, manifest_sha256: str, settings: dict[str, Any],
-                 ledger_conn_id: str = LEDGER_CONN_ID, deferrable: bool = True, **kwargs: Any) -> None:
+    def __init__(self, *, batch: int, manifest_sha256: str, settings: dict[str, Any], aws_conn_id: str | None = None,
+                 region_name: str | None = None, ledger_conn_id: str = LEDGER_CONN_ID,
+                 deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.batch = batch
         self.manifest_sha256 = manifest_sha256
         self.settings = settings
+        self.aws_conn_id = aws_conn_id
+        self.region_name = region_name
         self.ledger_conn_id = ledger_conn_id
         self.deferrable = deferrable
         self._lineage_rows: list[dict[str, Any]] = []
         self._counts: dict[str, int] = {}
 
     def _trigger(self, context: Context) -> HealthImagingBulkCopyTrigger:
+        settings = dict(self.settings)
+        if self.aws_conn_id is not None:
+            settings["aws_conn_id"] = self.aws_conn_id
+        if self.region_name:
+            settings["region_name"] = self.region_name
         return HealthImagingBulkCopyTrigger(
             dag_id=context["dag"].dag_id, run_id=context["run_id"], manifest_sha256=self.manifest_sha256,
-            batch=int(self.batch), settings=dict(self.settings), ledger_conn_id=self.ledger_conn_id,
+            batch=int(self.batch), settings=settings, ledger_conn_id=self.ledger_conn_id,
         )
 
     def execute(self, context: Context) -> dict[str, int]:
