@@ -68,7 +68,6 @@ def physical_lines(data: bytes) -> Iterator[tuple[int, str | None, str | None]]:
     """
     check_size(len(data))
     start = len(_BOM) if data.startswith(_BOM) else 0
-    number = 0
     for number, match in enumerate(_LINE.finditer(data, start), start=1):
         if number > MAX_LINES:
             raise ManifestError(f"line {number:,}: the manifest has more than {MAX_LINES:,} lines; split it into "

@@ -16,7 +16,7 @@ from healthimaging.bulk import report, storage
 
 from healthimaging.copy import states
 from healthimaging.bulk.engine import register_manifest, state_line
-from healthimaging.bulk.settings import BulkCopySettings
+from healthimaging.bulk.settings import BulkCopySettings, BulkRunOptions
 from healthimaging.copy.consistency import disagreements
 from healthimaging.copy.copiable_attributes import CopyRequestError, selection_of
 from healthimaging.copy.plan import resolve_plan
@@ -41,10 +41,11 @@ def prepare(ledger: Ledger, *, dag_id: str, run_id: str, params: dict[str, Any],
     ledger; returns what the next tasks need. Copies a dead run left in flight are resumed (see
     :func:`~healthimaging.bulk.engine.register_manifest`)."""
     uri = manifest_uri or params["manifest"]
+    options, settings = BulkRunOptions.from_params(params), BulkCopySettings.from_params(params)
     report_folder(params, dag_id, run_id, uri)  # a report folder outside the root fails the run before any copy
     try:
         data = storage.read_bytes(uri, params.get("aws_conn_id"), max_bytes=MAX_MANIFEST_BYTES)
-        validated = validate_manifest(data, uri, default_datastore_id=params.get("default_datastore_id") or None)
+        validated = validate_manifest(data, uri, default_datastore_id=options.default_datastore_id)
     except ManifestError as exc:
         raise BulkCopyRunError(f"manifest {uri}: {exc}") from exc
     for _, _, errors in validated.rejected[:50]:
@@ -52,9 +53,9 @@ def prepare(ledger: Ledger, *, dag_id: str, run_id: str, params: dict[str, Any],
             log.warning("manifest %s: %s", uri, error)
     if len(validated.rejected) > 50:
         log.warning("manifest %s: %d more rejected rows; see rejected.csv", uri, len(validated.rejected) - 50)
-    batch_size = max(int(params.get("batch_size", 250)), math.ceil(len(validated.rows) / MAX_BATCHES) or 1)
+    batch_size = max(options.batch_size, math.ceil(len(validated.rows) / MAX_BATCHES) or 1)
     registered = register_manifest(ledger, dag_id=dag_id, run_id=run_id, manifest_uri=uri, validated=validated,
-                                   batch_size=batch_size, skip_copied=bool(params.get("skip_already_copied", True)))
+                                   batch_size=batch_size, skip_copied=settings.skip_already_copied)
     log.info("manifest %s: %d rows: %d to copy in %d batches of up to %d, %d rejected, %d already copied",
              uri, registered.total_rows, registered.pending, len(registered.batches), batch_size, registered.rejected,
              registered.skipped)
@@ -62,12 +63,12 @@ def prepare(ledger: Ledger, *, dag_id: str, run_id: str, params: dict[str, Any],
         "manifest_uri": uri,
         "manifest_sha256": validated.sha256,
         "total_rows": validated.total_rows,
-        "dry_run": bool(params.get("dry_run")),
-        "batches": [] if params.get("dry_run") else registered.batches,
-        "settings": BulkCopySettings.from_params(params).to_dict(),
+        "dry_run": options.dry_run,
+        "batches": [] if options.dry_run else registered.batches,
+        "settings": settings.to_dict(),
         "rejected": registered.rejected,
     }
-    if params.get("strict") and registered.rejected:
+    if options.strict and registered.rejected:
         # Nothing is copied; the valid rows are recorded as skipped so that every row is accounted for.
         ledger.skip_pending(dag_id, run_id, validated.sha256, error_code="StrictMode",
                             message=f"not copied: strict mode and {registered.rejected} manifest rows are invalid")
@@ -157,7 +158,7 @@ def report_folder(params: dict[str, Any], dag_id: str, run_id: str, manifest_uri
     handles several), every part sanitised; the ``report_folder`` param may name a folder inside the
     root (relative, or absolute under it), never one outside it."""
     root = report_root()
-    chosen = str(params.get("report_folder") or "")
+    chosen = BulkRunOptions.from_params(params).report_folder or ""
     base = (root / Path(chosen).expanduser()).resolve()
     if not base.is_relative_to(root):
         raise BulkCopyRunError(f"report_folder {chosen!r} is outside the report folder {root}: give a folder inside it "
@@ -175,12 +176,13 @@ def finish(ledger: Ledger, *, dag_id: str, run_id: str, params: dict[str, Any], 
            per_manifest_folder: bool = False) -> dict[str, Any]:
     """Write the report of one manifest of a run (locally, and next to an S3 manifest); returns the summary."""
     manifest_uri = (prepared or {}).get("manifest_uri") or params.get("manifest", "")
+    options = BulkRunOptions.from_params(params)
     rows = ledger.run_rows(dag_id, run_id, (prepared or {}).get("manifest_sha256"))
     summary = report.summarize(
         rows, dag_id=dag_id, run_id=run_id, manifest_uri=manifest_uri,
         manifest_sha256=(prepared or {}).get("manifest_sha256") or (rows[0]["manifest_sha256"] if rows else ""),
-        total_rows=(prepared or {}).get("total_rows", len(rows)), dry_run=bool(params.get("dry_run")),
-        tolerated_failure_percent=float(params.get("tolerated_failure_percent", 0)),
+        total_rows=(prepared or {}).get("total_rows", len(rows)), dry_run=options.dry_run,
+        tolerated_failure_percent=options.tolerated_failure_percent,
     )
     files = report.report_files(rows, summary)
     folder = report.write_local(report_folder(params, dag_id, run_id, manifest_uri if per_manifest_folder else None), files)

@@ -5,7 +5,7 @@ its field's name), and a run's params are read back into them.
 
 from __future__ import annotations
 
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from healthimaging.bulk.ledger import LEASE_SECONDS
@@ -109,7 +109,7 @@ def values_from(cls: type, params: dict[str, Any]) -> dict[str, Any]:
         value = params[spec.name]
         kind = spec.metadata["param"]["type"]
         if value in (None, "") and kind == "string":
-            values[spec.name] = None if spec.default is None else spec.default
+            values[spec.name] = spec.default
         else:
             values[spec.name] = {"number": float, "integer": int, "boolean": bool, "string": str}[kind](value)
     return values
@@ -125,7 +125,7 @@ def trigger_form(*, defaults: dict[str, Any] | None = None, exclude: tuple[str, 
         for spec in fields(cls):
             if "param" not in spec.metadata or spec.name in exclude:
                 continue
-            default = defaults.get(spec.name, spec.default if spec.default is not MISSING else None)
+            default = defaults.get(spec.name, spec.default)
             schema = {k: v for k, v in spec.metadata["param"].items() if v is not None}
             params[spec.name] = Param("" if default is None else default, **schema)
     return params

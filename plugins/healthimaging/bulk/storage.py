@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path, PurePosixPath
 
+from healthimaging.bulk.manifest_reader import check_size
+
 
 def is_s3(uri: str) -> bool:
     return uri.startswith("s3://")
@@ -27,21 +29,16 @@ def read_bytes(uri: str, aws_conn_id: str | None = "aws_default", *, max_bytes: 
         if not hook.check_for_key(key, bucket_name=bucket):
             raise FileNotFoundError(f"manifest {uri} does not exist (or connection {aws_conn_id!r} cannot see it)")
         obj = hook.get_key(key, bucket_name=bucket)
-        _check_size(obj.content_length, max_bytes)
+        if max_bytes is not None:
+            check_size(obj.content_length, max_bytes)
         return obj.get()["Body"].read()
     path = Path(uri).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"manifest {uri} is not a file on this worker; give an absolute path the workers "
                                 "can read, or an s3:// URI")
-    _check_size(path.stat().st_size, max_bytes)
+    if max_bytes is not None:
+        check_size(path.stat().st_size, max_bytes)
     return path.read_bytes()
-
-
-def _check_size(size: int, max_bytes: int | None) -> None:
-    if max_bytes is not None and size > max_bytes:
-        from healthimaging.bulk.manifest_reader import check_size
-
-        check_size(size, max_bytes)
 
 
 def write_next_to(manifest_uri: str, folder_name: str, files: dict[str, str], aws_conn_id: str | None = "aws_default") -> str | None:
