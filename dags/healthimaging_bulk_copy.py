@@ -6,7 +6,7 @@ Trigger it by hand with a manifest (CSV or JSON Lines; a local path the workers 
 go on (or, in strict mode, the run fails before copying). Rows are copied in batches that run in the
 triggerer: submission obeys one CopyImageSet rate limit shared by the whole deployment, at most
 *max copies in flight* per data store, and never two copies of one source at once. Every row's
-state is in the ledger (connection `healthimaging_lineage`), so a retry or a re-run resumes
+state is in the ledger (connection `healthimaging_ledger`), so a retry or a re-run resumes
 without copying anything twice, and rows an earlier run copied are skipped.
 
 At the end a report (`report.json`, `succeeded.csv`, `failed.csv`, `rejected.csv`, `skipped.csv`)

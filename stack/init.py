@@ -4,7 +4,7 @@
    ``AIRFLOW__CORE__FERNET_KEY_CMD`` (``cat <file>``) reads for every Airflow component; first, because
    nothing can read Airflow's configuration before that file exists;
 2. ``airflow db migrate`` on the metadata database (``[database] sql_alchemy_conn``);
-3. the copy ledger: the database of the ``healthimaging_lineage`` connection is created on its
+3. the copy ledger: the database of the ``healthimaging_ledger`` connection is created on its
    PostgreSQL server if missing, with the ledger's and the shared rate limit's tables;
 4. the login: with the simple auth manager, ``_AIRFLOW_WWW_USER_USERNAME`` gets the password
    ``_AIRFLOW_WWW_USER_PASSWORD`` if given, else keeps the one it has, else gets a generated one, in
@@ -169,17 +169,18 @@ def migrate(timeout: float = 600) -> None:
 
 
 def ledger_url():
-    """The ledger's SQLAlchemy URL, from the ``healthimaging_lineage`` connection (None if it is not defined)."""
+    """The ledger's SQLAlchemy URL, from the ``healthimaging_ledger`` connection (None if it is not defined)."""
     from airflow.models.connection import Connection
 
     _add_plugins_to_path()
-    from healthimaging.bulk.ledger import CONNECTION_ID, url_from_connection
+    from healthimaging.bulk.ledger import connection_from_environment, url_from_connection
 
-    value = os.environ.get(f"AIRFLOW_CONN_{CONNECTION_ID.upper()}")
-    if not value:
+    found = connection_from_environment()
+    if found is None:
         return None
-    conn = Connection.from_json(value, conn_id=CONNECTION_ID) if value.lstrip().startswith("{") else \
-        Connection(conn_id=CONNECTION_ID, uri=value)
+    conn_id, value = found
+    conn = Connection.from_json(value, conn_id=conn_id) if value.lstrip().startswith("{") else \
+        Connection(conn_id=conn_id, uri=value)
     return url_from_connection(conn)
 
 
@@ -276,7 +277,7 @@ def main() -> int:
     migrate()
     url = ledger_url()
     if url is None:
-        log("no healthimaging_lineage connection: the ledger falls back to SQLite under AIRFLOW_HOME")
+        log("no healthimaging_ledger connection: the ledger falls back to SQLite under AIRFLOW_HOME")
     else:
         create_ledger(url)
     write_login()

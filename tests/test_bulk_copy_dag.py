@@ -69,9 +69,9 @@ def bulk_dag(airflow_db):
 
 @pytest.fixture
 def ledger(tmp_path, monkeypatch) -> Ledger:
-    """A ledger of this test's own: the connection healthimaging_lineage points at a SQLite file in tmp_path."""
+    """A ledger of this test's own: the connection healthimaging_ledger points at a SQLite file in tmp_path."""
     path = tmp_path / "ledger.sqlite3"
-    monkeypatch.setenv("AIRFLOW_CONN_HEALTHIMAGING_LINEAGE", json.dumps({"conn_type": "sqlite", "host": str(path)}))
+    monkeypatch.setenv("AIRFLOW_CONN_HEALTHIMAGING_LEDGER", json.dumps({"conn_type": "sqlite", "host": str(path)}))
     return Ledger(engine_for(f"sqlite:///{path}"))
 
 
@@ -82,7 +82,7 @@ def postgres_ledger(monkeypatch) -> Ledger:
         engine = engine_for(POSTGRES_URL)
     except sa.exc.OperationalError as exc:  # pragma: no cover - the CI machine has it
         pytest.skip(f"PostgreSQL is not reachable at 127.0.0.1:5432: {exc}")
-    monkeypatch.setenv("AIRFLOW_CONN_HEALTHIMAGING_LINEAGE", json.dumps(POSTGRES))
+    monkeypatch.setenv("AIRFLOW_CONN_HEALTHIMAGING_LEDGER", json.dumps(POSTGRES))
     return Ledger(engine)
 
 

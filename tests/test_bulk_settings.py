@@ -98,3 +98,18 @@ def test_the_batch_operator_takes_the_aws_connection_as_arguments_and_deferrable
     from airflow.providers.common.compat.sdk import conf
 
     assert unset.deferrable is conf.getboolean("operators", "default_deferrable", fallback=False)
+
+
+def test_the_ledger_connection_is_read_under_its_name_and_its_earlier_one(monkeypatch, tmp_path):
+    from healthimaging.bulk.ledger import CONNECTION_ID, LEGACY_CONNECTION_ID, connection_from_environment, resolve_url
+
+    old, new = tmp_path / "old.sqlite3", tmp_path / "new.sqlite3"
+    monkeypatch.delenv(f"AIRFLOW_CONN_{CONNECTION_ID.upper()}", raising=False)
+    monkeypatch.setenv(f"AIRFLOW_CONN_{LEGACY_CONNECTION_ID.upper()}", f"sqlite:///{old}")
+    assert str(resolve_url()) == f"sqlite:///{old}"
+    assert connection_from_environment() == (LEGACY_CONNECTION_ID, f"sqlite:///{old}")
+    monkeypatch.setenv(f"AIRFLOW_CONN_{CONNECTION_ID.upper()}", f"sqlite:///{new}")
+    assert str(resolve_url()) == f"sqlite:///{new}"
+    assert connection_from_environment() == (CONNECTION_ID, f"sqlite:///{new}")
+    # Another connection id never falls back to the ledger's earlier name.
+    assert str(resolve_url("some_other_ledger")).endswith("healthimaging_ledger.sqlite3")

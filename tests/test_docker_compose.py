@@ -226,7 +226,7 @@ def test_connections_default_to_the_emulator_and_the_ledger_database(raw, variab
     aws = connection(env["AIRFLOW_CONN_AWS_DEFAULT"])
     assert aws.conn_type == "aws"
     assert aws.extra_dejson == {"endpoint_url": "http://healthimaging-emulator:8089", "region_name": "us-east-1"}
-    ledger = connection(env["AIRFLOW_CONN_HEALTHIMAGING_LINEAGE"])
+    ledger = connection(env["AIRFLOW_CONN_HEALTHIMAGING_LEDGER"])
     assert (ledger.conn_type, ledger.host, ledger.port, ledger.schema) == ("postgres", "postgres", 5432, "healthimaging")
     from healthimaging.bulk.ledger import url_from_connection
 

@@ -261,8 +261,8 @@ def airflow_connection(value: str):
     from airflow.models.connection import Connection
 
     if value.startswith("{"):
-        return Connection.from_json(value, conn_id="healthimaging_lineage")
-    return Connection(conn_id="healthimaging_lineage", uri=value)
+        return Connection.from_json(value, conn_id="healthimaging_ledger")
+    return Connection(conn_id="healthimaging_ledger", uri=value)
 
 
 @pytest.mark.parametrize("value", [
@@ -287,7 +287,7 @@ def test_every_sqlite_form_airflow_accepts_names_the_same_file(value):
 def test_a_ledger_connection_that_cannot_be_used_is_an_error_naming_it(value, problem):
     with pytest.raises(LedgerConnectionError) as excinfo:
         url_from_connection(airflow_connection(value))
-    assert "connection 'healthimaging_lineage'" in str(excinfo.value) and problem in str(excinfo.value)
+    assert "connection 'healthimaging_ledger'" in str(excinfo.value) and problem in str(excinfo.value)
     assert "secret" not in str(excinfo.value)
 
 
@@ -347,5 +347,5 @@ def test_a_symbolic_link_out_of_the_root_is_refused(report_root, tmp_path_factor
 
 def test_connection_like_objects_without_an_id_name_the_default():
     conn = SimpleNamespace(conn_type="sqlite", host="", schema="", extra_dejson={})
-    with pytest.raises(LedgerConnectionError, match="connection 'healthimaging_lineage' names no SQLite file"):
+    with pytest.raises(LedgerConnectionError, match="connection 'healthimaging_ledger' names no SQLite file"):
         url_from_connection(conn)

@@ -213,7 +213,7 @@ def init_environment(home: Path, dotenv: Path, metadata_db: str, **variables: st
     stack = ProcessStack(home, workers=1, env_file=dotenv, environ={**SHELL, **variables}, emulator=False)
     env = stack.plan()["airflow-init"].env
     env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = metadata_db
-    del env["AIRFLOW_CONN_HEALTHIMAGING_LINEAGE"]
+    del env["AIRFLOW_CONN_HEALTHIMAGING_LEDGER"]
     return env
 
 

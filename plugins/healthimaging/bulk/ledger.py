@@ -1,6 +1,6 @@
 """The copy ledger: a queryable record of every manifest row of every run, source → destination.
 
-A SQL table through SQLAlchemy on the Airflow connection ``healthimaging_lineage`` (PostgreSQL or
+A SQL table through SQLAlchemy on the Airflow connection ``healthimaging_ledger`` (PostgreSQL or
 SQLite); without that connection, a SQLite file under ``AIRFLOW_HOME``. One row per manifest row per
 run, updated at each state change; indexed for what a dashboard asks (a run's rows by status, a
 source's copies, recent failures) and for resuming (a copy key already copied).
@@ -33,7 +33,10 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Engine
 
-CONNECTION_ID = "healthimaging_lineage"
+#: The Airflow connection of the ledger database, which holds the copy ledger and the shared rate limit.
+CONNECTION_ID = "healthimaging_ledger"
+#: The connection's earlier name; still read when ``healthimaging_ledger`` is not defined.
+LEGACY_CONNECTION_ID = "healthimaging_lineage"
 DEFAULT_SQLITE_NAME = "healthimaging_ledger.sqlite3"
 
 #: Row statuses. ``pending``, ``submitting`` (claimed; the copy may have been sent) and ``submitted``
@@ -200,11 +203,22 @@ def resolve_url(conn_id: str = CONNECTION_ID) -> URL | str:
     from airflow.sdk import Connection
     from airflow.sdk.exceptions import AirflowNotFoundException
 
-    try:
-        conn = Connection.get(conn_id)
-    except AirflowNotFoundException:  # not defined: the documented default applies
-        return f"sqlite:///{default_sqlite_path()}"
-    return url_from_connection(conn)
+    names = (conn_id, LEGACY_CONNECTION_ID) if conn_id == CONNECTION_ID else (conn_id,)
+    for name in names:
+        try:
+            return url_from_connection(Connection.get(name))
+        except AirflowNotFoundException:
+            continue
+    return f"sqlite:///{default_sqlite_path()}"  # not defined: the documented default applies
+
+
+def connection_from_environment(environ: Mapping[str, str] = os.environ) -> tuple[str, str] | None:
+    """The ledger connection's id and value as ``AIRFLOW_CONN_*`` holds them (the old name too), or None."""
+    for name in (CONNECTION_ID, LEGACY_CONNECTION_ID):
+        value = environ.get(f"AIRFLOW_CONN_{name.upper()}")
+        if value:
+            return name, value
+    return None
 
 
 _engines: dict[str, Engine] = {}
