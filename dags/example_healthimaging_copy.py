@@ -12,11 +12,12 @@ from __future__ import annotations
 
 from airflow.sdk import Param, chain, dag
 
+from healthimaging.copy import dicom_uid
 from healthimaging.copy.service_model import anchored
 from healthimaging.operators import HealthImagingCopyImageSetOperator
 
 IMAGE_SET_ID = {"type": "string", "pattern": anchored("ImageSetId")}  # botocore's model: [0-9a-z]{32}
-UID = {"type": "string", "pattern": "^[0-9]+(\\.[0-9]+)*$", "maxLength": 64}
+UID = dicom_uid.json_schema()  # botocore's model and DICOM PS3.5 9.1
 
 
 @dag(

@@ -19,6 +19,7 @@ from typing import Any
 
 from healthimaging import bounded_json
 from healthimaging.copy import copiable_attributes as ca
+from healthimaging.copy import dicom_uid
 from healthimaging.copy.request import COPY_ARGUMENTS, CopyRequest
 from healthimaging.copy.service_model import pattern
 from healthimaging.bulk.manifest_reader import ManifestError, detect_format, read_raw_rows
@@ -39,7 +40,6 @@ REJECTED_KEPT_COLUMNS = ("datastore_id", "source_image_set_id", "label")
 
 _ID = re.compile(pattern("ImageSetId"))  # botocore's model: data store and image set ids alike
 _VERSION = re.compile(r"[1-9][0-9]{0,18}")
-_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 _TRUE = {"true", "1", "yes", "y"}
 _FALSE = {"false", "0", "no", "n", ""}
 #: Text no ledger can store: NUL (PostgreSQL refuses it) and UTF-16 surrogates without a partner
@@ -282,9 +282,9 @@ def validate_row(row: int, raw: dict[str, Any], *, default_datastore_id: str | N
         if uids is None:
             fail(column, "cannot be read as a list of UIDs", "UIDs separated by ';' or a JSON list")
             uids = []
-        bad = [u for u in uids if not _UID.fullmatch(u) or len(u) > 64]
+        bad = [u for u in uids if not dicom_uid.is_uid(u)]
         if bad:
-            fail(column, f"{_show(bad[0])} is not a DICOM UID", "digits and dots, at most 64 characters")
+            fail(column, f"{_show(bad[0])} is not a DICOM UID", dicom_uid.DESCRIPTION)
         uid_lists[column] = uids
 
     copiable = _text(raw.get("copiable_attributes"))

@@ -18,9 +18,10 @@ import jsonschema
 from botocore.validate import ParamValidator
 
 from healthimaging import bounded_json
+from healthimaging.copy import dicom_uid
 from healthimaging.copy.service_model import service_model
 
-_UID = {"type": "string", "pattern": "^[0-9]+(\\.[0-9]+)*$", "maxLength": 64}
+_UID = dicom_uid.json_schema()
 
 #: The documented schema of copiableAttributes, as JSON Schema.
 COPIABLE_ATTRIBUTES_SCHEMA: dict[str, Any] = {

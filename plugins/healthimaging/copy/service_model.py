@@ -22,3 +22,8 @@ def pattern(shape: str) -> str:
 def anchored(shape: str, *, empty_allowed: bool = False) -> str:
     """A JSON Schema ``pattern`` (anchored; with ``empty_allowed``, also the empty string) for a trigger form."""
     return ("^$|" if empty_allowed else "") + f"^(?:{pattern(shape)})$"
+
+
+def max_length(shape: str) -> int | None:
+    """The longest string a shape allows (botocore's ``max``), e.g. 512 for ``DICOMSeriesInstanceUID``."""
+    return service_model().shape_for(shape).metadata.get("max")
