@@ -12,7 +12,7 @@ from healthimaging.bulk.settings import (
     BulkRunOptions,
     trigger_form,
 )
-from tests.test_bulk_copy_dag import BULK_DAG_ID, SCHEDULED_DAG_ID, load_dag
+from tests.bulk_helpers import BULK_DAG_ID, SCHEDULED_DAG_ID, load_dag
 
 
 def param_fields(cls: type) -> set[str]:

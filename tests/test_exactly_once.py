@@ -33,7 +33,8 @@ from healthimaging.bulk.ledger import Ledger, copies, leases
 from healthimaging.triggers import HealthImagingBulkCopyTrigger
 from stack.processes import signal_group, spawn
 from tests.airflow_env import REPO_ROOT, airflow_command
-from tests.test_bulk_copy_dag import (  # noqa: F401 - fixtures
+from tests.bulk_helpers import (  # noqa: F401 - bulk_dag, bulk_logs and ledger are fixtures
+    BULK_DAG_ID,
     FAST,
     accounted,
     bulk_conf,
@@ -49,7 +50,6 @@ from tests.test_bulk_copy_dag import (  # noqa: F401 - fixtures
     write_manifest,
 )
 
-BULK_DAG_ID = "healthimaging_bulk_copy"
 DAG_ID = "exactly-once-test"
 
 
