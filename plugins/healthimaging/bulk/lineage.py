@@ -1,16 +1,20 @@
 """OpenLineage for HealthImaging copies: datasets named after the image sets, no patient data.
 
-Naming follows the AWS Glue precedent (see shared/reference/airflow-notes.md): namespace
+Naming follows OpenLineage's precedent for AWS Glue (namespace ``arn:aws:glue:{region}:{account id}``,
+name ``table/{database}/{table}``; https://openlineage.io/docs/spec/naming/): namespace
 ``arn:aws:medical-imaging:{region}:{account}``, name ``datastore/{datastoreId}/imageset/{imageSetId}``.
 Only ids, versions and copy parameters travel; never DICOM attributes.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attr
 from openlineage.client.facet_v2 import RunFacet
+
+if TYPE_CHECKING:
+    from healthimaging.copy.record import CopyRecord
 
 
 @attr.define
@@ -45,35 +49,33 @@ def dataset(image_set_arn: str, datastore_id: str, image_set_id: str, version_id
     return Dataset(namespace=namespace(image_set_arn), name=f"datastore/{datastore_id}/imageset/{image_set_id}", facets=facets)
 
 
-def copy_lineage(copy: dict[str, Any], *, error: str | None = None):
-    """OperatorLineage for a copy described by the operator's result (or its plan, when it failed)."""
-    from airflow.providers.common.compat.openlineage.facet import ErrorMessageRunFacet
+def copy_lineage(copy: CopyRecord | None):
+    """OperatorLineage for one copy: its record once accepted (or its plan, when it failed before).
+
+    No error facet: the OpenLineage listener adds ``errorMessage`` from the task's exception itself.
+    """
     from airflow.providers.openlineage.extractors import OperatorLineage
 
-    arn = copy.get("source_image_set_arn") or copy.get("destination_image_set_arn")
+    arn = copy and (copy.source_image_set_arn or copy.destination_image_set_arn)
     if not arn:
         return OperatorLineage()
-    inputs = [dataset(arn, copy["datastore_id"], copy["source_image_set_id"], copy.get("source_version_id"))]
+    inputs = [dataset(arn, copy.datastore_id, copy.source_image_set_id, copy.source_version_id)]
     outputs = []
-    if copy.get("destination_image_set_id"):
-        outputs.append(dataset(arn, copy["datastore_id"], copy["destination_image_set_id"], copy.get("destination_version_id")))
-    run_facets: dict[str, Any] = {
-        "healthImagingCopy": HealthImagingCopyRunFacet(
-            datastoreId=copy["datastore_id"],
-            sourceImageSetId=copy["source_image_set_id"],
-            sourceVersionId=str(copy.get("source_version_id")),
-            destinationImageSetId=copy.get("destination_image_set_id"),
-            destinationVersionId=copy.get("destination_version_id"),
-            copyKind=copy.get("copy_kind"),
-            force=bool(copy.get("force")),
-            promoteToPrimary=bool(copy.get("promote_to_primary")),
-            subset=bool(copy.get("subset")),
-            workflowStatus=copy.get("workflow_status"),
-        )
-    }
-    if error:
-        run_facets["errorMessage"] = ErrorMessageRunFacet(message=error, programmingLanguage="python")
-    return OperatorLineage(inputs=inputs, outputs=outputs, run_facets=run_facets)
+    if copy.destination_image_set_id:
+        outputs.append(dataset(arn, copy.datastore_id, copy.destination_image_set_id, copy.destination_version_id))
+    facet = HealthImagingCopyRunFacet(
+        datastoreId=copy.datastore_id,
+        sourceImageSetId=copy.source_image_set_id,
+        sourceVersionId=str(copy.source_version_id),
+        destinationImageSetId=copy.destination_image_set_id,
+        destinationVersionId=copy.destination_version_id,
+        copyKind=copy.copy_kind,
+        force=bool(copy.force),
+        promoteToPrimary=bool(copy.promote_to_primary),
+        subset=bool(copy.subset),
+        workflowStatus=copy.workflow_status,
+    )
+    return OperatorLineage(inputs=inputs, outputs=outputs, run_facets={"healthImagingCopy": facet})
 
 
 def batch_lineage(rows: list[dict[str, Any]], counts: dict[str, int]):

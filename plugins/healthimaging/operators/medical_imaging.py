@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from airflow.providers.amazon.aws.exceptions import WaiterTerminalFailure
@@ -20,6 +19,7 @@ from healthimaging.bulk import lineage
 from healthimaging.copy import states
 from healthimaging.copy.copiable_attributes import CopyRequestError
 from healthimaging.copy.plan import CopyPlan, resolve_plan, uid_digest
+from healthimaging.copy.record import CopyRecord
 from healthimaging.copy.request import COPY_ARGUMENTS, CopyRequest
 from healthimaging.copy.submission import CopySubmissionError, SubmissionPolicy, reconcile, snapshot_series, submit_copy
 from healthimaging.hooks.medical_imaging import HealthImagingHook
@@ -130,93 +130,32 @@ class HealthImagingCopyImageSetOperator(AwsBaseOperator[HealthImagingHook]):
         self.waiter_max_attempts = waiter_max_attempts
         self.verify_copy = verify_copy
         self.max_submit_attempts = max_submit_attempts
-        self._lineage_copy: dict[str, Any] | None = None
-        self._lineage_error: str | None = None
+        self._record: CopyRecord | None = None  # what lineage reports, as far as the copy got
 
     # ------------------------------------------------------------------ execution
 
     def execute(self, context: Context) -> dict[str, Any]:
         store = context.get("task_state_store")
-        copy = self._resume(store)
-        if copy is None:
-            plan = self._plan()
-            self._lineage_copy = self._describe(plan)
-            plan = snapshot_series(self.hook, plan)
-            intent = {"phase": "submitting", "plan": plan.to_dict(), "started_at": time.time()}
-            if store is not None:
-                store.set(COPY_STATE_KEY, intent)  # a crash after this point reconciles instead of copying again
-            try:
-                submitted = submit_copy(self.hook, plan, SubmissionPolicy(max_attempts=self.max_submit_attempts))
-            except CopySubmissionError as exc:
-                self._lineage_error = str(exc)
-                raise AirflowException(f"CopyImageSet of image set {plan.source_image_set_id} failed: {exc}") from exc
-            copy = self._describe(submitted.plan, submitted)
-            if store is not None:
-                store.set(COPY_STATE_KEY, {"phase": "submitted", "copy": copy})
-            self.log.info(
-                "Copy accepted: image set %s version %s -> %s version %s (%s copy%s)",
-                copy["source_image_set_id"], copy["source_version_id"], copy["destination_image_set_id"],
-                copy["destination_version_id"], copy["copy_kind"], ", reconciled after a lost response" if submitted.reconciled else "")
-        self._lineage_copy = copy
+        record = self._resume(store) or self._submit(store)
+        self._record = record
         HealthImagingImageSetLink.persist(
-            context=context, operator=self, region_name=self.hook.conn_region_name, aws_partition=self.hook.conn_partition,
-            datastore_id=copy["datastore_id"], image_set_id=copy["destination_image_set_id"],
+            context=context, operator=self, region_name=self.hook.conn_region_name,
+            aws_partition=self.hook.conn_partition, datastore_id=record.datastore_id,
+            image_set_id=record.destination_image_set_id,
         )
         if self.deferrable:
-            self.defer(
-                trigger=HealthImagingImageSetTrigger(
-                    datastore_id=copy["datastore_id"],
-                    image_set_id=copy["destination_image_set_id"],
-                    version_id=copy["destination_version_id"],
-                    waiter_name="image_set_copied",
-                    return_value=copy,
-                    waiter_delay=self.waiter_delay,
-                    waiter_max_attempts=self.waiter_max_attempts,
-                    aws_conn_id=self.aws_conn_id,
-                    region_name=self.region_name,
-                    verify=self.verify,
-                    botocore_config=self.botocore_config,
-                ),
-                method_name="execute_complete",
-            )
+            self.defer(trigger=self._trigger(record), method_name="execute_complete")
         if not self.wait_for_completion:
-            status = self.hook.get_image_set(copy["datastore_id"], copy["destination_image_set_id"], copy["destination_version_id"])
-            return {**copy, "workflow_status": status.get("imageSetWorkflowStatus")}
-        try:
-            wait(
-                waiter=self.hook.get_waiter("image_set_copied"),
-                waiter_delay=self.waiter_delay,
-                waiter_max_attempts=self.waiter_max_attempts,
-                args={"datastoreId": copy["datastore_id"], "imageSetId": copy["destination_image_set_id"],
-                      "versionId": copy["destination_version_id"]},
-                failure_message=f"Copy to image set {copy['destination_image_set_id']} failed",
-                status_message="Copy destination is",
-                status_args=["imageSetWorkflowStatus", "message"],
-            )
-        except WaiterTerminalFailure as exc:
-            # The waiter's own text says only which acceptor matched: name the status and the service's message.
-            response = exc.last_response or {}
-            self._lineage_error = (
-                f"Copy to image set {copy['destination_image_set_id']} version {copy['destination_version_id']} "
-                f"ended {response.get('imageSetWorkflowStatus')}: {response.get('message', 'no message from the service')}"
-            )
-            raise AirflowException(self._lineage_error) from exc
-        except AirflowException as exc:
-            self._lineage_error = str(exc)
-            raise
-        return self._complete(context, copy)
+            return record.with_status(self._destination_status(record)).to_dict()
+        self._wait_in_worker(record)
+        return self._complete(record)
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
         validated_event = validate_execute_complete_event(event)
-        copy = validated_event["value"]
-        self._lineage_copy = copy
+        record = self._record = CopyRecord.from_dict(validated_event["value"])
         if validated_event["status"] != "success":
-            self._lineage_error = validated_event.get("message", "")
-            raise AirflowException(
-                f"Copy to image set {copy['destination_image_set_id']} version {copy['destination_version_id']} "
-                f"failed: {validated_event.get('message')}"
-            )
-        return self._complete(context, copy)
+            raise self._copy_not_copied(record, self._destination_status(record), validated_event.get("message"))
+        return self._complete(record)
 
     # ------------------------------------------------------------------ steps
 
@@ -231,7 +170,23 @@ class HealthImagingCopyImageSetOperator(AwsBaseOperator[HealthImagingHook]):
         except CopyRequestError as exc:
             raise AirflowException(f"Cannot copy image set {self.source_image_set_id}: {exc}") from exc
 
-    def _resume(self, store: Any) -> dict[str, Any] | None:
+    def _submit(self, store: Any) -> CopyRecord:
+        """Plan the copy, record the intent (a crash after it reconciles instead of copying again), send it."""
+        plan = snapshot_series(self.hook, self._plan())
+        self._record = CopyRecord.planned(plan)
+        _store(store, {"phase": "submitting", "plan": plan.to_dict(), "started_at": time.time()})
+        try:
+            submitted = submit_copy(self.hook, plan, SubmissionPolicy(max_attempts=self.max_submit_attempts))
+        except CopySubmissionError as exc:
+            raise AirflowException(f"CopyImageSet of image set {plan.source_image_set_id} failed: {exc}") from exc
+        record = CopyRecord.accepted(submitted)
+        _store(store, {"phase": "submitted", "copy": record.to_dict()})
+        self.log.info("Copy accepted: image set %s version %s -> %s (%s copy%s)", record.source_image_set_id,
+                      record.source_version_id, record.destination, record.copy_kind,
+                      ", reconciled after a lost response" if submitted.reconciled else "")
+        return record
+
+    def _resume(self, store: Any) -> CopyRecord | None:
         """The copy an earlier try of this task instance started, if it is still worth waiting for."""
         state = store.get(COPY_STATE_KEY) if store is not None else None
         if not state:
@@ -243,85 +198,82 @@ class HealthImagingCopyImageSetOperator(AwsBaseOperator[HealthImagingHook]):
             if found is None:
                 self.log.info("No copy took effect; sending it again")
                 return None
-            copy = self._describe(plan, found)
-            store.set(COPY_STATE_KEY, {"phase": "submitted", "copy": copy})
-            return copy
-        copy = state["copy"]
-        status = self.hook.get_image_set(copy["datastore_id"], copy["destination_image_set_id"], copy["destination_version_id"])
+            record = CopyRecord.accepted(found)
+            _store(store, {"phase": "submitted", "copy": record.to_dict()})
+            return record
+        record = CopyRecord.from_dict(state["copy"])
+        status = self._destination_status(record)
         workflow = status.get("imageSetWorkflowStatus")
         if workflow == states.COPY_FAILED:
-            self.log.warning("The copy an earlier try started ended COPY_FAILED (%s); copying again", status.get("message"))
+            self.log.warning("The copy an earlier try started ended COPY_FAILED (%s); copying again",
+                             status.get("message"))
             return None
-        self.log.info("Resuming the copy an earlier try started: image set %s version %s is %s",
-                      copy["destination_image_set_id"], copy["destination_version_id"], workflow)
-        return copy
+        self.log.info("Resuming the copy an earlier try started: %s is %s", record.destination, workflow)
+        return record
 
-    def _describe(self, plan: CopyPlan, submitted: Any = None) -> dict[str, Any]:
-        """The copy as JSON: what goes to task_state_store, the trigger event and XCom."""
-        copy = {
-            "datastore_id": plan.datastore_id,
-            "source_image_set_id": plan.source_image_set_id,
-            "source_version_id": plan.source_version_id,
-            "destination_image_set_id": plan.destination_image_set_id,
-            "destination_version_id": None,
-            "copy_kind": plan.copy_kind,
-            "subset": plan.copiable_attributes is not None,
-            "force": plan.force,
-            "promote_to_primary": plan.promote_to_primary,
-            "previous_destination_version_id": plan.destination_version_id,
-            "expected_instance_count": plan.expected_instance_count,
-            "expected_instance_digest": plan.expected_instance_digest,
-        }
-        if submitted is not None:
-            copy.update(
-                destination_image_set_id=submitted.destination_image_set_id,
-                destination_version_id=submitted.destination_version_id,
-                submitted_at=submitted.submitted_at,
-                attempts=submitted.attempts,
-                reconciled=submitted.reconciled,
-                source_image_set_arn=submitted.source_image_set_arn,
-                destination_image_set_arn=submitted.destination_image_set_arn,
-            )
-        return copy
+    def _trigger(self, record: CopyRecord) -> HealthImagingImageSetTrigger:
+        return HealthImagingImageSetTrigger(
+            datastore_id=record.datastore_id,
+            image_set_id=record.destination_image_set_id,
+            version_id=record.destination_version_id,
+            waiter_name="image_set_copied",
+            return_value=record.to_dict(),
+            waiter_delay=self.waiter_delay,
+            waiter_max_attempts=self.waiter_max_attempts,
+            aws_conn_id=self.aws_conn_id,
+            region_name=self.region_name,
+            verify=self.verify,
+            botocore_config=self.botocore_config,
+        )
 
-    def _complete(self, context: Context, copy: dict[str, Any]) -> dict[str, Any]:
-        hook = self.hook
-        final = hook.get_image_set(copy["datastore_id"], copy["destination_image_set_id"], copy["destination_version_id"])
-        workflow = final.get("imageSetWorkflowStatus")
-        if workflow != states.COPIED:
-            self._lineage_error = f"{workflow}: {final.get('message')}"
-            raise AirflowException(
-                f"Copy to image set {copy['destination_image_set_id']} version {copy['destination_version_id']} "
-                f"ended {workflow}: {final.get('message', 'no message from the service')}"
+    def _wait_in_worker(self, record: CopyRecord) -> None:
+        try:
+            wait(
+                waiter=self.hook.get_waiter("image_set_copied"),
+                waiter_delay=self.waiter_delay,
+                waiter_max_attempts=self.waiter_max_attempts,
+                args={"datastoreId": record.datastore_id, "imageSetId": record.destination_image_set_id,
+                      "versionId": record.destination_version_id},
+                failure_message=f"Copy to image set {record.destination_image_set_id} failed",
+                status_message="Copy destination is",
+                status_args=["imageSetWorkflowStatus", "message"],
             )
-        result = {
-            **copy,
-            "workflow_status": workflow,
-            "forced": bool((final.get("overrides") or {}).get("forced")),
-            "is_primary": bool(final.get("isPrimary")),
-            "destination_image_set_arn": final.get("imageSetArn") or copy.get("destination_image_set_arn"),
-            "completed_at": time.time(),
-            "verified": False,
-        }
-        result.setdefault("source_image_set_arn", None)
-        if copy.get("submitted_at"):
-            result["duration_seconds"] = round(result["completed_at"] - copy["submitted_at"], 3)
-            result["submitted_at_iso"] = datetime.fromtimestamp(copy["submitted_at"], timezone.utc).isoformat()
-        if self.verify_copy and copy.get("expected_instance_digest"):
-            held = hook.get_sop_instance_uids(copy["datastore_id"], copy["destination_image_set_id"], copy["destination_version_id"])
-            if uid_digest(held) != copy["expected_instance_digest"]:
-                self._lineage_error = "verification failed"
+        except WaiterTerminalFailure as exc:
+            # The waiter's own text says only which acceptor matched: name the status and the service's message.
+            raise self._copy_not_copied(record, exc.last_response or {}) from exc
+
+    def _destination_status(self, record: CopyRecord) -> dict[str, Any]:
+        return self.hook.get_image_set(record.datastore_id, record.destination_image_set_id,
+                                       record.destination_version_id)
+
+    def _copy_not_copied(self, record: CopyRecord, status: dict[str, Any],
+                         waited: str | None = None) -> AirflowException:
+        """The one error of a copy that did not end COPIED: the destination, its status, the service's message."""
+        workflow = status.get("imageSetWorkflowStatus")
+        message = status.get("message") or "no message from the service"
+        if workflow in states.COPY_PENDING_STATUSES:
+            return AirflowException(f"Copy to {record.destination} is still {workflow} after waiting: {waited}")
+        return AirflowException(f"Copy to {record.destination} ended {workflow}: {message}")
+
+    def _complete(self, record: CopyRecord) -> dict[str, Any]:
+        """Check that the copy ended COPIED and (``verify_copy``) holds what was meant; the task's result."""
+        final = self._destination_status(record)
+        if final.get("imageSetWorkflowStatus") != states.COPIED:
+            raise self._copy_not_copied(record, final)
+        verified = False
+        if self.verify_copy and record.expected_instance_digest:
+            held = self.hook.get_sop_instance_uids(record.datastore_id, record.destination_image_set_id,
+                                                   record.destination_version_id)
+            if uid_digest(held) != record.expected_instance_digest:
                 raise AirflowException(
-                    f"Copy verification failed: destination image set {copy['destination_image_set_id']} version "
-                    f"{copy['destination_version_id']} holds {len(held)} SOP instances, expected "
-                    f"{copy['expected_instance_count']} (the copied ones plus any the destination already held)"
+                    f"Copy verification failed: destination {record.destination} holds {len(held)} SOP instances, "
+                    f"expected {record.expected_instance_count} (the copied ones plus any the destination already held)"
                 )
-            result["verified"] = True
-        self._lineage_copy = result
-        self.log.info("Copy complete: image set %s version %s is %s (forced=%s, primary=%s, verified=%s)",
-                      result["destination_image_set_id"], result["destination_version_id"], workflow, result["forced"],
-                      result["is_primary"], result["verified"])
-        return result
+            verified = True
+        record = self._record = record.completed(final, verified=verified, completed_at=time.time())
+        self.log.info("Copy complete: %s is %s (forced=%s, primary=%s, verified=%s)", record.destination,
+                      record.workflow_status, record.forced, record.is_primary, record.verified)
+        return record.to_dict()
 
     # ------------------------------------------------------------------ lineage
 
@@ -332,10 +284,17 @@ class HealthImagingCopyImageSetOperator(AwsBaseOperator[HealthImagingHook]):
 
     def get_openlineage_facets_on_complete(self, task_instance: Any):
         """Source image set version in, destination image set version out; ids only, no patient data."""
-        return lineage.copy_lineage(self._lineage_copy or {})
+        return lineage.copy_lineage(self._record)
 
     def get_openlineage_facets_on_failure(self, task_instance: Any):
-        return lineage.copy_lineage(self._lineage_copy or {}, error=self._lineage_error)
+        """As far as the copy got; the listener adds the task's error itself."""
+        return lineage.copy_lineage(self._record)
+
+
+def _store(store: Any, state: dict[str, Any]) -> None:
+    """Keep the copy's state for a retry of this task instance (not kept where there is no state store)."""
+    if store is not None:
+        store.set(COPY_STATE_KEY, state)
 
 
 class HealthImagingBulkCopyBatchOperator(BaseOperator):
