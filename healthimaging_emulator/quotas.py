@@ -1,4 +1,8 @@
-"""AWS HealthImaging's default quotas, in one place (see shared/reference/healthimaging-api.md).
+"""AWS HealthImaging's default quotas, in one place.
+
+From the developer guide's quotas pages: throttling limits
+(https://docs.aws.amazon.com/healthimaging/latest/devguide/throttling-limits.html) and endpoints and
+quotas (https://docs.aws.amazon.com/healthimaging/latest/devguide/endpoints-quotas.html).
 
 Rates are requests per second per account and region, as token buckets ``(rate, burst)``.
 Operations not listed are not throttled by the emulator.

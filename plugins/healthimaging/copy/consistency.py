@@ -1,6 +1,8 @@
 """Which Patient, Study and Series attributes HealthImaging compares before a copy into a destination.
 
-Without ``force`` they must agree, or the copy ends COPY_FAILED (shared/reference/healthimaging-api.md).
+Without ``force`` they must agree, or the copy is accepted and its destination version ends COPY_FAILED
+(https://docs.aws.amazon.com/healthimaging/latest/devguide/copy-image-set.html, and the ``force``
+parameter of https://docs.aws.amazon.com/healthimaging/latest/APIReference/API_CopyImageSet.html).
 The dry run uses this to tell which rows need ``force``.
 """
 
