@@ -66,16 +66,9 @@ class CopyRecord:
     @classmethod
     def accepted(cls, submitted: Any) -> CopyRecord:
         """The copy the service accepted (a :class:`~healthimaging.copy.submission.SubmittedCopy`)."""
-        return replace(
-            cls.planned(submitted.plan),
-            destination_image_set_id=submitted.destination_image_set_id,
-            destination_version_id=submitted.destination_version_id,
-            submitted_at=submitted.submitted_at,
-            attempts=submitted.attempts,
-            reconciled=submitted.reconciled,
-            source_image_set_arn=submitted.source_image_set_arn,
-            destination_image_set_arn=submitted.destination_image_set_arn,
-        )
+        # Every field of SubmittedCopy but its plan is a field of the record under the same name.
+        accepted = {f.name: getattr(submitted, f.name) for f in fields(submitted) if f.name != "plan"}
+        return replace(cls.planned(submitted.plan), **accepted)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CopyRecord:
