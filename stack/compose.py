@@ -11,7 +11,7 @@ stack's home folder. Everything the process stack adds on top (each is
 something Docker provides: a container's own host name, its own ports, the image's paths) is listed in
 :data:`stack.process_stack.RUNNER_ONLY_VARIABLES`. ``tests/test_docker_compose.py`` checks both.
 
-This module needs only the standard library, except :func:`load_compose` (PyYAML, installed with Airflow).
+This module needs the standard library, PyYAML (:func:`load_compose`) and python-dotenv (:func:`read_dotenv`).
 """
 
 from __future__ import annotations
@@ -48,45 +48,20 @@ class InterpolationError(ValueError):
 
 
 def read_dotenv(path: str | os.PathLike[str]) -> dict[str, str]:
-    """The variables of a ``.env`` file, parsed as compose does.
+    """The variables of a ``.env`` file (python-dotenv's parser, as compose's: ``export``, comments, quotes).
 
-    ``KEY=value`` lines (an optional ``export`` prefix); ``#`` starts a comment at the start of a line,
-    or after whitespace in an unquoted value; ``'single quotes'`` are literal; ``"double quotes"``
-    understand ``\\n``, ``\\"`` and ``\\\\``. Values are not interpolated (this file's values contain none).
+    Values are not interpolated (this file's values contain none) and the shell is not read here:
+    :func:`compose_variables` puts the shell's variables over these. A ``KEY`` without ``=`` is refused
+    (compose would take it from the shell; the stack's configuration is in the file); python-dotenv warns about
+    a line it cannot parse and skips it.
     """
-    values: dict[str, str] = {}
-    for number, raw in enumerate(Path(path).read_text().splitlines(), 1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        if line.startswith("export "):
-            line = line[len("export "):].lstrip()
-        key, sep, value = line.partition("=")
-        key = key.strip()
-        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]*", key):
-            raise ValueError(f"{path}:{number}: expected KEY=value, got {raw!r}")
-        value = value.strip()
-        if value[:1] == "'":
-            end = value.find("'", 1)
-            if end < 0:
-                raise ValueError(f"{path}:{number}: unterminated single quote")
-            value = value[1:end]
-        elif value[:1] == '"':
-            out, i = [], 1
-            while i < len(value) and value[i] != '"':
-                if value[i] == "\\" and i + 1 < len(value):
-                    out.append({"n": "\n", "t": "\t", '"': '"', "\\": "\\"}.get(value[i + 1], "\\" + value[i + 1]))
-                    i += 2
-                    continue
-                out.append(value[i])
-                i += 1
-            if i >= len(value):
-                raise ValueError(f"{path}:{number}: unterminated double quote")
-            value = "".join(out)
-        else:
-            value = re.split(r"\s+#", value, maxsplit=1)[0].strip()
-        values[key] = value
-    return values
+    from dotenv import dotenv_values
+
+    values = dotenv_values(path, interpolate=False)
+    bare = [key for key, value in values.items() if value is None]
+    if bare:
+        raise ValueError(f"{path}: expected KEY=value, got {', '.join(bare)} without a value")
+    return dict(values)
 
 
 def default_env_file() -> Path:
@@ -234,7 +209,8 @@ def published_ports(compose: Mapping[str, Any], name: str, variables: Mapping[st
     ports = []
     for entry in service(compose, name, variables).get("ports") or []:
         if not isinstance(entry, str):
-            raise ValueError(f"{name}: only the short ports syntax (HOST_IP:HOST_PORT:CONTAINER_PORT) is read, got {entry!r}")
+            raise ValueError(f"{name}: only the short ports syntax (HOST_IP:HOST_PORT:CONTAINER_PORT) is read, "
+                             f"got {entry!r}")
         parts = entry.rsplit(":", 2)
         if len(parts) == 3:
             ports.append(PublishedPort(parts[0].strip("[]"), parts[1], parts[2]))
