@@ -1,7 +1,25 @@
 """CopyImageSet end to end: real boto3 clients over HTTP against the emulator.
 
-The spec is the section "CopyImageSet semantics" of shared/reference/healthimaging-api.md. Every test
-asserts outcomes a caller can observe: the CopyImageSet response, the image set states and versions
+The service's behaviour these tests hold the emulator to, as AWS documents it:
+
+- CopyImageSet copies the latest version of a source image set, whole or the SOP instances that
+  ``DICOMCopies.copiableAttributes`` selects, into a new image set or into an existing destination
+  image set given at its latest version (which gets a new version). While the copy runs the source is
+  LOCKED in COPYING_WITH_READ_ONLY_ACCESS and the destination LOCKED in COPYING; the destination ends
+  COPIED or COPY_FAILED.
+- ``force`` overrides inconsistencies in the Patient, Study and Series level attributes;
+  ``promoteToPrimary`` makes the destination a primary image set.
+- A locked image set or a stale latestVersionId is a ConflictException; malformed arguments a
+  ValidationException; an unknown data store or image set a ResourceNotFoundException; an exhausted
+  quota (concurrent copies, frames per copy) a ServiceQuotaExceededException.
+
+Sources: the AWS HealthImaging Developer Guide, "Copying an image set"
+(https://docs.aws.amazon.com/healthimaging/latest/devguide/copy-image-set.html) and its quotas
+(https://docs.aws.amazon.com/healthimaging/latest/devguide/endpoints-quotas.html); the API reference
+for CopyImageSet (https://docs.aws.amazon.com/healthimaging/latest/APIReference/API_CopyImageSet.html);
+the AWS CLI's copy-image-set examples (tests/fixtures/awscli/copy-image-set.rst).
+
+Every test asserts outcomes a caller can observe: the CopyImageSet response, the image set states and versions
 (GetImageSet, ListImageSetVersions) and the copied content (GetImageSetMetadata, gzip JSON).
 """
 
@@ -201,6 +219,7 @@ def assert_cli_shape(response: dict[str, Any], datastore_id: str) -> None:
 def test_cli_example_1_copy_without_destination_makes_a_new_image_set_version_1(sample):
     source = multi_instance_sample(sample)
     before = sample.get(source.image_set_id)
+    sample.handle.configure(timing=LONG_COPY)  # still running when it is read back below
     response = sample.client.copy_image_set(
         datastoreId=sample.datastore_id, sourceImageSetId=source.image_set_id,
         copyImageSetInformation=json.loads('{"sourceImageSet": {"latestVersionId": "1" } }'))
@@ -213,9 +232,11 @@ def test_cli_example_1_copy_without_destination_makes_a_new_image_set_version_1(
     assert dst["createdAt"] == dst["updatedAt"]
     assert src["createdAt"] == before["createdAt"] < src["updatedAt"]
     # while the copy runs, both read as locked
-    assert sample.get(dst["imageSetId"])["imageSetWorkflowStatus"] in ("COPYING", "COPIED")
+    running = sample.get(dst["imageSetId"]), sample.get(source.image_set_id)
+    assert [(r["imageSetState"], r["imageSetWorkflowStatus"]) for r in running] == [
+        ("LOCKED", "COPYING"), ("LOCKED", "COPYING_WITH_READ_ONLY_ACCESS")]
 
-    done = sample.wait(dst["imageSetId"])
+    done = sample.wait(dst["imageSetId"], timeout=30)
     assert (done["imageSetState"], done["imageSetWorkflowStatus"], done["versionId"]) == ("ACTIVE", "COPIED", "1")
     assert "message" not in done and "overrides" not in done
     assert done["isPrimary"] is False
