@@ -41,7 +41,6 @@ from tests.bulk_helpers import (  # noqa: F401 - bulk_dag, bulk_logs and ledger 
     bulk_dag,
     bulk_logs,
     copy_calls,
-    document,
     image_set_ids,
     ledger,
     run_dag,
@@ -228,9 +227,16 @@ def test_two_runs_of_one_manifest_a_second_apart_copy_each_row_once(airflow_db, 
         statuses = sorted(r["status"] for r in pair)
         assert statuses == ["skipped", "succeeded"], (number, pair)
         done, skipped = sorted(pair, key=lambda r: r["status"] != "succeeded")
-        assert skipped["error_code"] in ("AlreadyCopied", "CopyInFlightElsewhere"), skipped
-        assert f"run {done['run_id']} (row {number})" in skipped["message"], skipped
-        assert skipped["destination_image_set_id"] in (None, done["destination_image_set_id"])
+        # Which of the two a row meets depends on how far the other run had got when the row was sent; each
+        # outcome has its own message and destination (a copy still being sent has none yet).
+        same = f"run {done['run_id']} (row {number})"
+        if skipped["error_code"] == "AlreadyCopied":
+            assert skipped["message"] == f"copied by {same}", skipped
+            assert skipped["destination_image_set_id"] == done["destination_image_set_id"], skipped
+        else:
+            assert skipped["error_code"] == "CopyInFlightElsewhere", skipped
+            assert skipped["message"] == f"the same copy is in flight in {same}; its outcome is that row's", skipped
+            assert skipped["destination_image_set_id"] in (None, done["destination_image_set_id"]), skipped
     assert_each_row_copied_once(emulator, datastore_id, ids, 6, [r for rows in runs.values() for r in rows])
     assert copy_calls(emulator)["calls"] == 6  # not one CopyImageSet more than rows
 
@@ -259,9 +265,8 @@ def test_a_run_killed_with_sigkill_is_resumed_by_the_next_run(airflow_db, ledger
     assert in_flight and any(r["status"] == "pending" for r in left), [r["status"] for r in left]
     time.sleep(3.5)  # the dead engine's lease runs out
 
-    started = time.monotonic()
+    # It does not wait on the dead run: finished() fails the test if the rerun has not ended within 180 s.
     output = finished(dags_test(tmp_path, conf, "rerun", **lease), tmp_path, "rerun")
-    assert time.monotonic() - started < 120
     runs = runs_of(ledger)
     rerun = runs[next(r for r in runs if r != dead_run)]
     assert [r["status"] for r in rerun] == ["succeeded"] * 8, [(r["status"], r["error_code"]) for r in rerun]
