@@ -378,7 +378,9 @@ def test_every_admin_route_needs_the_token(guarded, method, path, body):
         status, answer = admin_request(guarded.url, method, path, body, token=token)
         assert status == 401, (token, answer)
         assert "Authorization: Bearer" in answer["message"] and "--admin-token" in answer["message"]
-        assert TOKEN not in answer["message"] and (not token or token not in answer["message"])
+        assert TOKEN not in answer["message"]
+        if token:  # the empty token is in every string
+            assert token not in answer["message"]
     assert guarded.client().list_datastores()["datastoreSummaries"] == []  # no seed went through
     assert guarded.admin("GET", "config")["timing"]["copy_fixed_seconds"] != 99  # no config either
     status, _ = admin_request(guarded.url, method, path, body, token=TOKEN)
