@@ -183,16 +183,42 @@ def test_every_csv_line_is_one_row_or_the_manifest_is_refused(data):
     assert validated.total_rows == max(len(content) - 1, 0)  # the first non-blank line is the header
 
 
-@settings(FUZZ, max_examples=max(EXAMPLES // 10, 10))
-@given(size=st.sampled_from([3 * 1024 * 1024, 17 * 1024 * 1024]), kind=st.sampled_from(["line", "quoted", "jsonl"]))
+LINE_LIMIT = "(at most 2,097,152)"
+HUGE = {  # (size, kind): the one outcome, a ManifestError's start or the rejected rows' messages' starts
+    (3 * 1024 * 1024, "line"): ["row 1: line 2 is 3,145,761 bytes long " + LINE_LIMIT],
+    (3 * 1024 * 1024, "quoted"): ("line 2: field larger than field limit (2097152); "
+                                  "a quoted field probably opens on this line and never closes"),
+    (3 * 1024 * 1024, "jsonl"): ["row 1: line 1 is 3,145,800 bytes long " + LINE_LIMIT],
+    (17 * 1024 * 1024, "line"): ["row 1: line 2 is 17,825,825 bytes long " + LINE_LIMIT],
+    # Each half of the quoted field is a line over the limit: the quote never opens a field across them.
+    (17 * 1024 * 1024, "quoted"): ["row 1: line 2 is 8,912,930 bytes long " + LINE_LIMIT,
+                                   "row 2: line 3 is 8,912,897 bytes long " + LINE_LIMIT],
+    (17 * 1024 * 1024, "jsonl"): ["row 1: line 1 is 17,825,864 bytes long " + LINE_LIMIT],
+}
+
+
+@pytest.mark.parametrize(("size", "kind"), list(HUGE), ids=[f"{size // 1024 // 1024}MiB-{kind}" for size, kind in HUGE])
 def test_huge_fields_and_lines_are_bounded(size, kind):
+    """A field or line of 3 or 17 MiB is a bounded error, never read whole into a row, and each case has one
+    outcome: a line over the 2 MiB line limit is a rejected row; a quoted field of 3 MiB over two lines that each
+    fit refuses the manifest (the csv field limit); at 17 MiB each of those lines is a rejected row of its own."""
     big = "x" * size
     data = {
         "line": f"source_image_set_id,label\n{'a' * 32},{big}\n",
         "quoted": f'source_image_set_id,label\n{"a" * 32},"{big[:size // 2]}\n{big[:size // 2]}"\n',
         "jsonl": json.dumps({"source_image_set_id": "a" * 32, "label": big}) + "\n",
     }[kind].encode()
-    validated = validate(data, "m.jsonl" if kind == "jsonl" else "m.csv")
-    if validated is not None:  # a quoted field over two long lines: each line is a rejected row of its own
-        assert validated.total_rows == (2 if kind == "quoted" and size > 4 * 1024 * 1024 else 1)
-        assert not validated.rows
+    expected = HUGE[(size, kind)]
+    name = "m.jsonl" if kind == "jsonl" else "m.csv"
+    if isinstance(expected, str):
+        with pytest.raises(ManifestError) as refused:
+            validate_manifest(data, name, default_datastore_id=DATASTORE)
+        assert str(refused.value).startswith(expected), str(refused.value)
+        assert len(str(refused.value)) < 1000
+        return
+    validated = validate(data, name)
+    assert validated is not None and not validated.rows
+    assert validated.total_rows == len(expected)
+    messages = [str(error) for _, _, errors in validated.rejected for error in errors]
+    assert [m[:len(e)] for m, e in zip(messages, expected)] == expected and len(messages) == len(expected), messages
+    assert all(len(m) < 1000 for m in messages)
