@@ -7,8 +7,12 @@
   and tables, the login; credentials in 0600 files), run by the compose service and by the process
   stack alike.
 - :mod:`stack.process_stack`: :class:`~stack.process_stack.ProcessStack`, the compose services as
-  processes on this machine's PostgreSQL and Redis (``make stack``, and the integration test).
-- :mod:`stack.processes`: starting process groups and stopping them with every descendant (also used by
-  the tests' LocalExecutor harness, ``tests/airflow_stack.py``).
+  processes on this machine's PostgreSQL and Redis, with compose's CeleryExecutor (``make stack``, the
+  integration tests) or the LocalExecutor (the tests' end-to-end stack, ``tests/airflow_stack.py``).
+- :mod:`stack.supervisor`: named processes, each in a process group of its own with a log file; alive
+  checks, kills, the ordered stop of every descendant, log tails (on :mod:`stack.processes`).
+- :mod:`stack.health`: Airflow's ``/api/v2/monitor/health``, and the compose file's health checks as
+  local commands.
+- :mod:`stack.postgres`, :mod:`stack.redis_db`: a stack's throwaway databases on the machine's servers.
 - ``python -m stack``: the command line (``up``, ``env``, ``dotenv``).
 """

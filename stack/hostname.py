@@ -1,9 +1,10 @@
-"""``[core] hostname_callable`` for several workers on one machine.
+"""``[core] hostname_callable`` for several Airflow processes on one machine.
 
-In Docker every worker container has a host name of its own, and Airflow records it on each task
-instance it runs (``task_instance.hostname``). Processes on one machine share the host name, so the
-process stack gives each worker ``STACK_HOSTNAME`` (``worker1``, ``worker2``, ...) and points
-``AIRFLOW__CORE__HOSTNAME_CALLABLE`` here.
+In Docker every container has a host name of its own, and Airflow records it on each task instance it
+runs (``task_instance.hostname``) and each job (what ``airflow jobs check --hostname`` looks for).
+Processes on one machine share the host name, so the process stack gives each Airflow process
+``STACK_HOSTNAME`` (``worker1``, ``worker2``, ... for the workers, the process name for the others) and
+points ``AIRFLOW__CORE__HOSTNAME_CALLABLE`` here.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """The services of ``docker-compose.yaml`` as processes on this machine: the same stack without Docker.
 
-:class:`ProcessStack` runs, each as its own process group with a log under ``<home>/process-logs/``:
+:class:`ProcessStack` runs, each as its own process group with a log under ``<home>/process-logs/``
+(:class:`stack.supervisor.Supervisor`):
 
 - ``healthimaging-emulator``: the compose service's command (``python -m healthimaging_emulator ...``),
   plus any extra arguments (faults, quotas);
@@ -8,8 +9,11 @@
   completion: the secrets it generates are in ``<home>/config/`` (mode 0600), as in compose's ``./config``;
 - ``airflow-apiserver``, ``airflow-scheduler``, ``airflow-dag-processor``, ``airflow-triggerer``:
   ``airflow <command>`` with the compose service's command;
-- ``airflow-worker-1`` ... ``airflow-worker-N``: ``airflow celery worker`` (the compose command) with
-  ``--celery-hostname workerN@%h``, the equivalent of ``--scale airflow-worker=N``.
+- with the CeleryExecutor (compose's), ``airflow-worker-1`` ... ``airflow-worker-N``: ``airflow celery worker``
+  (the compose command) with ``--celery-hostname celery@workerN``, the equivalent of
+  ``--scale airflow-worker=N``. With ``executor="LocalExecutor"`` (the tests' end-to-end stack) there are no
+  workers: the scheduler runs the tasks, Redis is not used, and ``AIRFLOW__CORE__EXECUTOR`` is the one
+  compose value changed.
 
 PostgreSQL and Redis are the machine's (127.0.0.1:5432 with trust auth, 127.0.0.1:6379): the stack
 creates a metadata database of its own (``POSTGRES_DB``), lets ``airflow-init`` create the ledger's
@@ -21,39 +25,45 @@ the substitutions of :data:`stack.compose.SUBSTITUTIONS`, plus :data:`RUNNER_ONL
 The api-server and the emulator listen on the address compose publishes their ports on
 (``HEALTHIMAGING_PUBLISH_ADDRESS``, 127.0.0.1 by default), the scheduler's health server on 127.0.0.1.
 
-Startup waits for the emulator's health, the init step, ``/api/v2/monitor/health`` (scheduler,
-triggerer, dag-processor) and a Celery ping of every worker. :meth:`ProcessStack.stop` terminates every
-process group and every descendant (task processes), kills what is left, and drops the databases,
-also after a failure: use it as a context manager.
+Startup waits for the emulator's compose health check, the init step, ``/api/v2/monitor/health``
+(scheduler, triggerer, dag-processor) and every worker's compose health check (a Celery ping);
+:meth:`ProcessStack.health_check` gives any service's compose health check as a local command
+(:mod:`stack.health`). :meth:`ProcessStack.stop` terminates every process group and every descendant (task
+processes), kills what is left, and drops the databases, also after a failure: use it as a context manager.
 """
 
 from __future__ import annotations
 
-import contextlib
+import concurrent.futures
 import json
 import os
 import secrets
-import socket
-import subprocess
 import sys
 import time
 import urllib.request
-import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from stack import compose
 from stack.compose import REPO_ROOT, LocalEndpoints
-from stack.processes import free_port, kill_tree, spawn, stop_all
+from stack.health import HealthCheck, compose_health_check, wait_for_airflow
+from stack.postgres import TemporaryDatabases, database_name
+from stack.processes import free_port
+from stack.redis_db import RedisDatabase
+from stack.supervisor import Process, Supervisor
+
+__all__ = ["EXECUTORS", "RUNNER_ONLY_VARIABLES", "RUNNER_VARIABLES", "SECRETS", "Process", "ProcessStack",
+           "fresh_secrets", "write_dotenv"]
 
 #: What the process stack sets beyond the compose environment, and why (each is something an image or
 #: a container provides in Docker). ``tests/test_docker_compose.py`` checks that nothing else differs.
 RUNNER_ONLY_VARIABLES: dict[str, str] = {
     "AIRFLOW_HOME": "the image's AIRFLOW_HOME is /opt/airflow; here, the stack's home folder",
-    "AIRFLOW__CORE__DAGS_FOLDER": "compose mounts ./dags at /opt/airflow/dags; here, the repository's dags/",
-    "AIRFLOW__CORE__PLUGINS_FOLDER": "compose mounts ./plugins at /opt/airflow/plugins; here, the repository's plugins/",
+    "AIRFLOW__CORE__DAGS_FOLDER": "compose mounts ./dags at /opt/airflow/dags; here, the stack's dags folder "
+                                  "(the repository's dags/ by default)",
+    "AIRFLOW__CORE__PLUGINS_FOLDER": "compose mounts ./plugins at /opt/airflow/plugins; here, the stack's plugins "
+                                     "folder (the repository's plugins/ by default)",
     "PYTHONPATH": "the image sets PYTHONPATH=/opt/airflow (stack, healthimaging_emulator); here, the repository",
     "AIRFLOW__API__HOST": "api-server: a container listens on 0.0.0.0:8080 and compose publishes it on "
                           "HEALTHIMAGING_PUBLISH_ADDRESS (127.0.0.1 by default); here, it listens on that address",
@@ -62,9 +72,11 @@ RUNNER_ONLY_VARIABLES: dict[str, str] = {
                                                               "here, 127.0.0.1",
     "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_PORT": "scheduler: 8974 in its container; here, a free port",
     "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": "triggerer: 8794 in its container; here, a free port",
-    "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": "each worker: 8793 in its container; here, a free port each",
-    "AIRFLOW__CORE__HOSTNAME_CALLABLE": "each worker: a container has its own host name; here, stack.hostname",
-    "STACK_HOSTNAME": "each worker's host name (worker1, worker2, ...), read by stack.hostname",
+    "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": "each worker (the scheduler with the LocalExecutor): 8793 in its "
+                                                "container; here, a free port each",
+    "AIRFLOW__CORE__HOSTNAME_CALLABLE": "a container has its own host name; here, stack.hostname",
+    "STACK_HOSTNAME": "each process's host name (worker1, worker2, ... for the workers, the process name for the "
+                      "others), read by stack.hostname",
 }
 
 #: Variables the process stack gives compose's interpolation instead of ``.env``'s (why: see each).
@@ -84,8 +96,12 @@ RUNNER_VARIABLES: dict[str, str] = {
 SECRETS: dict[str, str] = {
     "AIRFLOW_JWT_SECRET": "The JWT secret every component shares (at least 64 characters)",
     "AIRFLOW_API_SECRET_KEY": "The api-server's secret key",
-    "HEALTHIMAGING_EMULATOR_ADMIN_TOKEN": "The emulator's admin API token: Authorization: Bearer <token> on /_emulator/...",
+    "HEALTHIMAGING_EMULATOR_ADMIN_TOKEN": "The emulator's admin API token: "
+                                          "Authorization: Bearer <token> on /_emulator/...",
 }
+
+#: compose's (the default), and the one that needs no workers nor Redis.
+EXECUTORS = ("CeleryExecutor", "LocalExecutor")
 
 
 def fresh_secrets() -> dict[str, str]:
@@ -94,14 +110,14 @@ def fresh_secrets() -> dict[str, str]:
             "HEALTHIMAGING_EMULATOR_ADMIN_TOKEN": secrets.token_urlsafe(32)}
 
 
-POSTGRES_USERS = ("postgres", "root")
 DB_PREFIX = "hi_stack_"
-REDIS_OWNER_KEY = "healthimaging-stack:owner"
-CELERY_APP = "airflow.providers.celery.executors.celery_executor.app"
 
 #: Started in this order; stopped scheduler first (no new work), then workers, the rest, the emulator.
 STOP_ORDER = ("airflow-scheduler", "airflow-worker", "airflow-triggerer", "airflow-dag-processor",
               "airflow-apiserver", "healthimaging-emulator")
+
+#: Where each service's health check reaches it in its container (``localhost:<port>``).
+CONTAINER_PORTS = {"airflow-apiserver": 8080, "airflow-scheduler": 8974, compose.EMULATOR_SERVICE: 8089}
 
 
 def _bin(name: str) -> str:
@@ -109,25 +125,18 @@ def _bin(name: str) -> str:
     return str(script) if script.exists() else name
 
 
-@dataclass
-class Process:
-    """One process of the stack: the compose service it stands for, its command and environment."""
-
-    name: str
-    service: str
-    argv: list[str]
-    env: dict[str, str]
-    popen: subprocess.Popen | None = field(default=None, repr=False)
-
-
 class ProcessStack:
     """The compose stack as processes (see the module docstring).
 
     :param home: the stack's AIRFLOW_HOME (created); logs, config and process logs go there.
-    :param workers: how many ``airflow-worker`` processes (compose: ``--scale airflow-worker=N``).
+    :param executor: ``CeleryExecutor`` (compose's) or ``LocalExecutor`` (no workers, no Redis).
+    :param workers: how many ``airflow-worker`` processes (compose: ``--scale airflow-worker=N``); default 2
+        with the CeleryExecutor, none with the LocalExecutor.
     :param worker_concurrency: task slots per worker (``AIRFLOW_WORKER_CONCURRENCY``); None: .env's.
     :param env_file: the ``.env`` to read (default ``.env``, else ``.env.example``).
     :param environ: the shell's variables for interpolation (default ``os.environ``), as compose uses them.
+    :param dags_folder: the DAGs to deploy (compose mounts ``./dags``: the repository's by default).
+    :param plugins_folder: the plugins folder (compose mounts ``./plugins``: the repository's by default).
     :param emulator: run the ``healthimaging-emulator`` service too.
     :param emulator_args: extra arguments for the emulator (``--fault``, ``--rate``, ...).
     :param overrides: environment variables set last on every Airflow process (test speed-ups);
@@ -138,12 +147,15 @@ class ProcessStack:
         self,
         home: str | os.PathLike[str],
         *,
-        workers: int = 2,
+        executor: str = "CeleryExecutor",
+        workers: int | None = None,
         worker_concurrency: int | None = None,
         api_workers: int = 1,
         env_file: str | os.PathLike[str] | None = None,
         environ: Mapping[str, str] | None = None,
         compose_file: str | os.PathLike[str] = compose.COMPOSE_FILE,
+        dags_folder: str | os.PathLike[str] = REPO_ROOT / "dags",
+        plugins_folder: str | os.PathLike[str] = REPO_ROOT / "plugins",
         emulator: bool = True,
         emulator_args: Sequence[str] = (),
         overrides: Mapping[str, str] | None = None,
@@ -154,16 +166,24 @@ class ProcessStack:
         startup_timeout: float = 180.0,
         stop_timeout: float = 20.0,
     ) -> None:
-        if workers < 1:
-            raise ValueError("at least one worker")
+        if executor not in EXECUTORS:
+            raise ValueError(f"executor must be one of {EXECUTORS}, not {executor!r}")
+        self.executor = executor
+        self.celery = executor == "CeleryExecutor"
+        self.workers = (2 if self.celery else 0) if workers is None else workers
+        if self.celery and self.workers < 1:
+            raise ValueError("the CeleryExecutor needs at least one worker")
+        if not self.celery and self.workers:
+            raise ValueError(f"the {executor} runs tasks in the scheduler: no workers")
         self.home = Path(home).resolve()
-        self.workers = workers
         self.worker_concurrency = worker_concurrency
         self.api_workers = api_workers
         self.env_file = Path(env_file) if env_file else compose.default_env_file()
         self.environ = dict(os.environ if environ is None else environ)
         self.compose_file = Path(compose_file)
         self.compose = compose.load_compose(self.compose_file)
+        self.dags_folder = Path(dags_folder).resolve()
+        self.plugins_folder = Path(plugins_folder).resolve()
         self.emulator = emulator
         self.emulator_args = list(emulator_args)
         self.overrides = dict(overrides or {})
@@ -172,27 +192,29 @@ class ProcessStack:
         self.startup_timeout = startup_timeout
         self.stop_timeout = stop_timeout
         self.log_dir = self.home / "process-logs"
-        self.processes: dict[str, Process] = {}
+        self.supervisor = Supervisor(self.log_dir, self.home, STOP_ORDER, stop_timeout)
+        self.databases = TemporaryDatabases(DB_PREFIX, postgres_host, postgres_port)
+        self.redis = RedisDatabase(redis_host, redis_port)
         self.variables: dict[str, str] = {}
         self.local: LocalEndpoints | None = None
         self.timings: dict[str, float] = {}
-        self._databases: list[str] = []
-        self._postgres_user: str | None = None
-        self._redis_db: int | None = None
-        self._log_files: list[Any] = []
-        self._dead: list[subprocess.Popen] = []  # killed or restarted: reaped, never restarted by stop()
         self._stopped = False
+
+    @property
+    def processes(self) -> dict[str, Process]:
+        """Every planned process by name (``airflow-worker-1``...), running or not."""
+        return self.supervisor.processes
 
     # --------------------------------------------------------------------------- configuration
 
     def plan(self, *, postgres_user: str = "postgres", redis_db: int = 1, api_port: int | None = None,
              emulator_port: int | None = None) -> dict[str, Process]:
         """Work out every process's command and environment, without starting anything."""
-        suffix = f"{os.getpid()}_{uuid.uuid4().hex[:8]}"
         dotenv = compose.read_dotenv(self.env_file)
         variables = {**dotenv, **self.environ}
-        ours = {"POSTGRES_USER": postgres_user, "POSTGRES_DB": f"{DB_PREFIX}{suffix}",
-                "HEALTHIMAGING_LEDGER_DB": f"{DB_PREFIX}{suffix}_ledger", "AIRFLOW_API_WORKERS": str(self.api_workers)}
+        metadata_db = database_name(DB_PREFIX)
+        ours = {"POSTGRES_USER": postgres_user, "POSTGRES_DB": metadata_db,
+                "HEALTHIMAGING_LEDGER_DB": f"{metadata_db}_ledger", "AIRFLOW_API_WORKERS": str(self.api_workers)}
         if self.worker_concurrency is not None:
             ours["AIRFLOW_WORKER_CONCURRENCY"] = str(self.worker_concurrency)
         # The Fernet key and the login password are not here: airflow-init generates them, as in compose.
@@ -218,17 +240,17 @@ class ProcessStack:
                 {**base, **self.compose_environment(compose.EMULATOR_SERVICE), "PYTHONPATH": str(REPO_ROOT)})
         processes[compose.INIT_SERVICE] = Process(
             compose.INIT_SERVICE, compose.INIT_SERVICE, [sys.executable, "-m", "stack.init"],
-            self.service_environment(compose.INIT_SERVICE, base))
+            self.service_environment(compose.INIT_SERVICE, base), runs_to_completion=True)
         for service in compose.AIRFLOW_SERVICES:
             argv = [_bin("airflow"), *compose.command(self.compose, service, variables)]
             if service != "airflow-worker":
                 processes[service] = Process(service, service, argv, self.service_environment(service, base))
                 continue
             for number in range(1, self.workers + 1):
-                env = self.service_environment(service, base, worker=number)
-                processes[f"{service}-{number}"] = Process(
-                    f"{service}-{number}", service, [*argv, "--celery-hostname", f"worker{number}@%h"], env)
-        self.processes = processes
+                name, hostname = f"{service}-{number}", f"worker{number}"
+                processes[name] = Process(name, service, [*argv, "--celery-hostname", f"celery@{hostname}"],
+                                          self.service_environment(service, base, hostname=hostname))
+        self.supervisor.processes = processes
         return processes
 
     def _inherited_environ(self) -> dict[str, str]:
@@ -240,25 +262,32 @@ class ProcessStack:
         """The compose service's environment, interpolated and localized (no runner additions)."""
         return compose.localize_environment(compose.environment(self.compose, service, self.variables), self.local)
 
-    def service_environment(self, service: str, base: Mapping[str, str], *, worker: int | None = None) -> dict[str, str]:
+    def service_environment(self, service: str, base: Mapping[str, str], *,
+                            hostname: str | None = None) -> dict[str, str]:
+        """What an Airflow process of ``service`` gets: ``base``, the compose environment, the runner-only
+        variables, the executor, then :attr:`overrides` (not for airflow-init)."""
         env = {**base, **self.compose_environment(service)}
         env.update({
             "AIRFLOW_HOME": str(self.home),
-            "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
-            "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO_ROOT / "plugins"),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(self.dags_folder),
+            "AIRFLOW__CORE__PLUGINS_FOLDER": str(self.plugins_folder),
             "PYTHONPATH": str(REPO_ROOT),
+            "AIRFLOW__CORE__EXECUTOR": self.executor,
         })
+        if service != compose.INIT_SERVICE:
+            env.update({"AIRFLOW__CORE__HOSTNAME_CALLABLE": "stack.hostname.get_hostname",
+                        "STACK_HOSTNAME": hostname or service})
         if service == "airflow-apiserver":
             env.update({"AIRFLOW__API__HOST": self.local.api_host, "AIRFLOW__API__PORT": str(self.local.api_port)})
         elif service == "airflow-scheduler":
             env.update({"AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_HOST": "127.0.0.1",
                         "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_PORT": str(free_port())})
+            if not self.celery:  # the LocalExecutor's task logs are served by the scheduler
+                env["AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT"] = str(free_port())
         elif service == "airflow-triggerer":
             env["AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT"] = str(free_port())
         elif service == "airflow-worker":
-            env.update({"AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
-                        "AIRFLOW__CORE__HOSTNAME_CALLABLE": "stack.hostname.get_hostname",
-                        "STACK_HOSTNAME": f"worker{worker}"})
+            env["AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT"] = str(free_port())
         if service != compose.INIT_SERVICE:
             env.update(self.overrides)
         return env
@@ -271,6 +300,32 @@ class ProcessStack:
             if flag in args:
                 args[args.index(flag) + 1] = value
         return args
+
+    def health_check(self, name: str) -> HealthCheck:
+        """The compose health check of a planned process's service (or of ``postgres`` / ``redis``: the
+        machine's), as a command on this machine (:func:`stack.health.compose_health_check`)."""
+        if name in compose.INFRASTRUCTURE_SERVICES:
+            env = {**self._inherited_environ(), "PGHOST": self.postgres_host, "PGPORT": str(self.postgres_port)}
+            ports: dict[int, tuple[str, int]] = {}
+            return compose_health_check(self.compose, name, name, self.variables, env=env, hostname=name, ports=ports)
+        process = self.processes[name]
+        where = {"airflow-apiserver": (self.local.api_connect_host, self.local.api_port),
+                 compose.EMULATOR_SERVICE: (self.local.emulator_connect_host, self.local.emulator_port)}
+        if process.service == "airflow-scheduler":
+            where["airflow-scheduler"] = (process.env["AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_HOST"],
+                                          int(process.env["AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_PORT"]))
+        ports = {CONTAINER_PORTS[process.service]: where[process.service]} if process.service in where else {}
+        return compose_health_check(self.compose, name, process.service, self.variables, env=process.env,
+                                    hostname=process.env.get("STACK_HOSTNAME", name), ports=ports)
+
+    def health_checks(self) -> dict[str, HealthCheck]:
+        """The compose health check of every long-running process planned, and of PostgreSQL and Redis."""
+        names = [name for name, process in self.processes.items() if not process.runs_to_completion]
+        if self.celery:
+            names += compose.INFRASTRUCTURE_SERVICES
+        else:
+            names.append("postgres")
+        return {name: self.health_check(name) for name in names}
 
     # ------------------------------------------------------------------------------- endpoints
 
@@ -334,8 +389,13 @@ class ProcessStack:
     def ledger_database(self) -> str:
         return self.variables["HEALTHIMAGING_LEDGER_DB"]
 
+    @property
+    def postgres_user(self) -> str:
+        """The PostgreSQL role the stack's databases belong to."""
+        return self.databases.user or self.variables["POSTGRES_USER"]
+
     def ledger_url(self) -> str:
-        return (f"postgresql+psycopg2://{self._postgres_user or self.variables['POSTGRES_USER']}@"
+        return (f"postgresql+psycopg2://{self.postgres_user}@"
                 f"{self.postgres_host}:{self.postgres_port}/{self.ledger_database}")
 
     # ------------------------------------------------------------------------------- lifecycle
@@ -353,195 +413,54 @@ class ProcessStack:
 
     def start(self) -> None:
         started = time.monotonic()
+        deadline = started + self.startup_timeout
         for folder in (self.home, self.log_dir, self.home / "logs", self.home / "config", self.home / "manifests"):
             folder.mkdir(parents=True, exist_ok=True)
-        user = self._postgres_role()
-        redis_db = self._claim_redis_db()
+        user = self.databases.role()
+        redis_db = self.redis.claim() if self.celery else 0  # with the LocalExecutor the broker URL is unused
         self.plan(postgres_user=user, redis_db=redis_db)
-        self._create_metadata_database()
+        self.databases.create(self.variables["POSTGRES_DB"])
+        self.databases.adopt(self.ledger_database)  # airflow-init creates it
 
         if self.emulator:
-            self._spawn(self.processes[compose.EMULATOR_SERVICE])
-            self._wait_for_emulator()
+            self.supervisor.start(compose.EMULATOR_SERVICE)
+            self._wait_for_health_checks([compose.EMULATOR_SERVICE], time.monotonic() + 60)
         t0 = time.monotonic()
-        self._run_init()
+        self.supervisor.run_to_completion(compose.INIT_SERVICE, timeout=300)
         self.timings["airflow_init"] = time.monotonic() - t0
         for name, process in self.processes.items():
             if process.service in compose.AIRFLOW_SERVICES:
-                self._spawn(process)
+                self.supervisor.start(name)
         t0 = time.monotonic()
-        self._wait_healthy()
+        wait_for_airflow(self.api_url, deadline, self.check_alive, self.diagnostics)
+        self._wait_for_health_checks(self.worker_names, deadline)
         self.timings["components_ready"] = time.monotonic() - t0
         self.timings["start"] = time.monotonic() - started
 
-    def _postgres_role(self) -> str:
-        import psycopg2
-
-        errors = []
-        for user in POSTGRES_USERS:
-            try:
-                conn = psycopg2.connect(host=self.postgres_host, port=self.postgres_port, user=user, dbname="postgres",
-                                        connect_timeout=3)
-            except psycopg2.Error as exc:
-                errors.append(f"{user}: {exc}".strip())
-                continue
-            conn.close()
-            self._postgres_user = user
-            return user
-        raise ConnectionError(f"no usable PostgreSQL on {self.postgres_host}:{self.postgres_port}: " + "; ".join(errors))
-
-    def _pg(self):
-        import psycopg2
-
-        conn = psycopg2.connect(host=self.postgres_host, port=self.postgres_port, user=self._postgres_user,
-                                dbname="postgres", connect_timeout=5)
-        conn.autocommit = True
-        return conn
-
-    def _create_metadata_database(self) -> None:
-        import psutil
-
-        conn = self._pg()
-        try:
-            with conn.cursor() as cur:
-                # Databases of stacks whose process is gone (killed before it could clean up).
-                cur.execute("SELECT datname FROM pg_database WHERE datname LIKE %s", (DB_PREFIX + "%",))
-                for (name,) in cur.fetchall():
-                    pid = name[len(DB_PREFIX):].split("_", 1)[0]
-                    if pid.isdigit() and not psutil.pid_exists(int(pid)):
-                        with contextlib.suppress(Exception):
-                            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-                name = self.variables["POSTGRES_DB"]
-                cur.execute(f'CREATE DATABASE "{name}"')
-                self._databases = [name, self.ledger_database]  # the ledger's is created by airflow-init
-        finally:
-            conn.close()
-
-    def _drop_databases(self) -> None:
-        if not self._databases:
-            return
-        conn = self._pg()
-        try:
-            with conn.cursor() as cur:
-                for name in self._databases:
-                    cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            conn.close()
-        self._databases = []
-
-    def _redis(self, db: int):
-        import redis
-
-        return redis.Redis(host=self.redis_host, port=self.redis_port, db=db, socket_timeout=5)
-
-    def _claim_redis_db(self) -> int:
-        """A Redis database nobody uses (1-15; 0 is left to others), marked as this process's."""
-        import psutil
-
-        for db in range(1, 16):
-            client = self._redis(db)
-            try:
-                owner = client.get(REDIS_OWNER_KEY)
-                if owner is not None and owner.decode().isdigit() and not psutil.pid_exists(int(owner)):
-                    client.flushdb()  # left by a stack that was killed
-                if client.set(REDIS_OWNER_KEY, str(os.getpid()), nx=True):
-                    if client.dbsize() == 1:
-                        self._redis_db = db
-                        return db
-                    client.delete(REDIS_OWNER_KEY)  # someone else's data: leave it alone
-            finally:
-                client.close()
-        raise RuntimeError(f"no free Redis database on {self.redis_host}:{self.redis_port}")
-
-    def _release_redis_db(self) -> None:
-        if self._redis_db is None:
-            return
-        client = self._redis(self._redis_db)
-        try:
-            client.flushdb()
-        finally:
-            client.close()
-        self._redis_db = None
-
-    def _spawn(self, process: Process) -> None:
-        log = open(self.log_dir / f"{process.name}.log", "ab")  # noqa: SIM115 - closed in stop()
-        self._log_files.append(log)
-        process.popen = spawn(process.argv, cwd=self.home, env=process.env, log=log)
-
-    def _run_init(self) -> None:
-        process = self.processes[compose.INIT_SERVICE]
-        self._spawn(process)
-        try:
-            code = process.popen.wait(timeout=300)
-        except subprocess.TimeoutExpired:
-            raise TimeoutError("airflow-init did not finish in 300s\n" + self.log_tail(process.name)) from None
-        if code != 0:
-            raise RuntimeError(f"airflow-init failed with exit code {code}\n" + self.log_tail(process.name, 60))
-
-    def _wait_for_emulator(self, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        last: Exception | None = None
-        while time.monotonic() < deadline:
-            self.check_alive()
-            try:
-                self.emulator_admin("GET", "health")
-                return
-            except (OSError, RuntimeError) as exc:  # not listening yet, or refusing the token
-                last = exc
-            time.sleep(0.2)
-        raise TimeoutError(f"the emulator's health did not answer 200 in {timeout}s (last: {last})\n"
-                           + self.log_tail(compose.EMULATOR_SERVICE))
-
-    def health(self) -> dict[str, Any] | None:
-        try:
-            with urllib.request.urlopen(f"{self.api_url}/api/v2/monitor/health", timeout=5) as response:
-                return json.loads(response.read())
-        except (OSError, ValueError):
-            return None
-
-    def _wait_healthy(self) -> None:
-        deadline = time.monotonic() + self.startup_timeout
-        health: dict[str, Any] | None = None
-        while time.monotonic() < deadline:
-            self.check_alive()
-            health = self.health()
-            if health and all((health.get(part) or {}).get("status") == "healthy"
-                              for part in ("metadatabase", "scheduler", "triggerer", "dag_processor")):
-                break
-            time.sleep(0.5)
-        else:
-            raise TimeoutError(f"Airflow did not become healthy in {self.startup_timeout}s; last health: {health}\n"
-                               + self.diagnostics())
-        self._wait_for_workers(deadline)
-
-    def celery_worker_names(self) -> list[str]:
-        host = socket.gethostname()
-        return [f"worker{n}@{host}" for n in range(1, self.workers + 1)]
-
-    def _wait_for_workers(self, deadline: float) -> None:
-        """Every worker answers a Celery ping through the broker (the compose healthcheck's command)."""
-        names = self.celery_worker_names()
-        env = self.processes[self.worker_names[0]].env
-        output = ""
-        while time.monotonic() < deadline:
-            self.check_alive()
-            result = subprocess.run(
-                [_bin("celery"), "--app", CELERY_APP, "inspect", "ping", "--timeout", "3", "-d", ",".join(names)],
-                env=env, cwd=self.home, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=60,
-                check=False)
-            output = result.stdout
-            if all(f"{name}: OK" in output for name in names):
-                return
-            time.sleep(1)
-        raise TimeoutError(f"Celery workers {names} did not answer a ping:\n{output[-2000:]}\n" + self.diagnostics())
+    def _wait_for_health_checks(self, names: Sequence[str], deadline: float) -> None:
+        """Run the compose health checks of ``names`` (side by side) until each has passed once."""
+        checks = {name: self.health_check(name) for name in names}
+        failures: dict[str, str] = {}
+        with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(checks))) as pool:
+            while checks:
+                self.check_alive()
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"health checks of {sorted(checks)} did not pass in time:\n"
+                                       + "\n".join(f"{n}: {out[-1500:]}" for n, out in failures.items())
+                                       + "\n" + self.diagnostics())
+                results = dict(zip(checks, pool.map(lambda check: check.run(self.home), checks.values())))
+                for name, result in results.items():
+                    if result.returncode == 0:
+                        del checks[name]
+                        failures.pop(name, None)
+                    else:
+                        failures[name] = result.stdout
+                if checks:
+                    time.sleep(0.5)
 
     def check_alive(self) -> None:
         """Raise if a long-running process exited, with the tail of its log."""
-        for name, process in self.processes.items():
-            if name == compose.INIT_SERVICE or process.popen is None:
-                continue
-            if process.popen.poll() is not None:
-                raise RuntimeError(f"{name} exited with {process.popen.returncode}:\n{self.log_tail(name)}")
+        self.supervisor.check_alive()
 
     def stop(self) -> None:
         """Stop every process (groups and descendants; SIGKILL after ``stop_timeout``), drop the databases,
@@ -551,75 +470,39 @@ class ProcessStack:
         self._stopped = True
         t0 = time.monotonic()
         try:
-            self._stop_processes()
+            self.supervisor.stop()
             self.timings["stop_processes"] = time.monotonic() - t0
         finally:
-            for log in self._log_files:
-                log.close()
-            self._log_files.clear()
-            for cleanup in (self._drop_databases, self._release_redis_db):
+            for cleanup in (self.databases.drop_all, self.redis.release):
                 try:
                     cleanup()
                 except Exception as exc:  # never hide the caller's own failure
-                    print(f"ProcessStack: cleanup {cleanup.__name__} failed: {exc}", file=sys.stderr)
-
-    def _stop_processes(self) -> None:
-        running = [p for p in self.processes.values() if p.popen is not None]
-
-        def order(p: Process) -> int:
-            return STOP_ORDER.index(p.service) if p.service in STOP_ORDER else len(STOP_ORDER)
-
-        stop_all([p.popen for p in sorted(running, key=order)], self.stop_timeout)
+                    print(f"ProcessStack: cleanup {cleanup.__qualname__} failed: {exc}", file=sys.stderr)
 
     def pids(self) -> list[int]:
         """Every process this stack started that is still alive, descendants included."""
-        import psutil
-
-        found: set[int] = set()
-        for process in self.processes.values():
-            if process.popen is None:
-                continue
-            with contextlib.suppress(psutil.Error):
-                parent = psutil.Process(process.popen.pid)
-                if parent.is_running() and parent.status() != psutil.STATUS_ZOMBIE:
-                    found.add(parent.pid)
-                found.update(c.pid for c in parent.children(recursive=True))
-        return sorted(found)
+        return self.supervisor.pids()
 
     # ------------------------------------------------------------------------ faults (tests, chaos runs)
 
     def kill(self, name: str) -> list[int]:
         """SIGKILL a running process of the stack with every descendant (a crash: no shutdown code runs);
         returns the pids killed. ``start_process(name)`` starts it again."""
-        process = self.processes[name]
-        if process.popen is None:
-            raise RuntimeError(f"{name} is not running")
-        killed = kill_tree(process.popen)
-        self._dead.append(process.popen)
-        process.popen = None
-        return killed
+        return self.supervisor.kill(name)
 
     def restart(self, name: str) -> None:
         """Stop a process as compose would (SIGTERM, SIGKILL after ``stop_timeout``), then start it again."""
-        process = self.processes[name]
-        if process.popen is not None:
-            stop_all([process.popen], self.stop_timeout)
-            self._dead.append(process.popen)
-            process.popen = None
-        self.start_process(name)
+        self.supervisor.restart(name)
 
     def start_process(self, name: str) -> None:
         """Start a planned process that is not running (after :meth:`kill`, or one from :meth:`add_process`)."""
-        process = self.processes[name]
-        if process.popen is not None:
-            raise RuntimeError(f"{name} is already running")
-        self._spawn(process)
+        self.supervisor.start(name)
 
     def add_process(self, name: str, like: str) -> Process:
-        """Plan one more instance of a service (``docker compose up --scale``), e.g. a second triggerer;
-        ``start_process(name)`` starts it."""
+        """Plan one more instance of a service (``docker compose up --scale``), e.g. a second triggerer, with
+        ports and a host name of its own; ``start_process(name)`` starts it."""
         template = self.processes[like]
-        env = dict(template.env)
+        env = {**template.env, "STACK_HOSTNAME": name}
         for port in ("AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT", "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT",
                      "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_PORT"):
             if port in env:
@@ -641,17 +524,14 @@ class ProcessStack:
     # ------------------------------------------------------------------------------ diagnostics
 
     def log_path(self, name: str) -> Path:
-        return self.log_dir / f"{name}.log"
+        return self.supervisor.log_path(name)
 
     def log_tail(self, name: str, lines: int = 40) -> str:
-        path = self.log_path(name)
-        if not path.exists():
-            return f"--- {name}: no log"
-        text = path.read_text(errors="replace").splitlines()[-lines:]
-        return f"--- {name} ({path}):\n" + "\n".join(text)
+        return self.supervisor.log_tail(name, lines)
 
     def diagnostics(self, names: Iterable[str] | None = None, lines: int = 30) -> str:
-        return "\n".join(self.log_tail(name, lines) for name in (names or self.processes))
+        """The tail of each process's log (every process's by default)."""
+        return self.supervisor.diagnostics(names, lines)
 
 
 def write_dotenv(target: Path = compose.ENV_FILE, example: Path = compose.ENV_EXAMPLE) -> Path:
@@ -674,4 +554,3 @@ def write_dotenv(target: Path = compose.ENV_FILE, example: Path = compose.ENV_EX
     lines += [f"# {SECRETS[key]}\n{key}={fresh[key]}" for key in SECRETS if key not in listed]
     write_private_file(target, "\n".join(lines) + "\n")
     return target
-

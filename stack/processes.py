@@ -1,4 +1,4 @@
-"""Starting and stopping groups of long-running processes: shared by the process stack and the test harness.
+"""Starting and stopping groups of long-running processes (the parts under :mod:`stack.supervisor`).
 
 Each process gets a process group of its own (so a whole component, workers' children included, can be
 signalled at once) and asks Linux to SIGTERM it if the starting process dies without stopping it.

@@ -1,5 +1,6 @@
 """Proves the Airflow test harness: session config, airflow_db + dag.test(), the aws connection to
-the emulator, and a real scheduler/triggerer deployment (AirflowStack) running a deferrable sensor."""
+the emulator, and a real scheduler/triggerer deployment (AirflowStack: the process stack with the
+LocalExecutor) running a deferrable sensor."""
 
 from __future__ import annotations
 
@@ -111,7 +112,7 @@ def test_airflow_stack_runs_a_deferrable_sensor_through_the_triggerer(tmp_path):
     dags = tmp_path / "dags"
     write_dag(dags, "harness_stack", seconds=3)
     started = time.monotonic()
-    with AirflowStack(tmp_path / "home", dags, tmp_path / "plugins") as stack:
+    with AirflowStack(tmp_path / "home", dags) as stack:
         t0 = time.monotonic()
         run_id = stack.trigger("harness_stack", conf={"note": "smoke"})
         state = stack.wait_for_run("harness_stack", run_id, timeout=90)
@@ -126,5 +127,4 @@ def test_airflow_stack_runs_a_deferrable_sensor_through_the_triggerer(tmp_path):
         # The triggerer (not the worker) ran the trigger to its event.
         assert stack.trigger_fired("harness_stack", run_id, "wait")
     timings = {k: round(v, 1) for k, v in stack.timings.items()}
-    print(f"\nAirflowStack ({stack.backend}) {timings}, run {run_seconds:.1f}s, total {time.monotonic() - started:.1f}s",
-          file=sys.stderr)
+    print(f"\nAirflowStack {timings}, run {run_seconds:.1f}s, total {time.monotonic() - started:.1f}s", file=sys.stderr)

@@ -24,7 +24,6 @@ import collections
 import contextlib
 import csv
 import json
-import os
 import re
 import sys
 import time
@@ -36,7 +35,7 @@ import pytest
 
 from stack.compose import ENV_EXAMPLE
 from stack.process_stack import ProcessStack
-from tests.airflow_stack import StackClient
+from tests.airflow_stack import FAST, StackClient, shell_environ
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -59,17 +58,6 @@ EMULATOR_ARGS = [
     "--fault-seed", "7", "--log-level", "WARNING",
     *[arg for fault in FAULTS for arg in ("--fault", fault)],
 ]
-# Test speed-ups on top of the compose configuration (quicker heartbeats and parsing), nothing else.
-FAST = {
-    "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2",
-    "AIRFLOW__SCHEDULER__JOB_HEARTBEAT_SEC": "2",
-    "AIRFLOW__TRIGGERER__JOB_HEARTBEAT_SEC": "2",
-    "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
-    "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": "1",
-    "AIRFLOW__DAG_PROCESSOR__PRINT_STATS_INTERVAL": "300",
-    "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": "2",
-    "AIRFLOW__LOGGING__COLORED_CONSOLE_LOG": "False",
-}
 
 
 def emulator_client(url: str):
@@ -118,9 +106,8 @@ def ledger_rows(stack: ProcessStack, run_id: str) -> list[dict]:
 
 def test_bulk_copy_on_the_distributed_stack(tmp_path):
     t_start = time.monotonic()
-    environ = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "_AIRFLOW"))}
-    stack = ProcessStack(tmp_path / "home", workers=2, worker_concurrency=2, env_file=ENV_EXAMPLE, environ=environ,
-                         emulator_args=EMULATOR_ARGS, overrides=FAST)
+    stack = ProcessStack(tmp_path / "home", workers=2, worker_concurrency=2, env_file=ENV_EXAMPLE,
+                         environ=shell_environ(), emulator_args=EMULATOR_ARGS, overrides=FAST)
     log: dict = {}
     pids: list[int] = []
     try:
@@ -138,7 +125,7 @@ def test_bulk_copy_on_the_distributed_stack(tmp_path):
     assert not alive, f"processes left behind: {alive}"
     import psycopg2
 
-    with contextlib.closing(psycopg2.connect(host="127.0.0.1", user=stack._postgres_user, dbname="postgres")) as conn:
+    with contextlib.closing(psycopg2.connect(host="127.0.0.1", user=stack.postgres_user, dbname="postgres")) as conn:
         with conn.cursor() as cur:
             cur.execute("SELECT datname FROM pg_database WHERE datname LIKE %s", (stack.variables["POSTGRES_DB"] + "%",))
             assert cur.fetchall() == []

@@ -1,14 +1,13 @@
 """docker-compose.yaml, the Dockerfile and .env.example, read as compose reads them (no Docker engine
 here); and the process stack (stack/, `make stack`) checked against the compose file: the same
-commands and the same environment, up to the documented substitutions."""
+commands, health checks and environment, up to the documented substitutions. That those health checks
+pass on a running process stack is tests/test_stack_security.py's (it has one started)."""
 
 from __future__ import annotations
 
 import json
 import re
 import shlex
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -24,16 +23,26 @@ from stack.compose import (
     localize,
     read_dotenv,
 )
+from stack.health import HEALTH_CHECK_SUBSTITUTIONS, compose_test
 from stack.process_stack import RUNNER_ONLY_VARIABLES, RUNNER_VARIABLES, SECRETS, ProcessStack, write_dotenv
 
-AIRFLOW_SERVICES = {
-    "airflow-apiserver": "api-server",
-    "airflow-scheduler": "scheduler",
-    "airflow-dag-processor": "dag-processor",
-    "airflow-triggerer": "triggerer",
-    "airflow-worker": "celery worker",
-}
+AIRFLOW_SERVICES = compose.AIRFLOW_SERVICES
 LONG_RUNNING = [*AIRFLOW_SERVICES, "postgres", "redis", "healthimaging-emulator"]
+#: The service keys of the compose specification (compose-spec.json, "service" properties).
+COMPOSE_SPEC_SERVICE_KEYS = {
+    "annotations", "attach", "blkio_config", "build", "cap_add", "cap_drop", "cgroup", "cgroup_parent", "command",
+    "configs", "container_name", "cpu_count", "cpu_percent", "cpu_period", "cpu_quota", "cpu_rt_period",
+    "cpu_rt_runtime", "cpu_shares", "cpus", "cpuset", "credential_spec", "depends_on", "deploy", "develop",
+    "device_cgroup_rules", "devices", "dns", "dns_opt", "dns_search", "domainname", "entrypoint", "env_file",
+    "environment", "expose", "extends", "external_links", "extra_hosts", "gpus", "group_add", "healthcheck",
+    "hostname", "image", "init", "ipc", "isolation", "labels", "links", "logging", "mac_address", "mem_limit",
+    "mem_reservation", "mem_swappiness", "memswap_limit", "network_mode", "networks", "oom_kill_disable",
+    "oom_score_adj", "pid", "pids_limit", "platform", "ports", "post_start", "pre_stop", "privileged", "profiles",
+    "pull_policy", "read_only", "restart", "runtime", "scale", "secrets", "security_opt", "shm_size", "stdin_open",
+    "stop_grace_period", "stop_signal", "storage_opt", "sysctls", "tmpfs", "tty", "ulimits", "user", "userns_mode",
+    "uts", "volumes", "volumes_from", "working_dir",
+}
+COMPOSE_SPEC_HEALTHCHECK_KEYS = {"disable", "interval", "retries", "start_interval", "start_period", "test", "timeout"}
 SERVICE_HOSTS = ("postgres", "redis", "airflow-apiserver", "healthimaging-emulator")
 
 
@@ -77,12 +86,15 @@ def test_services_of_the_official_shape(raw):
     assert set(raw["volumes"]) == {"postgres-db-volume", "emulator-state"}
 
 
-@pytest.mark.parametrize(("service", "command"), AIRFLOW_SERVICES.items())
-def test_airflow_service_commands(raw, variables, service, command):
-    assert compose.command(raw, service, variables) == command.split()
-    spec = compose.service(raw, service, variables)
-    assert "entrypoint" not in spec  # the image's entrypoint runs `airflow <command>`
-    assert spec["image"] == "healthimaging-airflow:3.3.2"
+@pytest.mark.parametrize("service", AIRFLOW_SERVICES)
+def test_airflow_service_commands_are_commands_of_this_airflow(raw, variables, service):
+    """The image's entrypoint runs ``airflow <command>``: each service's command is one this Airflow's CLI takes
+    (the process stack runs the same, see test_process_stack_runs_the_compose_services_commands)."""
+    from airflow.cli import cli_parser
+
+    assert "entrypoint" not in compose.service(raw, service, variables)
+    args = cli_parser.get_parser().parse_args(compose.command(raw, service, variables))
+    assert callable(args.func)
 
 
 def test_every_airflow_service_shares_the_common_configuration(raw, variables):
@@ -97,7 +109,7 @@ def test_every_airflow_service_shares_the_common_configuration(raw, variables):
     assert set(env_of(raw, "airflow-worker", variables)) - set(common) == {"DUMB_INIT_SETSID"}
 
 
-def test_workers_scale(raw):
+def test_the_worker_service_fixes_no_container_name_host_name_or_port(raw):
     worker = raw["services"]["airflow-worker"]
     # --scale airflow-worker=N needs no fixed name, host name or published port.
     for key in ("container_name", "hostname", "ports"):
@@ -105,7 +117,7 @@ def test_workers_scale(raw):
     assert worker["environment"]["DUMB_INIT_SETSID"] == "0"
 
 
-def test_init_migrates_creates_the_ledger_and_the_login(raw, variables):
+def test_init_runs_stack_init_as_root_then_hands_the_folders_to_airflow_uid(raw, variables):
     init = compose.service(raw, "airflow-init", variables)
     assert init["entrypoint"] == "/bin/bash"
     script = init["command"][1]
@@ -152,34 +164,30 @@ def test_every_long_running_service_has_a_health_check(raw):
     assert "healthcheck" not in raw["services"]["airflow-init"]
 
 
-def test_health_checks_probe_what_each_service_serves(raw):
-    assert healthcheck(raw, "airflow-apiserver") == ["CMD", "curl", "--fail", "http://localhost:8080/api/v2/monitor/health"]
-    # The scheduler's own health server is on, on its default port.
-    assert healthcheck(raw, "airflow-scheduler") == ["CMD", "curl", "--fail", "http://localhost:8974/health"]
-    assert raw["x-airflow-common"]["environment"]["AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK"] == "true"
-    assert "--job-type DagProcessorJob" in healthcheck(raw, "airflow-dag-processor")[1]
-    assert "--job-type TriggererJob" in healthcheck(raw, "airflow-triggerer")[1]
-    worker = healthcheck(raw, "airflow-worker")[1]
-    assert worker.startswith(f"celery --app {'airflow.providers.celery.executors.celery_executor.app'} inspect ping")
-    assert healthcheck(raw, "postgres") == ["CMD", "pg_isready", "-U", "${POSTGRES_USER:-airflow}"]
-    assert healthcheck(raw, "redis") == ["CMD", "redis-cli", "ping"]
-    # The admin API (health included) wants the token; the container's shell expands it ($$ in compose).
-    assert healthcheck(raw, "healthimaging-emulator") == [
-        "CMD-SHELL", 'curl --fail --silent --output /dev/null -H "Authorization: Bearer $${HEALTHIMAGING_EMULATOR_ADMIN_TOKEN}" '
-                     "http://localhost:8089/_emulator/health"]
-
-
-def test_health_check_commands_exist_in_this_airflow():
-    """The job types and the Celery app the checks name are the ones Airflow 3.3 / the provider have."""
-    import importlib.util
-
-    from airflow.cli.cli_config import ARG_JOB_TYPE_FILTER
-
-    assert {"DagProcessorJob", "TriggererJob"} <= set(ARG_JOB_TYPE_FILTER.kwargs["choices"])
-    assert importlib.util.find_spec("airflow.providers.celery.executors.celery_executor") is not None
-    from airflow.api_fastapi.core_api.routes.public.monitor import monitor_router
-
-    assert "/monitor/health" in {route.path for route in monitor_router.routes}
+def test_the_process_stack_runs_the_compose_health_checks(planned, raw):
+    """Each health check the process stack runs is its compose service's, changed only as documented:
+    ``localhost:<container port>`` is where the process listens, ``HOSTNAME`` the host name it registers under."""
+    assert set(HEALTH_CHECK_SUBSTITUTIONS) == {"localhost:<container port>", "HOSTNAME", "PATH"}
+    checks = planned.health_checks()
+    long_running = [name for name, p in planned.processes.items() if not p.runs_to_completion]
+    assert set(checks) == {*long_running, "postgres", "redis"}
+    assert {planned.processes[name].service for name in long_running} | {"postgres", "redis"} == set(LONG_RUNNING)
+    scheduler = planned.processes["airflow-scheduler"].env
+    listens = {"airflow-apiserver": f"127.0.0.1:{planned.local.api_port}",
+               "healthimaging-emulator": f"127.0.0.1:{planned.local.emulator_port}",
+               "airflow-scheduler": f"127.0.0.1:{scheduler['AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_PORT']}"}
+    for name, check in checks.items():
+        service = planned.processes[name].service if name in planned.processes else name
+        expected = compose_test(raw, service, planned.variables)
+        if service in listens:
+            expected = [re.sub(r"\blocalhost:\d+", listens[service], arg) for arg in expected]
+        assert check.argv == expected, name
+        if service in AIRFLOW_SERVICES:
+            assert check.env["HOSTNAME"] == planned.processes[name].env["STACK_HOSTNAME"], name
+    # A worker's check pings the Celery node the worker runs as.
+    for name in planned.worker_names:
+        argv = planned.processes[name].argv
+        assert argv[argv.index("--celery-hostname") + 1] == f"celery@{checks[name].env['HOSTNAME']}"
 
 
 # ---------------------------------------------------------------------------------------- environment
@@ -298,26 +306,34 @@ def test_make_dotenv_fills_in_fresh_secrets(tmp_path):
         write_dotenv(first)
 
 
-def test_docker_compose_config_when_available(tmp_path):
-    """`docker compose config` where the compose plugin exists (not on the CI machines: no Docker)."""
-    docker = shutil.which("docker")
-    if not docker or subprocess.run([docker, "compose", "version"], capture_output=True, check=False).returncode:
-        pytest.skip("docker compose is not installed")
-    write_dotenv(tmp_path / ".env")
-    result = subprocess.run([docker, "compose", "-f", str(COMPOSE_FILE), "--env-file", str(tmp_path / ".env"),
-                             "config", "--quiet"], capture_output=True, text=True, check=False)
-    assert result.returncode == 0, result.stderr
+def test_the_compose_file_resolves_as_docker_compose_config_requires(raw, variables):
+    """What `docker compose config` refuses (there is no Docker here), checked with compose's interpolation rules:
+    a value that does not interpolate with `make .env`'s variables, a service or health check key the compose
+    specification does not have, a dependency on no service, a named volume not declared."""
+    resolved = compose.interpolate_tree(raw, variables)
+    services = resolved["services"]
+    assert set(resolved) - {key for key in resolved if key.startswith("x-")} == {"services", "volumes"}
+    for name, spec in services.items():
+        assert set(spec) <= COMPOSE_SPEC_SERVICE_KEYS, (name, set(spec) - COMPOSE_SPEC_SERVICE_KEYS)
+        assert set(spec.get("healthcheck", {})) <= COMPOSE_SPEC_HEALTHCHECK_KEYS, name
+        assert set(spec.get("depends_on", {})) <= set(services), name
+        for volume in spec.get("volumes", []):
+            source = volume.split(":", 1)[0]
+            assert source.startswith((".", "/")) or source in resolved["volumes"], (name, volume)
 
 
 # -------------------------------------------------------------------------------------------- image
 
 
-def test_dockerfile_builds_the_project_image():
+def test_dockerfile_installs_the_pinned_airflow_and_copies_the_project(raw):
     text = (REPO_ROOT / "Dockerfile").read_text()
     args = dict(re.findall(r"^ARG (\w+)=(\S+)", text, re.M))
     (base,) = re.findall(r"^FROM (\S+)", text, re.M)
     assert base.replace("${PYTHON_VERSION}", args["PYTHON_VERSION"]) == "apache/airflow:3.3.2-python3.11"
     assert args["AIRFLOW_VERSION"] == "3.3.2"
+    # The compose services run the image built from it, named for that version.
+    image = f"healthimaging-airflow:{args['AIRFLOW_VERSION']}"
+    assert raw["x-airflow-common"]["image"] == f"${{AIRFLOW_IMAGE_NAME:-{image}}}"
     assert re.search(r'pip install --no-cache-dir "apache-airflow==\$\{AIRFLOW_VERSION\}" -r /opt/airflow/requirements.txt',
                      text)
     for folder in ("dags", "plugins", "healthimaging_emulator", "stack"):
@@ -356,6 +372,9 @@ def test_dotenv_parsing(tmp_path):
     path = tmp_path / ".env"
     path.write_text("# comment\nA=1 # trailing\nexport B='{\"k\": \"v # not a comment\"}'\nC=\"x\\ny\"\nD=\n")
     assert read_dotenv(path) == {"A": "1", "B": '{"k": "v # not a comment"}', "C": "x\ny", "D": ""}
+    path.write_text("A=1\nBARE\n")
+    with pytest.raises(ValueError, match="BARE without a value"):
+        read_dotenv(path)
 
 
 def test_localize_changes_only_service_hosts_ports_and_the_image_home():
@@ -392,7 +411,8 @@ def test_process_stack_runs_the_compose_services_commands(planned, raw):
         if process.service in AIRFLOW_SERVICES:
             expected = compose.command(raw, process.service, planned.variables)
             assert Path(process.argv[0]).name == "airflow", name
-            extra = ["--celery-hostname", f"worker{name.rsplit('-', 1)[1]}@%h"] if process.service == "airflow-worker" else []
+            worker = process.service == "airflow-worker"
+            extra = ["--celery-hostname", f"celery@worker{name.rsplit('-', 1)[1]}"] if worker else []
             assert process.argv[1:] == expected + extra, name
     init = compose.service(raw, "airflow-init", planned.variables)["command"][1]
     assert shlex.join(processes["airflow-init"].argv[1:]) == "-m stack.init" and "python -m stack.init" in init

@@ -1,6 +1,7 @@
 """The HealthImaging operator and sensor under a real Airflow deployment (tests/airflow_stack.py).
 
-One stack (scheduler with the LocalExecutor, dag-processor, triggerer, api-server on PostgreSQL)
+One stack (the process stack with the LocalExecutor: scheduler, dag-processor, triggerer, api-server on
+PostgreSQL)
 and one DAG folder serve four scenarios, triggered together when the stack is up; each test then
 waits for its own run. Every scenario has its own in-process emulator (and Airflow connection), so
 that "exactly one new image set" is counted over a whole data store and faults scripted for one
@@ -238,8 +239,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
                 scenario.run_id = stack.trigger(scenario.dag_id, conf={
                     "datastore_id": scenario.datastore_id, "source_image_set_id": scenario.source_image_set_id})
             yield Deployment(stack, scenarios)
-        print(f"\nAirflowStack ({stack.backend}) timings {({k: round(v, 1) for k, v in stack.timings.items()})}",
-              file=sys.stderr)
+        print(f"\nAirflowStack timings {({k: round(v, 1) for k, v in stack.timings.items()})}", file=sys.stderr)
     finally:
         for server in servers:
             with contextlib.suppress(Exception):

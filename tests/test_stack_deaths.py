@@ -21,7 +21,6 @@ from __future__ import annotations
 import collections
 import csv
 import json
-import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -33,8 +32,8 @@ import sqlalchemy as sa
 
 from stack.compose import ENV_EXAMPLE
 from stack.process_stack import ProcessStack
-from tests.airflow_stack import StackClient
-from tests.test_distributed_stack import FAST, admin, emulator_client, image_sets_by_series
+from tests.airflow_stack import FAST, StackClient, shell_environ
+from tests.test_distributed_stack import admin, emulator_client, image_sets_by_series
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -72,7 +71,7 @@ class Sources:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory) -> Iterator[ProcessStack]:
-    environ = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "_AIRFLOW"))}
+    environ = shell_environ()
     environ["HEALTHIMAGING_EMULATOR_SYNTHETIC_IMAGE_SETS"] = str(SYNTHETIC_IMAGE_SETS)
     stack = ProcessStack(tmp_path_factory.mktemp("deaths") / "home", workers=2, worker_concurrency=4,
                          env_file=ENV_EXAMPLE, environ=environ, emulator_args=EMULATOR_ARGS, overrides=OVERRIDES)
@@ -92,9 +91,7 @@ def sources(stack) -> Sources:
 
 @pytest.fixture(scope="module")
 def api(stack) -> StackClient:
-    client = StackClient(stack)
-    client.auth_token = stack.token()
-    return client
+    return StackClient(stack, stack.token())
 
 
 def ledger_rows(stack: ProcessStack, run_id: str) -> list[dict[str, Any]]:

@@ -15,6 +15,7 @@ passwords encrypted with a Fernet key airflow-init generates, the same in compos
 
 from __future__ import annotations
 
+import dataclasses
 import http.client
 import json
 import os
@@ -37,6 +38,7 @@ from stack import compose
 from stack.compose import COMPOSE_FILE, ENV_EXAMPLE, read_dotenv
 from stack.process_stack import ProcessStack, write_dotenv
 from stack.processes import spawn, stop_all
+from tests.airflow_stack import StackClient, shell_environ
 
 PUBLISHING_SERVICES = ("airflow-apiserver", "flower", "healthimaging-emulator")
 ADDRESS_VARIABLE = "HEALTHIMAGING_PUBLISH_ADDRESS"
@@ -360,7 +362,7 @@ def test_connection_passwords_are_encrypted_with_the_generated_key(first_init, m
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, dotenv) -> Iterator[ProcessStack]:
-    environ = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "_AIRFLOW"))}
+    environ = shell_environ()
     environ["HEALTHIMAGING_EMULATOR_SYNTHETIC_IMAGE_SETS"] = "10"
     stack = ProcessStack(tmp_path_factory.mktemp("secure") / "home", workers=1, worker_concurrency=1, env_file=dotenv,
                          environ=environ)
@@ -398,10 +400,7 @@ def test_every_component_uses_the_generated_fernet_key(stack):
     import sqlalchemy as sa
     from cryptography.fernet import Fernet
 
-    from tests.airflow_stack import StackClient
-
-    api = StackClient(stack)
-    api.auth_token = stack.token()
+    api = StackClient(stack, stack.token())
     conn_id = f"probe_{uuid.uuid4().hex[:8]}"
     api.api("POST", "/api/v2/connections", {"connection_id": conn_id, "conn_type": "postgres",
                                             "password": "plain-secret"})
@@ -455,3 +454,31 @@ def test_the_stack_listens_on_loopback_only(stack):
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/log/anything.log", timeout=10)
         assert refused.value.code == 403
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_every_compose_health_check_passes_on_the_process_stack(stack):
+    """The compose file's health checks, run as the process stack runs them (stack.health), against this stack:
+    every one it has (the api-server, scheduler, dag-processor, triggerer, the worker, the emulator, PostgreSQL and
+    Redis) exits 0."""
+    checks = stack.health_checks()
+    assert {stack.processes[name].service if name in stack.processes else name for name in checks} == {
+        *compose.AIRFLOW_SERVICES, compose.EMULATOR_SERVICE, *compose.INFRASTRUCTURE_SERVICES}
+    failed = {}
+    for name, check in checks.items():
+        result = check.run(stack.home)
+        if result.returncode != 0:
+            failed[name] = (check.argv, result.returncode, result.stdout[-2000:])
+    assert not failed, failed
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_the_health_checks_fail_for_a_process_that_is_not_there(stack):
+    """The checks that find their process by host name (the worker's Celery ping, the dag-processor's job) fail
+    for a host name no process of the stack has: a pass above is the process answering, not the command."""
+    for name in (stack.worker_names[0], "airflow-dag-processor"):
+        check = stack.health_check(name)
+        elsewhere = dataclasses.replace(check, env={**check.env, "HOSTNAME": "no-such-host"})
+        assert elsewhere.run(stack.home).returncode != 0, name
