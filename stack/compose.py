@@ -51,17 +51,19 @@ def read_dotenv(path: str | os.PathLike[str]) -> dict[str, str]:
     """The variables of a ``.env`` file (python-dotenv's parser, as compose's: ``export``, comments, quotes).
 
     Values are not interpolated (this file's values contain none) and the shell is not read here:
-    :func:`compose_variables` puts the shell's variables over these. A ``KEY`` without ``=`` is refused
-    (compose would take it from the shell; the stack's configuration is in the file); python-dotenv warns about
-    a line it cannot parse and skips it.
+    :func:`compose_variables` puts the shell's variables over these. A line python-dotenv cannot parse
+    (an unclosed quote, ``KEY VALUE``) and a ``KEY`` without ``=`` are refused, naming the line: compose
+    would take a bare key from the shell, and a skipped line would silently drop a setting.
     """
-    from dotenv import dotenv_values
+    from dotenv.parser import parse_stream
 
-    values = dotenv_values(path, interpolate=False)
-    bare = [key for key, value in values.items() if value is None]
-    if bare:
-        raise ValueError(f"{path}: expected KEY=value, got {', '.join(bare)} without a value")
-    return dict(values)
+    with open(path, encoding="utf-8") as stream:
+        bindings = list(parse_stream(stream))
+    bad = [f"line {b.original.line}: {b.original.string.strip()[:40]!r}" for b in bindings
+           if b.error or (b.key is not None and b.value is None)]
+    if bad:
+        raise ValueError(f"{path}: expected KEY=value lines; cannot read {'; '.join(bad)}")
+    return {b.key: b.value for b in bindings if b.key is not None}
 
 
 def default_env_file() -> Path:

@@ -373,7 +373,10 @@ def test_dotenv_parsing(tmp_path):
     path.write_text("# comment\nA=1 # trailing\nexport B='{\"k\": \"v # not a comment\"}'\nC=\"x\\ny\"\nD=\n")
     assert read_dotenv(path) == {"A": "1", "B": '{"k": "v # not a comment"}', "C": "x\ny", "D": ""}
     path.write_text("A=1\nBARE\n")
-    with pytest.raises(ValueError, match="BARE without a value"):
+    with pytest.raises(ValueError, match="cannot read line 2: 'BARE'"):
+        read_dotenv(path)
+    path.write_text("A=1\nB=\"unclosed\nC=3\nD E=4\n")  # python-dotenv alone would skip these with a warning
+    with pytest.raises(ValueError, match="cannot read line 2: 'B=\"unclosed'; line 4: 'D E=4'"):
         read_dotenv(path)
 
 
