@@ -22,6 +22,7 @@ processes, as with compose; ``env`` is how a test adds connections (``AIRFLOW_CO
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import os
@@ -293,3 +294,28 @@ class AirflowStack(StackClient):
 
     def __exit__(self, *exc_info: object) -> None:
         self.stack.stop()
+
+
+# ------------------------------------------------------------------ the stack's emulator, for tests
+
+
+def emulator_client(url: str):
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client("medical-imaging", endpoint_url=url, region_name="us-east-1", aws_access_key_id="x",
+                        aws_secret_access_key="x", config=Config(inject_host_prefix=False, retries={"mode": "standard"}))
+
+
+def image_sets_by_series(client, datastore_id: str) -> dict[str, set[str]]:
+    """Every image set of the data store (SearchImageSets), by series instance UID."""
+    series: dict[str, set[str]] = collections.defaultdict(set)
+    for page in client.get_paginator("search_image_sets").paginate(datastoreId=datastore_id):
+        for summary in page["imageSetsMetadataSummaries"]:
+            series[summary["DICOMTags"]["DICOMSeriesInstanceUID"]].add(summary["imageSetId"])
+    return series
+
+
+def admin(stack: ProcessStack, method: str, path: str, body: dict | None = None) -> dict:
+    """The emulator's admin API with the stack's token (``ProcessStack.emulator_admin``)."""
+    return stack.emulator_admin(method, path, body) or {}

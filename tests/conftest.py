@@ -9,7 +9,7 @@
 
 import pytest
 
-pytest.register_assert_rewrite("tests.airflow_env", "tests.airflow_stack")
+pytest.register_assert_rewrite("tests.airflow_env", "tests.airflow_stack", "tests.bulk_helpers", "tests.healthimaging_helpers")
 
 from tests import airflow_env  # noqa: E402
 

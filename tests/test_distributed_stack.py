@@ -35,7 +35,7 @@ import pytest
 
 from stack.compose import ENV_EXAMPLE
 from stack.process_stack import ProcessStack
-from tests.airflow_stack import FAST, StackClient, shell_environ
+from tests.airflow_stack import FAST, StackClient, admin, emulator_client, image_sets_by_series, shell_environ
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -58,28 +58,6 @@ EMULATOR_ARGS = [
     "--fault-seed", "7", "--log-level", "WARNING",
     *[arg for fault in FAULTS for arg in ("--fault", fault)],
 ]
-
-
-def emulator_client(url: str):
-    import boto3
-    from botocore.config import Config
-
-    return boto3.client("medical-imaging", endpoint_url=url, region_name="us-east-1", aws_access_key_id="x",
-                        aws_secret_access_key="x", config=Config(inject_host_prefix=False, retries={"mode": "standard"}))
-
-
-def image_sets_by_series(client, datastore_id: str) -> dict[str, set[str]]:
-    """Every image set of the data store (SearchImageSets), by series instance UID."""
-    series: dict[str, set[str]] = collections.defaultdict(set)
-    for page in client.get_paginator("search_image_sets").paginate(datastoreId=datastore_id):
-        for summary in page["imageSetsMetadataSummaries"]:
-            series[summary["DICOMTags"]["DICOMSeriesInstanceUID"]].add(summary["imageSetId"])
-    return series
-
-
-def admin(stack: ProcessStack, method: str, path: str, body: dict | None = None) -> dict:
-    """The emulator's admin API with the stack's token (``ProcessStack.emulator_admin``)."""
-    return stack.emulator_admin(method, path, body) or {}
 
 
 def worker_executions(stack: ProcessStack) -> dict[str, list[tuple[str, int]]]:

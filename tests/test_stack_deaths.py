@@ -32,8 +32,7 @@ import sqlalchemy as sa
 
 from stack.compose import ENV_EXAMPLE
 from stack.process_stack import ProcessStack
-from tests.airflow_stack import FAST, StackClient, shell_environ
-from tests.test_distributed_stack import admin, emulator_client, image_sets_by_series
+from tests.airflow_stack import FAST, StackClient, admin, emulator_client, image_sets_by_series, shell_environ
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
