@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install test test-deaths test-fuzz bench-hostile demo emulator stack bench bench-bulk bench-bulk-stack lock clean
+.PHONY: install lint test test-deaths test-fuzz bench-hostile demo emulator stack bench bench-bulk bench-bulk-stack lock clean
 
 # The venv is (re)built whenever requirements.txt changes. uv resolves and installs the pinned set
 # in seconds; it is itself installed from PyPI into the venv.
@@ -16,7 +16,13 @@ $(INSTALLED): requirements.txt
 
 install: $(INSTALLED)
 
-test: install
+# ruff (configured in pyproject.toml: line length 120, pycodestyle, pyflakes, import order) checks and
+# formatting, before the tests.
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: lint
 	$(PY) -m pytest
 
 # The real process deaths alone: the process stack, SIGKILLed triggerer, worker and scheduler, the chaos run.

@@ -43,6 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "plugins")]
 from healthimaging_emulator.admin_client import admin_request  # noqa: E402 - after the path is set
 from stack.processes import free_port  # noqa: E402 - after the path is set
+
 AIRFLOW = str(Path(sys.executable).with_name("airflow"))
 COPY_SECONDS = 2.0
 DAG_ID = "healthimaging_bulk_copy"
@@ -51,8 +52,12 @@ DEFAULT_BATCH_SIZE = 250
 
 
 def start_emulator(port: int, rows: int, rate: float) -> subprocess.Popen:
-    process = subprocess.Popen([sys.executable, "-m", "healthimaging_emulator", "--port", str(port),
-                                *emulator_args(rows, rate)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "healthimaging_emulator", "--port", str(port), *emulator_args(rows, rate)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     for line in process.stdout:
         if "listening on" in line:
             return process
@@ -66,10 +71,16 @@ def running_seconds(airflow_db_url: str, dag_id: str) -> tuple[float, int]:
     engine = sa.create_engine(airflow_db_url)
     try:
         with engine.connect() as db:
-            events = db.execute(sa.text(
-                "SELECT task_id, map_index, event, dttm FROM log WHERE dag_id = :dag AND task_id IS NOT NULL ORDER BY dttm"),
-                {"dag": dag_id}).fetchall()
-            instances = db.execute(sa.text("SELECT COUNT(*) FROM task_instance WHERE dag_id = :dag"), {"dag": dag_id}).scalar_one()
+            events = db.execute(
+                sa.text(
+                    "SELECT task_id, map_index, event, dttm FROM log WHERE dag_id = :dag AND task_id IS NOT NULL "
+                    "ORDER BY dttm"
+                ),
+                {"dag": dag_id},
+            ).fetchall()
+            instances = db.execute(
+                sa.text("SELECT COUNT(*) FROM task_instance WHERE dag_id = :dag"), {"dag": dag_id}
+            ).scalar_one()
     finally:
         engine.dispose()
     from datetime import datetime
@@ -93,48 +104,108 @@ def copy_figures(ledger_url: str) -> dict:
     engine = sa.create_engine(ledger_url)
     try:
         with engine.connect() as db:
-            first_sent, last_done, succeeded = db.execute(sa.text(
-                "SELECT MIN(submitted_at), MAX(completed_at), SUM(CASE WHEN status = 'succeeded' THEN 1 ELSE 0 END) "
-                "FROM healthimaging_copy_ledger")).one()
-            durations = sorted(d for (d,) in db.execute(sa.text(
-                "SELECT completed_at - submitted_at FROM healthimaging_copy_ledger WHERE status = 'succeeded'")))
+            first_sent, last_done, succeeded = db.execute(
+                sa.text(
+                    "SELECT MIN(submitted_at), MAX(completed_at), SUM(CASE WHEN status = 'succeeded' THEN 1 ELSE 0 "
+                    "END) "
+                    "FROM healthimaging_copy_ledger"
+                )
+            ).one()
+            durations = sorted(
+                d
+                for (d,) in db.execute(
+                    sa.text(
+                        "SELECT completed_at - submitted_at FROM healthimaging_copy_ledger WHERE status = 'succeeded'"
+                    )
+                )
+            )
     finally:
         engine.dispose()
-    return {"first_sent": first_sent, "last_done": last_done, "succeeded": succeeded or 0,
-            "one_copy": durations[len(durations) // 2] if durations else COPY_SECONDS}
+    return {
+        "first_sent": first_sent,
+        "last_done": last_done,
+        "succeeded": succeeded or 0,
+        "one_copy": durations[len(durations) // 2] if durations else COPY_SECONDS,
+    }
 
 
 def emulator_args(rows: int, rate: float) -> list[str]:
-    return ["--seed", f"synthetic:{rows}", "--rate", f"CopyImageSet={rate}:1", "--copy-seconds", str(COPY_SECONDS),
-            "--copy-seconds-per-instance", "0", "--log-level", "WARNING"]
+    return [
+        "--seed",
+        f"synthetic:{rows}",
+        "--rate",
+        f"CopyImageSet={rate}:1",
+        "--copy-seconds",
+        str(COPY_SECONDS),
+        "--copy-seconds-per-instance",
+        "0",
+        "--log-level",
+        "WARNING",
+    ]
 
 
 def source_ids(url: str, rows: int) -> tuple[str, list[str]]:
     """The synthetic data store and the first ``rows`` of its image sets."""
-    client = boto3.client("medical-imaging", endpoint_url=url, region_name="us-east-1", aws_access_key_id="bench",
-                          aws_secret_access_key="bench", config=Config(inject_host_prefix=False))
-    (datastore_id,) = [d["datastoreId"] for d in client.list_datastores()["datastoreSummaries"]
-                       if d["datastoreName"] == "synthetic"]
-    ids = [s["imageSetId"] for page in client.get_paginator("search_image_sets").paginate(datastoreId=datastore_id)
-           for s in page["imageSetsMetadataSummaries"]][:rows]
+    client = boto3.client(
+        "medical-imaging",
+        endpoint_url=url,
+        region_name="us-east-1",
+        aws_access_key_id="bench",
+        aws_secret_access_key="bench",
+        config=Config(inject_host_prefix=False),
+    )
+    (datastore_id,) = [
+        d["datastoreId"] for d in client.list_datastores()["datastoreSummaries"] if d["datastoreName"] == "synthetic"
+    ]
+    ids = [
+        s["imageSetId"]
+        for page in client.get_paginator("search_image_sets").paginate(datastoreId=datastore_id)
+        for s in page["imageSetsMetadataSummaries"]
+    ][:rows]
     return datastore_id, ids
 
 
 def run_conf(manifest: Path, datastore_id: str, rate: float, batch_size: int) -> dict:
-    return {"manifest": str(manifest), "default_datastore_id": datastore_id, "copies_per_second": rate, "burst": 1,
-            "batch_size": batch_size, "max_copies_in_flight": 100, "poll_interval_seconds": 1,
-            "progress_interval_seconds": 30}
+    return {
+        "manifest": str(manifest),
+        "default_datastore_id": datastore_id,
+        "copies_per_second": rate,
+        "burst": 1,
+        "batch_size": batch_size,
+        "max_copies_in_flight": 100,
+        "poll_interval_seconds": 1,
+        "progress_interval_seconds": 30,
+    }
 
 
-def result_of(rows: int, rate: float, batch_size: int, succeeded_run: bool, run_seconds: float, counters: dict,
-              copies: dict, slot_seconds: float, instances: int, home: Path) -> dict:
+def result_of(
+    rows: int,
+    rate: float,
+    batch_size: int,
+    succeeded_run: bool,
+    run_seconds: float,
+    counters: dict,
+    copies: dict,
+    slot_seconds: float,
+    instances: int,
+    home: Path,
+) -> dict:
     copy_calls = counters.get("CopyImageSet", {})
     return {
-        "succeeded_run": succeeded_run, "rows": rows, "succeeded": copies["succeeded"], "rate": rate,
-        "batch_size": batch_size, "batches": -(-rows // batch_size),
-        "makespan": copies["last_done"] - copies["first_sent"], "ideal": rows / rate + copies["one_copy"],
-        "one_copy": copies["one_copy"], "run_seconds": run_seconds, "copy_calls": copy_calls.get("calls", 0),
-        "throttled": copy_calls.get("throttled", 0), "slot_seconds": slot_seconds, "task_instances": instances,
+        "succeeded_run": succeeded_run,
+        "rows": rows,
+        "succeeded": copies["succeeded"],
+        "rate": rate,
+        "batch_size": batch_size,
+        "batches": -(-rows // batch_size),
+        "makespan": copies["last_done"] - copies["first_sent"],
+        "ideal": rows / rate + copies["one_copy"],
+        "one_copy": copies["one_copy"],
+        "run_seconds": run_seconds,
+        "copy_calls": copy_calls.get("calls", 0),
+        "throttled": copy_calls.get("throttled", 0),
+        "slot_seconds": slot_seconds,
+        "task_instances": instances,
         "home": str(home),
     }
 
@@ -152,27 +223,60 @@ def bulk_copy_dags_test(rows: int, rate: float, batch_size: int) -> dict:
         manifest = home / "manifest.csv"
         manifest.write_text(template({"source_image_set_id": i} for i in ids))
         env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
-        env.update({
-            "AIRFLOW_HOME": str(home), "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
-            "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING", "PYTHONPATH": str(ROOT / "plugins"),
-            "AIRFLOW_CONN_AWS_DEFAULT": json.dumps({"conn_type": "aws", "login": "b", "password": "b",
-                                                    "extra": {"endpoint_url": url, "region_name": "us-east-1"}}),
-        })
-        subprocess.run([AIRFLOW, "db", "migrate"], env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        env.update(
+            {
+                "AIRFLOW_HOME": str(home),
+                "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
+                "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
+                "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+                "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
+                "PYTHONPATH": str(ROOT / "plugins"),
+                "AIRFLOW_CONN_AWS_DEFAULT": json.dumps(
+                    {
+                        "conn_type": "aws",
+                        "login": "b",
+                        "password": "b",
+                        "extra": {"endpoint_url": url, "region_name": "us-east-1"},
+                    }
+                ),
+            }
+        )
+        subprocess.run(
+            [AIRFLOW, "db", "migrate"], env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         started = time.monotonic()
         with open(home / "run.log", "w") as log:
-            result = subprocess.run([AIRFLOW, "dags", "test", DAG_ID, "--conf",
-                                     json.dumps(run_conf(manifest, datastore_id, rate, batch_size))],
-                                    env=env, stdout=log, stderr=subprocess.STDOUT)
+            result = subprocess.run(
+                [
+                    AIRFLOW,
+                    "dags",
+                    "test",
+                    DAG_ID,
+                    "--conf",
+                    json.dumps(run_conf(manifest, datastore_id, rate, batch_size)),
+                ],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         run_seconds = time.monotonic() - started
         counters = emulator_admin(url, "GET", "counters")
     finally:
         emulator.terminate()
         emulator.wait(timeout=10)
     slot_seconds, instances = running_seconds(f"sqlite:///{home / 'airflow.db'}", DAG_ID)
-    return result_of(rows, rate, batch_size, result.returncode == 0, run_seconds, counters,
-                     copy_figures(f"sqlite:///{home / 'healthimaging_ledger.sqlite3'}"), slot_seconds, instances, home)
+    return result_of(
+        rows,
+        rate,
+        batch_size,
+        result.returncode == 0,
+        run_seconds,
+        counters,
+        copy_figures(f"sqlite:///{home / 'healthimaging_ledger.sqlite3'}"),
+        slot_seconds,
+        instances,
+        home,
+    )
 
 
 def bulk_copy_on_stack(rows: int, rate: float, batch_size: int) -> dict:
@@ -183,8 +287,9 @@ def bulk_copy_on_stack(rows: int, rate: float, batch_size: int) -> dict:
 
     home = Path(tempfile.mkdtemp(prefix="bench-bulk-stack-"))
     environ = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "_AIRFLOW"))}
-    stack = ProcessStack(home / "home", workers=1, env_file=ENV_EXAMPLE, environ=environ,
-                         emulator_args=emulator_args(rows, rate))
+    stack = ProcessStack(
+        home / "home", workers=1, env_file=ENV_EXAMPLE, environ=environ, emulator_args=emulator_args(rows, rate)
+    )
     with stack:
         datastore_id, ids = source_ids(stack.emulator_url, rows)
         from healthimaging.bulk.manifest import template
@@ -203,8 +308,9 @@ def bulk_copy_on_stack(rows: int, rate: float, batch_size: int) -> dict:
         slot_seconds, instances = running_seconds(stack.sql_alchemy_conn, DAG_ID)
         if state != "success":
             print(api.diagnostics(DAG_ID, run_id), file=sys.stderr)
-    return result_of(rows, rate, batch_size, state == "success", run_seconds, counters, copies, slot_seconds, instances,
-                     stack.home)
+    return result_of(
+        rows, rate, batch_size, state == "success", run_seconds, counters, copies, slot_seconds, instances, stack.home
+    )
 
 
 def emulator_admin(url: str, method: str, path: str) -> dict:
@@ -219,8 +325,9 @@ def validation(rows: int) -> dict:
     from healthimaging.bulk.manifest import template, validate_manifest
 
     datastore = "a" * 32
-    data = template({"datastore_id": datastore, "source_image_set_id": f"{i:032x}", "label": f"row {i}"}
-                    for i in range(rows)).encode()
+    data = template(
+        {"datastore_id": datastore, "source_image_set_id": f"{i:032x}", "label": f"row {i}"} for i in range(rows)
+    ).encode()
 
     def measure(work):
         """(seconds, peak bytes, result) of ``work()``: timed on its own, then run again under tracemalloc,
@@ -236,8 +343,16 @@ def validation(rows: int) -> dict:
 
     base_seconds, base_peak, _ = measure(lambda: list(csv.DictReader(io.StringIO(data.decode()))))
     seconds, peak, validated = measure(lambda: validate_manifest(data, "m.csv"))
-    return {"rows": rows, "bytes": len(data), "seconds": seconds, "peak": peak, "base_seconds": base_seconds,
-            "base_peak": base_peak, "valid": len(validated.rows), "rejected": len(validated.rejected)}
+    return {
+        "rows": rows,
+        "bytes": len(data),
+        "seconds": seconds,
+        "peak": peak,
+        "base_seconds": base_seconds,
+        "base_peak": base_peak,
+        "valid": len(validated.rows),
+        "rejected": len(validated.rejected),
+    }
 
 
 def main() -> int:
@@ -246,10 +361,17 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=5.0)
     parser.add_argument("--validate-rows", type=int, default=100_000)
     parser.add_argument("--skip-copy", action="store_true", help="only the validation part")
-    parser.add_argument("--stack", action="store_true",
-                        help="run on the process stack of docker-compose.yaml (batches side by side in the triggerer)")
-    parser.add_argument("--batch-size", type=int, default=None,
-                        help=f"rows per batch (default: all in one under dags test, {DEFAULT_BATCH_SIZE} with --stack)")
+    parser.add_argument(
+        "--stack",
+        action="store_true",
+        help="run on the process stack of docker-compose.yaml (batches side by side in the triggerer)",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help=f"rows per batch (default: all in one under dags test, {DEFAULT_BATCH_SIZE} with --stack)",
+    )
     args = parser.parse_args()
     ok = True
     if not args.skip_copy:
@@ -260,25 +382,43 @@ def main() -> int:
         ratio = r["makespan"] / r["ideal"]
         throttled_share = r["throttled"] / r["copy_calls"] if r["copy_calls"] else 0.0
         where = "the process stack (triggerer, Celery worker)" if args.stack else "airflow dags test"
-        print(f"bulk copy on {where}: {r['rows']} image sets in {r['batches']} batch(es) of {r['batch_size']}, "
-              f"CopyImageSet quota {r['rate']}/s burst 1, copies of {COPY_SECONDS}s "
-              f"(run {'succeeded' if r['succeeded_run'] else 'FAILED'}, {r['succeeded']} copies succeeded)")
-        print(f"  copy makespan {r['makespan']:.1f}s vs ideal {r['ideal']:.1f}s (rows/rate + one copy of {r['one_copy']:.1f}s): "
-              f"{ratio:.3f}x  (target <= 1.10x) {'meets' if ratio <= 1.10 else 'MISSES'}")
+        print(
+            f"bulk copy on {where}: {r['rows']} image sets in {r['batches']} batch(es) of {r['batch_size']}, "
+            f"CopyImageSet quota {r['rate']}/s burst 1, copies of {COPY_SECONDS}s "
+            f"(run {'succeeded' if r['succeeded_run'] else 'FAILED'}, {r['succeeded']} copies succeeded)"
+        )
+        print(
+            f"  copy makespan {r['makespan']:.1f}s vs ideal {r['ideal']:.1f}s (rows/rate + one copy of "
+            f"{r['one_copy']:.1f}s): "
+            f"{ratio:.3f}x  (target <= 1.10x) {'meets' if ratio <= 1.10 else 'MISSES'}"
+        )
         print(f"  whole DAG run {r['run_seconds']:.1f}s: {r['run_seconds'] / r['ideal']:.3f}x the ideal")
-        print(f"  throttled CopyImageSet calls: {r['throttled']} of {r['copy_calls']} = {100 * throttled_share:.2f}%  "
-              f"(target <= 1%) {'meets' if throttled_share <= 0.01 else 'MISSES'}")
-        print(f"  worker-slot seconds: {r['slot_seconds']:.1f}s in all, {r['slot_seconds'] / r['rows']:.4f}s per image set "
-              f"({r['slot_seconds'] / r['makespan']:.3f} of the makespan)")
+        print(
+            f"  throttled CopyImageSet calls: {r['throttled']} of {r['copy_calls']} = {100 * throttled_share:.2f}%  "
+            f"(target <= 1%) {'meets' if throttled_share <= 0.01 else 'MISSES'}"
+        )
+        print(
+            f"  worker-slot seconds: {r['slot_seconds']:.1f}s in all, {r['slot_seconds'] / r['rows']:.4f}s per image "
+            "set "
+            f"({r['slot_seconds'] / r['makespan']:.3f} of the makespan)"
+        )
         print(f"  task instances: {r['task_instances']} = {1000 * r['task_instances'] / r['rows']:.1f} per 1,000 rows")
         print(f"  (Airflow home and logs: {r['home']})")
         ok = ok and r["succeeded_run"] and ratio <= 1.10 and throttled_share <= 0.01
     if args.validate_rows > 0:
         v = validation(args.validate_rows)
-        print(f"manifest validation: {v['rows']:,} rows ({v['bytes'] / 1e6:.1f} MB), {v['valid']:,} valid, {v['rejected']} rejected")
-        print(f"  time {v['seconds']:.2f}s vs csv.DictReader alone {v['base_seconds']:.2f}s: {v['seconds'] / v['base_seconds']:.1f}x")
-        print(f"  peak memory {v['peak'] / 1e6:.0f} MB vs csv.DictReader alone {v['base_peak'] / 1e6:.0f} MB: "
-              f"{v['peak'] / v['base_peak']:.1f}x")
+        print(
+            f"manifest validation: {v['rows']:,} rows ({v['bytes'] / 1e6:.1f} MB), {v['valid']:,} valid, "
+            f"{v['rejected']} rejected"
+        )
+        print(
+            f"  time {v['seconds']:.2f}s vs csv.DictReader alone {v['base_seconds']:.2f}s: "
+            f"{v['seconds'] / v['base_seconds']:.1f}x"
+        )
+        print(
+            f"  peak memory {v['peak'] / 1e6:.0f} MB vs csv.DictReader alone {v['base_peak'] / 1e6:.0f} MB: "
+            f"{v['peak'] / v['base_peak']:.1f}x"
+        )
     return 0 if ok else 1
 
 

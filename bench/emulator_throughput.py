@@ -40,10 +40,18 @@ def free_port() -> int:
 
 
 def client_for(url: str, threads: int):
-    return boto3.client("medical-imaging", endpoint_url=url, region_name="us-east-1", aws_access_key_id="bench",
-                        aws_secret_access_key="bench",
-                        config=Config(inject_host_prefix=False, max_pool_connections=threads,
-                                      retries={"mode": "standard", "total_max_attempts": 1}))
+    return boto3.client(
+        "medical-imaging",
+        endpoint_url=url,
+        region_name="us-east-1",
+        aws_access_key_id="bench",
+        aws_secret_access_key="bench",
+        config=Config(
+            inject_host_prefix=False,
+            max_pool_connections=threads,
+            retries={"mode": "standard", "total_max_attempts": 1},
+        ),
+    )
 
 
 def rate(calls: list, threads: int) -> tuple[float, int]:
@@ -64,8 +72,17 @@ class CannedHandler(BaseHTTPRequestHandler):
 
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True
-    body = json.dumps({"datastoreId": ID, "imageSetId": ID, "versionId": "1", "imageSetState": "ACTIVE",
-                       "imageSetWorkflowStatus": "CREATED", "createdAt": 1.7e9, "updatedAt": 1.7e9}).encode()
+    body = json.dumps(
+        {
+            "datastoreId": ID,
+            "imageSetId": ID,
+            "versionId": "1",
+            "imageSetState": "ACTIVE",
+            "imageSetWorkflowStatus": "CREATED",
+            "createdAt": 1.7e9,
+            "updatedAt": 1.7e9,
+        }
+    ).encode()
 
     def do_POST(self) -> None:
         self.rfile.read(int(self.headers.get("Content-Length") or 0))
@@ -94,10 +111,29 @@ def baseline(calls: int, threads: int) -> float:
 
 def start_emulator(port: int, image_sets: int) -> subprocess.Popen:
     process = subprocess.Popen(
-        [sys.executable, "-m", "healthimaging_emulator", "--port", str(port), "--rate-profile", "off",
-         "--seed", f"synthetic:{image_sets}", "--copy-seconds", "0.01", "--copy-seconds-per-instance", "0",
-         "--max-concurrent-copies", "1000000", "--log-level", "WARNING"],
-        cwd=ROOT, stdout=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-m",
+            "healthimaging_emulator",
+            "--port",
+            str(port),
+            "--rate-profile",
+            "off",
+            "--seed",
+            f"synthetic:{image_sets}",
+            "--copy-seconds",
+            "0.01",
+            "--copy-seconds-per-instance",
+            "0",
+            "--max-concurrent-copies",
+            "1000000",
+            "--log-level",
+            "WARNING",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     for line in process.stdout:
         if "listening on" in line:
             return process
@@ -117,18 +153,31 @@ def main() -> int:
     url = f"http://127.0.0.1:{port}"
     try:
         client = client_for(url, args.threads)
-        datastore_id = next(d["datastoreId"] for d in client.list_datastores()["datastoreSummaries"]
-                            if d["datastoreName"] == "synthetic")
-        sources = [s for page in client.get_paginator("search_image_sets").paginate(datastoreId=datastore_id)
-                   for s in page["imageSetsMetadataSummaries"]]
+        datastore_id = next(
+            d["datastoreId"]
+            for d in client.list_datastores()["datastoreSummaries"]
+            if d["datastoreName"] == "synthetic"
+        )
+        sources = [
+            s
+            for page in client.get_paginator("search_image_sets").paginate(datastoreId=datastore_id)
+            for s in page["imageSetsMetadataSummaries"]
+        ]
         ids = [s["imageSetId"] for s in sources]
         client.get_image_set(datastoreId=datastore_id, imageSetId=ids[0])
-        gets = [lambda i=i: client.get_image_set(datastoreId=datastore_id, imageSetId=ids[i % len(ids)])
-                for i in range(args.calls)]
+        gets = [
+            lambda i=i: client.get_image_set(datastoreId=datastore_id, imageSetId=ids[i % len(ids)])
+            for i in range(args.calls)
+        ]
         get_rate, get_errors = rate(gets, args.threads)
-        copies = [lambda s=s: client.copy_image_set(
-            datastoreId=datastore_id, sourceImageSetId=s["imageSetId"],
-            copyImageSetInformation={"sourceImageSet": {"latestVersionId": str(s["version"])}}) for s in sources[:args.copies]]
+        copies = [
+            lambda s=s: client.copy_image_set(
+                datastoreId=datastore_id,
+                sourceImageSetId=s["imageSetId"],
+                copyImageSetInformation={"sourceImageSet": {"latestVersionId": str(s["version"])}},
+            )
+            for s in sources[: args.copies]
+        ]
         copy_rate, copy_errors = rate(copies, args.threads)
         _, counters = admin_request(url, "GET", "counters")
     finally:
@@ -137,14 +186,23 @@ def main() -> int:
 
     print(f"emulator throughput, quotas off, {args.threads} boto3 threads, {sys.platform}, 2-core box")
     print(f"  baseline (boto3 vs canned HTTP server) GetImageSet: {floor:8.0f}/s")
-    print(f"  emulator GetImageSet:                              {get_rate:8.0f}/s  ratio {get_rate / floor:.2f} "
-          f"of baseline  ({args.calls} calls, {get_errors} errors)")
-    print(f"  emulator CopyImageSet (accepted):                  {copy_rate:8.0f}/s  ratio {copy_rate / floor:.2f} "
-          f"of baseline  ({len(copies)} calls, {copy_errors} errors)")
-    print(f"  counters: GetImageSet {counters.get('GetImageSet', {}).get('succeeded')} ok, "
-          f"CopyImageSet {counters.get('CopyImageSet', {}).get('succeeded')} ok")
+    print(
+        f"  emulator GetImageSet:                              {get_rate:8.0f}/s  ratio {get_rate / floor:.2f} "
+        f"of baseline  ({args.calls} calls, {get_errors} errors)"
+    )
+    print(
+        f"  emulator CopyImageSet (accepted):                  {copy_rate:8.0f}/s  ratio {copy_rate / floor:.2f} "
+        f"of baseline  ({len(copies)} calls, {copy_errors} errors)"
+    )
+    print(
+        f"  counters: GetImageSet {counters.get('GetImageSet', {}).get('succeeded')} ok, "
+        f"CopyImageSet {counters.get('CopyImageSet', {}).get('succeeded')} ok"
+    )
     verdict = "meets" if get_rate >= TARGET_GET_PER_SECOND else "MISSES"
-    print(f"  target: >= {TARGET_GET_PER_SECOND} GetImageSet/s -> {verdict} ({get_rate / TARGET_GET_PER_SECOND:.2f}x target)")
+    print(
+        f"  target: >= {TARGET_GET_PER_SECOND} GetImageSet/s -> {verdict} ({get_rate / TARGET_GET_PER_SECOND:.2f}x "
+        "target)"
+    )
     return 0 if get_rate >= TARGET_GET_PER_SECOND and not get_errors and not copy_errors else 1
 
 

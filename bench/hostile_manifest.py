@@ -15,7 +15,6 @@ import random
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -58,8 +57,10 @@ def inputs(size: int) -> dict[str, tuple[str, Callable[[], bytes]]]:
     row_size = len(row.format(d="d" * 32, n=0, label="study 0 " + "x" * 40))
 
     def valid() -> bytes:
-        return full + b"".join(row.format(d="d" * 32, n=n, label=f"study {n} " + "x" * 40).encode()
-                               for n in range(max(1, (size - len(full)) // row_size)))
+        return full + b"".join(
+            row.format(d="d" * 32, n=n, label=f"study {n} " + "x" * 40).encode()
+            for n in range(max(1, (size - len(full)) // row_size))
+        )
 
     deep = ('{"source_image_set_id": "%s", "label": %s}\n' % (ID, "[" * 900 + "]" * 900)).encode()
     return {
@@ -69,18 +70,27 @@ def inputs(size: int) -> dict[str, tuple[str, Callable[[], bytes]]]:
         "NUL in every line": ("m.csv", lambda: fill(f"{ID},a".encode() + b"\x00b\n", size, header)),
         "lines over the line limit": ("m.csv", lambda: fill(b"x" * (3 * 1024 * 1024) + b"\n", size, header)),
         "quote never closed (line 2)": ("m.csv", lambda: header + b'"' + fill(b"x" * 1000 + b"\n", size)),
-        "unknown header, 60 columns": ("m.csv", lambda: fill(b",".join([b"x"] * 60) + b"\n", size,
-                                                     b",".join(b"c%d" % i for i in range(60)) + b"\n")),
+        "unknown header, 60 columns": (
+            "m.csv",
+            lambda: fill(b",".join([b"x"] * 60) + b"\n", size, b",".join(b"c%d" % i for i in range(60)) + b"\n"),
+        ),
         "deep JSON (900 levels)": ("m.jsonl", lambda: fill(deep, size)),
         "JSON lines not objects": ("m.jsonl", lambda: fill(b"[1,2,3]\n", size)),
-        "lone surrogates": ("m.jsonl", lambda: fill(('{"source_image_set_id": "%s", "label": "\\ud800"}\n' % ID).encode(), size)),
+        "lone surrogates": (
+            "m.jsonl",
+            lambda: fill(('{"source_image_set_id": "%s", "label": "\\ud800"}\n' % ID).encode(), size),
+        ),
         "blank lines only": ("m.csv", lambda: b"\n" * size),
     }
 
 
 def measure(path: Path, name: str) -> dict:
-    out = subprocess.run([sys.executable, "-c", CHILD, str(ROOT / "plugins"), str(path), name],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD, str(ROOT / "plugins"), str(path), name],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(out.stdout)
 
 
@@ -102,8 +112,10 @@ def main() -> int:
     base = results["valid CSV (baseline)"]
     print(f"{'input':30} {'MB':>6} {'seconds':>8} {'x base':>7} {'peak MB':>8} {'x base':>7}  outcome")
     for label, r in results.items():
-        print(f"{label:30} {r['mb']:6.0f} {r['seconds']:8.2f} {r['seconds'] / base['seconds']:7.2f} {r['peak_mb']:8.0f} "
-              f"{r['peak_mb'] / base['peak_mb']:7.2f}  {r['outcome']}")
+        print(
+            f"{label:30} {r['mb']:6.0f} {r['seconds']:8.2f} {r['seconds'] / base['seconds']:7.2f} {r['peak_mb']:8.0f} "
+            f"{r['peak_mb'] / base['peak_mb']:7.2f}  {r['outcome']}"
+        )
     worst = max(r["peak_mb"] / r["mb"] for r in results.values())
     print(f"\nworst peak memory: {worst:.1f} x the input's size; every input ended in rows or one ManifestError")
     return 0

@@ -26,10 +26,16 @@ UID = dicom_uid.json_schema()  # botocore's model and DICOM PS3.5 9.1
     catchup=False,
     tags=["healthimaging", "example"],
     params={
-        "datastore_id": Param(title="Data store id", description="The data store holding both image sets.", **IMAGE_SET_ID),
+        "datastore_id": Param(
+            title="Data store id", description="The data store holding both image sets.", **IMAGE_SET_ID
+        ),
         "source_image_set_id": Param(title="Source image set id", **IMAGE_SET_ID),
-        "destination_image_set_id": Param(title="Destination image set id", description="For examples 2 and 3.", **IMAGE_SET_ID),
-        "series_instance_uid": Param(title="Series Instance UID", description="Series of the instance example 3 copies.", **UID),
+        "destination_image_set_id": Param(
+            title="Destination image set id", description="For examples 2 and 3.", **IMAGE_SET_ID
+        ),
+        "series_instance_uid": Param(
+            title="Series Instance UID", description="Series of the instance example 3 copies.", **UID
+        ),
         "sop_instance_uid": Param(title="SOP Instance UID", description="The instance example 3 copies.", **UID),
         "aws_conn_id": Param("aws_default", type="string", title="AWS connection id"),
     },

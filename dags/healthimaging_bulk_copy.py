@@ -32,9 +32,12 @@ PREPARE_RETRY_DELAY = timedelta(seconds=15)
 # only the manifest is this DAG's own.
 PARAMS = {
     "manifest": Param(
-        type="string", minLength=1, title="Manifest",
+        type="string",
+        minLength=1,
+        title="Manifest",
         description="CSV or JSON Lines: a local path the workers can read, or s3://bucket/key. Columns: "
-                    + ", ".join(COLUMNS) + " (source_image_set_id is required).",
+        + ", ".join(COLUMNS)
+        + " (source_image_set_id is required).",
     ),
     **trigger_form(),
 }
@@ -56,13 +59,17 @@ def healthimaging_bulk_copy():
         """Validate the manifest and record every row in the ledger."""
         from airflow.sdk.exceptions import AirflowFailException
 
-        from healthimaging.bulk.run import BulkCopyRunError, prepare
         from healthimaging.bulk.ledger import Ledger
+        from healthimaging.bulk.run import BulkCopyRunError, prepare
 
         context = get_current_context()
         try:
-            return prepare(Ledger.from_airflow(LEDGER_CONN_ID), dag_id=context["dag"].dag_id, run_id=context["run_id"],
-                           params=dict(context["params"]))
+            return prepare(
+                Ledger.from_airflow(LEDGER_CONN_ID),
+                dag_id=context["dag"].dag_id,
+                run_id=context["run_id"],
+                params=dict(context["params"]),
+            )
         except (BulkCopyRunError, FileNotFoundError) as exc:
             raise AirflowFailException(str(exc)) from exc
 
@@ -75,21 +82,26 @@ def healthimaging_bulk_copy():
     @task
     def dry_run_plan(prepared: dict) -> dict:
         """In a dry run, check every row against the data store; otherwise nothing."""
-        from healthimaging.bulk.run import plan
         from healthimaging.bulk.ledger import Ledger
+        from healthimaging.bulk.run import plan
 
         if not prepared["dry_run"]:
             return {}
         context = get_current_context()
-        return plan(Ledger.from_airflow(LEDGER_CONN_ID), dag_id=context["dag"].dag_id, run_id=context["run_id"], prepared=prepared)
+        return plan(
+            Ledger.from_airflow(LEDGER_CONN_ID),
+            dag_id=context["dag"].dag_id,
+            run_id=context["run_id"],
+            prepared=prepared,
+        )
 
     @task(trigger_rule="all_done", outlets=[DATASTORE_ASSETS])
     def finish_run(*, outlet_events=None) -> dict:
         """Write the report, emit an Asset event per data store, and fail the run past the tolerated failures."""
         from airflow.sdk.exceptions import AirflowFailException
 
-        from healthimaging.bulk.run import datastore_summaries, finish, verdict
         from healthimaging.bulk.ledger import Ledger
+        from healthimaging.bulk.run import datastore_summaries, finish, verdict
 
         context = get_current_context()
         dag_id, run_id, params = context["dag"].dag_id, context["run_id"], dict(context["params"])
@@ -99,7 +111,12 @@ def healthimaging_bulk_copy():
         for datastore_id, counts in datastore_summaries(ledger, dag_id, run_id).items():
             outlet_events[DATASTORE_ASSETS].add(
                 Asset(name=f"healthimaging-datastore-{datastore_id}", uri=f"healthimaging://datastore/{datastore_id}"),
-                extra={"run_id": run_id, "manifest": summary["manifest"]["uri"], "dry_run": summary["dryRun"], "counts": counts},
+                extra={
+                    "run_id": run_id,
+                    "manifest": summary["manifest"]["uri"],
+                    "dry_run": summary["dryRun"],
+                    "counts": counts,
+                },
             )
         if prepared is None:
             raise AirflowFailException(f"the manifest was not prepared; report in {summary['reportFolder']}")

@@ -34,19 +34,39 @@ log = logging.getLogger(__name__)
 # Reading the environment is cheap and local: no work at import time beyond it. The copy settings'
 # Params come from healthimaging.bulk.settings; a dry run has no place in a schedule.
 PARAMS = {
-    "manifest_location": Param(os.environ.get("HEALTHIMAGING_MANIFEST_LOCATION", ""), type="string", title="Manifest folder or S3 prefix",
-                               description="New .csv/.jsonl manifests here are copied once each. Empty: none."),
-    "search_datastore_id": Param(os.environ.get("HEALTHIMAGING_SEARCH_DATASTORE_ID", ""), type="string",
-                                 pattern=anchored("DatastoreId", empty_allowed=True), title="Data store to search",
-                                 description="Build a manifest from SearchImageSets over the data interval. Empty: off."),
-    "search_filter": Param(os.environ.get("HEALTHIMAGING_SEARCH_FILTER", "non_primary_updated"), type="string",
-                           enum=["non_primary_updated", "updated"], title="Search filter"),
-    "manual_search_window_hours": Param(1, type="number", exclusiveMinimum=0, title="Search window of a manual run (hours)",
-                                        description="A manual run has no data interval; it searches this many hours back."),
-    **trigger_form(defaults={
-        "copies_per_second": float(os.environ.get("HEALTHIMAGING_COPIES_PER_SECOND", DEFAULT_COPIES_PER_SECOND)),
-        "aws_conn_id": os.environ.get("HEALTHIMAGING_AWS_CONN_ID", "aws_default"),
-    }, exclude=("dry_run",)),
+    "manifest_location": Param(
+        os.environ.get("HEALTHIMAGING_MANIFEST_LOCATION", ""),
+        type="string",
+        title="Manifest folder or S3 prefix",
+        description="New .csv/.jsonl manifests here are copied once each. Empty: none.",
+    ),
+    "search_datastore_id": Param(
+        os.environ.get("HEALTHIMAGING_SEARCH_DATASTORE_ID", ""),
+        type="string",
+        pattern=anchored("DatastoreId", empty_allowed=True),
+        title="Data store to search",
+        description="Build a manifest from SearchImageSets over the data interval. Empty: off.",
+    ),
+    "search_filter": Param(
+        os.environ.get("HEALTHIMAGING_SEARCH_FILTER", "non_primary_updated"),
+        type="string",
+        enum=["non_primary_updated", "updated"],
+        title="Search filter",
+    ),
+    "manual_search_window_hours": Param(
+        1,
+        type="number",
+        exclusiveMinimum=0,
+        title="Search window of a manual run (hours)",
+        description="A manual run has no data interval; it searches this many hours back.",
+    ),
+    **trigger_form(
+        defaults={
+            "copies_per_second": float(os.environ.get("HEALTHIMAGING_COPIES_PER_SECOND", DEFAULT_COPIES_PER_SECOND)),
+            "aws_conn_id": os.environ.get("HEALTHIMAGING_AWS_CONN_ID", "aws_default"),
+        },
+        exclude=("dry_run",),
+    ),
 }
 
 
@@ -65,10 +85,10 @@ def healthimaging_scheduled_copy():
     def take_new_manifests() -> list[dict]:
         """The manifests this run copies: new files in the location, plus one built from the search.
         A manifest that cannot be read (or a search that fails) is reported, not fatal to the others."""
-        from healthimaging.hooks import HealthImagingHook
         from healthimaging.bulk.ledger import Ledger
         from healthimaging.bulk.manifest_sources import list_manifests, search_rows, write_generated
         from healthimaging.bulk.scheduled import isolated, take_manifests
+        from healthimaging.hooks import HealthImagingHook
 
         context = get_current_context()
         params, dag_id, run_id = context["params"], context["dag"].dag_id, context["run_id"]
@@ -97,10 +117,15 @@ def healthimaging_scheduled_copy():
                 candidates.append(generated)
             if failure:
                 failures.append(failure)
-        entries = failures + take_manifests(ledger, candidates, dag_id=dag_id, run_id=run_id,
-                                            aws_conn_id=params["aws_conn_id"])
-        log.info("%d new manifests of %d found, %d could not be read", sum("error" not in e for e in entries),
-                 len(candidates), sum("error" in e for e in entries))
+        entries = failures + take_manifests(
+            ledger, candidates, dag_id=dag_id, run_id=run_id, aws_conn_id=params["aws_conn_id"]
+        )
+        log.info(
+            "%d new manifests of %d found, %d could not be read",
+            sum("error" not in e for e in entries),
+            len(candidates),
+            sum("error" in e for e in entries),
+        )
         return entries
 
     @task(retries=3, retry_delay=timedelta(seconds=15))  # idempotent for a run: a lost worker is tried again soon
@@ -111,23 +136,33 @@ def healthimaging_scheduled_copy():
         from healthimaging.bulk.scheduled import prepare_manifests as prepare_each
 
         context = get_current_context()
-        return prepare_each(Ledger.from_airflow(LEDGER_CONN_ID), manifests, dag_id=context["dag"].dag_id,
-                            run_id=context["run_id"], params=dict(context["params"]))
+        return prepare_each(
+            Ledger.from_airflow(LEDGER_CONN_ID),
+            manifests,
+            dag_id=context["dag"].dag_id,
+            run_id=context["run_id"],
+            params=dict(context["params"]),
+        )
 
     @task
     def batches_of(prepared: list[dict]) -> list[dict]:
         return [
             {"batch": batch, "manifest_sha256": p["manifest_sha256"], "settings": p["settings"]}
-            for p in prepared if "error" not in p for batch in p["batches"]
+            for p in prepared
+            if "error" not in p
+            for batch in p["batches"]
         ]
 
-    @task(trigger_rule="all_done", outlets=[Asset(name="healthimaging-scheduled-copies", uri="healthimaging://scheduled-copies")])
+    @task(
+        trigger_rule="all_done",
+        outlets=[Asset(name="healthimaging-scheduled-copies", uri="healthimaging://scheduled-copies")],
+    )
     def finish_run(*, outlet_events=None) -> list[dict]:
         """One report per manifest; the run fails if any manifest failed past its tolerance or was unusable."""
         from airflow.sdk.exceptions import AirflowFailException
 
-        from healthimaging.bulk.run import finish, verdict
         from healthimaging.bulk.ledger import Ledger
+        from healthimaging.bulk.run import finish, verdict
 
         context = get_current_context()
         dag_id, run_id, params = context["dag"].dag_id, context["run_id"], dict(context["params"])
@@ -140,21 +175,31 @@ def healthimaging_scheduled_copy():
             if "error" in item:
                 problems.append(f"{item['manifest_uri']}: {item['error']}")
                 continue
-            summary = finish(ledger, dag_id=dag_id, run_id=run_id, params=params, prepared=item, per_manifest_folder=True)
+            summary = finish(
+                ledger, dag_id=dag_id, run_id=run_id, params=params, prepared=item, per_manifest_folder=True
+            )
             summaries.append(summary)
             reason = verdict(summary)
             if reason:
                 problems.append(f"{item['manifest_uri']}: {reason}")
         outlet_events[Asset(name="healthimaging-scheduled-copies", uri="healthimaging://scheduled-copies")].extra = {
-            "run_id": run_id, "manifests": len(prepared), "counts": [s["counts"] for s in summaries]}
+            "run_id": run_id,
+            "manifests": len(prepared),
+            "counts": [s["counts"] for s in summaries],
+        }
         if problems:
             raise AirflowFailException("; ".join(problems))
         return summaries
 
     prepared = prepare_manifests(take_new_manifests())
     copies = HealthImagingBulkCopyBatchOperator.partial(
-        task_id="copy_batch", aws_conn_id="{{ params.aws_conn_id }}", region_name="{{ params.region_name }}",
-        ledger_conn_id=LEDGER_CONN_ID, deferrable=True, retries=3, max_active_tis_per_dagrun=8,
+        task_id="copy_batch",
+        aws_conn_id="{{ params.aws_conn_id }}",
+        region_name="{{ params.region_name }}",
+        ledger_conn_id=LEDGER_CONN_ID,
+        deferrable=True,
+        retries=3,
+        max_active_tis_per_dagrun=8,
     ).expand_kwargs(batches_of(prepared))
     copies >> finish_run()
 

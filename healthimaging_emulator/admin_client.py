@@ -29,7 +29,7 @@ def admin_url(url: str, path: str) -> str:
     """The full URL of admin route ``path``: ``counters``, ``/counters`` and ``/_emulator/counters`` are the same."""
     relative = path.lstrip("/")
     if relative == ADMIN_PREFIX.lstrip("/") or relative.startswith(ADMIN_PREFIX.lstrip("/") + "/"):
-        relative = relative[len(ADMIN_PREFIX):]
+        relative = relative[len(ADMIN_PREFIX) :]
     return f"{url.rstrip('/')}{ADMIN_PREFIX}/{relative.lstrip('/')}"
 
 
@@ -45,16 +45,18 @@ def admin_headers(token: str | None = None, *, with_body: bool = False) -> dict[
     return headers
 
 
-def admin_request(url: str, method: str, path: str, body: Any = None, token: str | None = None,
-                  timeout: float = 10.0) -> tuple[int, Any]:
+def admin_request(
+    url: str, method: str, path: str, body: Any = None, token: str | None = None, timeout: float = 10.0
+) -> tuple[int, Any]:
     """One admin request to the emulator at ``url``; returns (HTTP status, decoded JSON body or None).
 
     Error statuses (401, 404, 400...) are returned, not raised; a connection failure raises
     ``urllib.error.URLError`` (an ``OSError``). ``body`` is sent as JSON when it is not None.
     """
     data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(admin_url(url, path), data=data, method=method.upper(),
-                                     headers=admin_headers(token, with_body=data is not None))
+    request = urllib.request.Request(
+        admin_url(url, path), data=data, method=method.upper(), headers=admin_headers(token, with_body=data is not None)
+    )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, _decode(response.read())

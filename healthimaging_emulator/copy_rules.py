@@ -38,7 +38,7 @@ def parse_copiable_attributes(text: str) -> Selection:
     if unknown:
         raise ValidationException(f"{where} has unknown keys {sorted(unknown)}; expected SchemaVersion and Study")
     if doc.get("SchemaVersion") not in SCHEMA_VERSIONS:
-        raise ValidationException(f"{where}.SchemaVersion must be \"1.1\", got {doc.get('SchemaVersion')!r}")
+        raise ValidationException(f'{where}.SchemaVersion must be "1.1", got {doc.get("SchemaVersion")!r}')
     study = doc.get("Study")
     series_map = study.get("Series") if isinstance(study, dict) else None
     if not isinstance(series_map, dict) or not series_map:
@@ -49,7 +49,9 @@ def parse_copiable_attributes(text: str) -> Selection:
             raise ValidationException(f"{where}: {series_uid!r} is not a DICOM SeriesInstanceUID (digits and dots)")
         instances = series.get("Instances") if isinstance(series, dict) else None
         if not isinstance(instances, dict) or not instances:
-            raise ValidationException(f"{where}: series {series_uid} needs a non-empty Instances object keyed by SOPInstanceUID")
+            raise ValidationException(
+                f"{where}: series {series_uid} needs a non-empty Instances object keyed by SOPInstanceUID"
+            )
         for sop_uid, value in instances.items():
             if not _UID.fullmatch(sop_uid):
                 raise ValidationException(f"{where}: {sop_uid!r} is not a DICOM SOPInstanceUID (digits and dots)")
@@ -85,7 +87,9 @@ def consistency_problem(source: dict[str, Any], destination: dict[str, Any]) -> 
     def differs(a: dict[str, Any], b: dict[str, Any], keys: tuple[str, ...]) -> bool:
         return any(a.get(k) != b.get(k) for k in keys)
 
-    if differs(source.get("Patient", {}).get("DICOM", {}), destination.get("Patient", {}).get("DICOM", {}), PATIENT_KEYS):
+    if differs(
+        source.get("Patient", {}).get("DICOM", {}), destination.get("Patient", {}).get("DICOM", {}), PATIENT_KEYS
+    ):
         return "INVALID_REQUEST: Patient of SourceImageSet and DestinationImageSet don't match."
     if differs(source.get("Study", {}).get("DICOM", {}), destination.get("Study", {}).get("DICOM", {}), STUDY_KEYS):
         return "INVALID_REQUEST: Study of SourceImageSet and DestinationImageSet don't match."

@@ -62,36 +62,105 @@ STORED_TRANSFER_SYNTAX_UID = "1.2.840.10008.1.2.4.202"  # HTJ2K lossless RPCL, a
 DICOMDIR_SOP_CLASS_UID = "1.2.840.10008.1.3.10"
 
 PATIENT_KEYWORDS: tuple[str, ...] = (
-    "PatientName", "PatientID", "IssuerOfPatientID", "TypeOfPatientID", "PatientBirthDate",
-    "PatientBirthTime", "PatientSex", "OtherPatientIDsSequence", "OtherPatientNames",
-    "PatientBirthName", "PatientMotherBirthName", "EthnicGroup", "PatientComments",
-    "PatientSpeciesDescription", "PatientBreedDescription", "ResponsiblePerson",
-    "ResponsiblePersonRole", "ResponsibleOrganization", "PatientIdentityRemoved",
-    "DeidentificationMethod", "QualityControlSubject",
+    "PatientName",
+    "PatientID",
+    "IssuerOfPatientID",
+    "TypeOfPatientID",
+    "PatientBirthDate",
+    "PatientBirthTime",
+    "PatientSex",
+    "OtherPatientIDsSequence",
+    "OtherPatientNames",
+    "PatientBirthName",
+    "PatientMotherBirthName",
+    "EthnicGroup",
+    "PatientComments",
+    "PatientSpeciesDescription",
+    "PatientBreedDescription",
+    "ResponsiblePerson",
+    "ResponsiblePersonRole",
+    "ResponsibleOrganization",
+    "PatientIdentityRemoved",
+    "DeidentificationMethod",
+    "QualityControlSubject",
 )
 STUDY_KEYWORDS: tuple[str, ...] = (
-    "StudyInstanceUID", "StudyDate", "StudyTime", "AccessionNumber", "StudyID", "StudyDescription",
-    "ReferringPhysicianName", "PhysiciansOfRecord", "NameOfPhysiciansReadingStudy",
-    "AdmittingDiagnosesDescription", "PatientAge", "PatientSize", "PatientWeight",
-    "Occupation", "AdditionalPatientHistory",
+    "StudyInstanceUID",
+    "StudyDate",
+    "StudyTime",
+    "AccessionNumber",
+    "StudyID",
+    "StudyDescription",
+    "ReferringPhysicianName",
+    "PhysiciansOfRecord",
+    "NameOfPhysiciansReadingStudy",
+    "AdmittingDiagnosesDescription",
+    "PatientAge",
+    "PatientSize",
+    "PatientWeight",
+    "Occupation",
+    "AdditionalPatientHistory",
 )
 SERIES_KEYWORDS: tuple[str, ...] = (
-    "SeriesInstanceUID", "Modality", "SeriesNumber", "BodyPartExamined", "SeriesDescription",
-    "SeriesDate", "SeriesTime", "Laterality", "ProtocolName", "OperatorsName",
-    "PerformingPhysicianName", "PatientPosition", "FrameOfReferenceUID",
-    "PositionReferenceIndicator", "Manufacturer", "ManufacturerModelName", "InstitutionName",
-    "StationName", "DeviceSerialNumber", "SoftwareVersions",
+    "SeriesInstanceUID",
+    "Modality",
+    "SeriesNumber",
+    "BodyPartExamined",
+    "SeriesDescription",
+    "SeriesDate",
+    "SeriesTime",
+    "Laterality",
+    "ProtocolName",
+    "OperatorsName",
+    "PerformingPhysicianName",
+    "PatientPosition",
+    "FrameOfReferenceUID",
+    "PositionReferenceIndicator",
+    "Manufacturer",
+    "ManufacturerModelName",
+    "InstitutionName",
+    "StationName",
+    "DeviceSerialNumber",
+    "SoftwareVersions",
 )
 INSTANCE_KEYWORDS: tuple[str, ...] = (
-    "SOPInstanceUID", "SOPClassUID", "InstanceNumber", "SpecificCharacterSet", "ImageType",
-    "ContentDate", "ContentTime", "AcquisitionDate", "AcquisitionTime", "AcquisitionNumber",
-    "InstanceCreationDate", "InstanceCreationTime", "ImagePositionPatient",
-    "ImageOrientationPatient", "SliceThickness", "SliceLocation", "PixelSpacing",
-    "SamplesPerPixel", "PhotometricInterpretation", "Rows", "Columns", "BitsAllocated",
-    "BitsStored", "HighBit", "PixelRepresentation", "PlanarConfiguration", "PixelAspectRatio",
-    "NumberOfFrames", "RescaleIntercept", "RescaleSlope", "RescaleType", "WindowCenter",
-    "WindowWidth", "LossyImageCompression", "LossyImageCompressionRatio",
-    "LossyImageCompressionMethod", "BurnedInAnnotation",
+    "SOPInstanceUID",
+    "SOPClassUID",
+    "InstanceNumber",
+    "SpecificCharacterSet",
+    "ImageType",
+    "ContentDate",
+    "ContentTime",
+    "AcquisitionDate",
+    "AcquisitionTime",
+    "AcquisitionNumber",
+    "InstanceCreationDate",
+    "InstanceCreationTime",
+    "ImagePositionPatient",
+    "ImageOrientationPatient",
+    "SliceThickness",
+    "SliceLocation",
+    "PixelSpacing",
+    "SamplesPerPixel",
+    "PhotometricInterpretation",
+    "Rows",
+    "Columns",
+    "BitsAllocated",
+    "BitsStored",
+    "HighBit",
+    "PixelRepresentation",
+    "PlanarConfiguration",
+    "PixelAspectRatio",
+    "NumberOfFrames",
+    "RescaleIntercept",
+    "RescaleSlope",
+    "RescaleType",
+    "WindowCenter",
+    "WindowWidth",
+    "LossyImageCompression",
+    "LossyImageCompressionRatio",
+    "LossyImageCompressionMethod",
+    "BurnedInAnnotation",
 )
 
 _BULK_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN", "OB or OW", "US or OW"})
@@ -246,13 +315,15 @@ def _image_frames(
     frames = []
     for index in range(count):
         fid = frame_id(study_uid, series_uid, sop_uid, index)
-        frames.append({
-            "ID": fid,
-            "FrameSizeInBytes": size,
-            "PixelDataChecksumFromBaseToFullResolution": [
-                {"Width": columns, "Height": rows, "Checksum": zlib.crc32(fid.encode())}
-            ],
-        })
+        frames.append(
+            {
+                "ID": fid,
+                "FrameSizeInBytes": size,
+                "PixelDataChecksumFromBaseToFullResolution": [
+                    {"Width": columns, "Height": rows, "Checksum": zlib.crc32(fid.encode())}
+                ],
+            }
+        )
     return frames
 
 
@@ -316,10 +387,18 @@ def _instance_from_dataset(path: str, dataset: Dataset) -> _Instance | str:
     series = _attributes(dataset, SERIES_KEYWORDS)
     series["SeriesInstanceUID"] = uids["SeriesInstanceUID"]
     return _Instance(
-        path=path, study_uid=uids["StudyInstanceUID"], series_uid=uids["SeriesInstanceUID"],
-        sop_uid=uids["SOPInstanceUID"], patient=_attributes(dataset, PATIENT_KEYWORDS),
-        study=study, series=series, instance=instance, frames=frames, rows=rows,
-        columns=columns, frame_size=size,
+        path=path,
+        study_uid=uids["StudyInstanceUID"],
+        series_uid=uids["SeriesInstanceUID"],
+        sop_uid=uids["SOPInstanceUID"],
+        patient=_attributes(dataset, PATIENT_KEYWORDS),
+        study=study,
+        series=series,
+        instance=instance,
+        frames=frames,
+        rows=rows,
+        columns=columns,
+        frame_size=size,
     )
 
 
@@ -336,7 +415,12 @@ def _series_document(instances: list[_Instance]) -> SeriesDocument:
     total_frames = 0
     for inst in ordered:
         frames = _image_frames(
-            inst.study_uid, inst.series_uid, inst.sop_uid, inst.frames, inst.rows, inst.columns,
+            inst.study_uid,
+            inst.series_uid,
+            inst.sop_uid,
+            inst.frames,
+            inst.rows,
+            inst.columns,
             inst.frame_size,
         )
         total_frames += len(frames)
@@ -354,8 +438,10 @@ def _series_document(instances: list[_Instance]) -> SeriesDocument:
         },
     }
     return SeriesDocument(
-        study_instance_uid=first.study_uid, series_instance_uid=first.series_uid,
-        document=document, frame_count=total_frames,
+        study_instance_uid=first.study_uid,
+        series_instance_uid=first.series_uid,
+        document=document,
+        frame_count=total_frames,
         source_files=[inst.path for inst in ordered],
     )
 
@@ -396,9 +482,7 @@ def pydicom_sample_files() -> list[str]:
     other than its default it tries to download pydicom-data files; this never touches the network.
     """
     root = Path(pydicom.data.DATA_ROOT) / "test_files"
-    return sorted(
-        os.fspath(p) for p in root.rglob("*") if p.is_file() and p.suffix != ".py"
-    )
+    return sorted(os.fspath(p) for p in root.rglob("*") if p.is_file() and p.suffix != ".py")
 
 
 # --------------------------------------------------------------------------------------------
@@ -418,11 +502,7 @@ def series_uids(document: dict) -> list[str]:
 
 def sop_instance_uids(document: dict) -> set[str]:
     """All SOP Instance UIDs of a document (every series)."""
-    return {
-        sop
-        for series in _series_map(document).values()
-        for sop in ((series or {}).get("Instances") or {})
-    }
+    return {sop for series in _series_map(document).values() for sop in ((series or {}).get("Instances") or {})}
 
 
 def _instances(document: dict) -> Iterator[dict]:
@@ -475,8 +555,7 @@ def _tag_constraints() -> dict[str, tuple[str, int | None, int | None, str | Non
 
     shape = service_model().shape_for("DICOMTags")
     return {
-        name: (member.type_name, member.metadata.get("min"), member.metadata.get("max"),
-               member.metadata.get("pattern"))
+        name: (member.type_name, member.metadata.get("min"), member.metadata.get("max"), member.metadata.get("pattern"))
         for name, member in shape.members.items()
     }
 
@@ -544,17 +623,12 @@ def dicom_tags(document: dict) -> dict[str, str | int]:
 
 # modality -> (SOP Class UID, body parts, rows, columns, bits allocated, samples, photometric)
 _SYNTHETIC_MODALITIES: tuple[tuple[str, str, tuple[str, ...], int, int, int, int, str], ...] = (
-    ("CT", "1.2.840.10008.5.1.4.1.1.2", ("CHEST", "ABDOMEN", "HEAD", "PELVIS"), 512, 512, 16, 1,
-     "MONOCHROME2"),
-    ("MR", "1.2.840.10008.5.1.4.1.1.4", ("BRAIN", "KNEE", "SPINE", "HEART"), 256, 256, 16, 1,
-     "MONOCHROME2"),
-    ("CR", "1.2.840.10008.5.1.4.1.1.1", ("CHEST", "HAND", "FOOT"), 2048, 2048, 16, 1,
-     "MONOCHROME1"),
-    ("DX", "1.2.840.10008.5.1.4.1.1.1.1", ("CHEST", "SHOULDER", "HIP"), 2048, 1680, 16, 1,
-     "MONOCHROME2"),
+    ("CT", "1.2.840.10008.5.1.4.1.1.2", ("CHEST", "ABDOMEN", "HEAD", "PELVIS"), 512, 512, 16, 1, "MONOCHROME2"),
+    ("MR", "1.2.840.10008.5.1.4.1.1.4", ("BRAIN", "KNEE", "SPINE", "HEART"), 256, 256, 16, 1, "MONOCHROME2"),
+    ("CR", "1.2.840.10008.5.1.4.1.1.1", ("CHEST", "HAND", "FOOT"), 2048, 2048, 16, 1, "MONOCHROME1"),
+    ("DX", "1.2.840.10008.5.1.4.1.1.1.1", ("CHEST", "SHOULDER", "HIP"), 2048, 1680, 16, 1, "MONOCHROME2"),
     ("US", "1.2.840.10008.5.1.4.1.1.6.1", ("ABDOMEN", "HEART", "NECK"), 480, 640, 8, 3, "RGB"),
-    ("PT", "1.2.840.10008.5.1.4.1.1.128", ("WHOLEBODY", "BRAIN"), 128, 128, 16, 1,
-     "MONOCHROME2"),
+    ("PT", "1.2.840.10008.5.1.4.1.1.128", ("WHOLEBODY", "BRAIN"), 128, 128, 16, 1, "MONOCHROME2"),
     ("MG", "1.2.840.10008.5.1.4.1.1.1.2", ("BREAST",), 3328, 2560, 16, 1, "MONOCHROME2"),
 )
 _SYNTHETIC_EPOCH = date(2000, 1, 1)
@@ -592,7 +666,13 @@ def synthetic_documents(
         series_left -= 1
         series_in_study += 1
         yield _synthetic_series(
-            rng, root, series_no + 1, series_in_study, patient, study, instances_per_series,
+            rng,
+            root,
+            series_no + 1,
+            series_in_study,
+            patient,
+            study,
+            instances_per_series,
             frames_per_instance,
         )
 
@@ -622,19 +702,28 @@ def _synthetic_study(rng: random.Random, root: str, number: int) -> dict[str, An
 
 
 def _synthetic_series(
-    rng: random.Random, root: str, number: int, number_in_study: int, patient: dict, study: dict,
-    instances: int, frames: int,
+    rng: random.Random,
+    root: str,
+    number: int,
+    number_in_study: int,
+    patient: dict,
+    study: dict,
+    instances: int,
+    frames: int,
 ) -> SeriesDocument:
-    modality, sop_class, parts, rows, columns, bits, samples, photometric = rng.choice(
-        _SYNTHETIC_MODALITIES
-    )
+    modality, sop_class, parts, rows, columns, bits, samples, photometric = rng.choice(_SYNTHETIC_MODALITIES)
     study_uid = study["StudyInstanceUID"]
     series_uid = f"{root}.2.{number}"
     size = rows * columns * samples * bits // 8
     pixel = {
-        "SamplesPerPixel": samples, "PhotometricInterpretation": photometric, "Rows": rows,
-        "Columns": columns, "BitsAllocated": bits, "BitsStored": bits if bits == 8 else 12,
-        "HighBit": 7 if bits == 8 else 11, "PixelRepresentation": 0,
+        "SamplesPerPixel": samples,
+        "PhotometricInterpretation": photometric,
+        "Rows": rows,
+        "Columns": columns,
+        "BitsAllocated": bits,
+        "BitsStored": bits if bits == 8 else 12,
+        "HighBit": 7 if bits == 8 else 11,
+        "PixelRepresentation": 0,
     }
     if frames != 1:
         pixel["NumberOfFrames"] = frames
@@ -649,8 +738,11 @@ def _synthetic_series(
             "ImageFrames": _image_frames(study_uid, series_uid, sop_uid, frames, rows, columns, size),
         }
     series = {
-        "SeriesInstanceUID": series_uid, "Modality": modality, "SeriesNumber": number_in_study,
-        "BodyPartExamined": rng.choice(parts), "SeriesDescription": f"SYNTHETIC {modality} SERIES",
+        "SeriesInstanceUID": series_uid,
+        "Modality": modality,
+        "SeriesNumber": number_in_study,
+        "BodyPartExamined": rng.choice(parts),
+        "SeriesDescription": f"SYNTHETIC {modality} SERIES",
     }
     document = {
         "SchemaVersion": SCHEMA_VERSION,

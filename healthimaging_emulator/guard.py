@@ -33,8 +33,10 @@ SIMPLE_CONTENT_TYPES = ("application/x-www-form-urlencoded", "multipart/form-dat
 EXPECTED_CONTENT_TYPE = "application/json"
 #: ``Sec-Fetch-Site`` values a browser sends for a request that a page of another origin started.
 FOREIGN_FETCH_SITES = ("cross-site", "same-site")
-ADMIN_TOKEN_HINT = ("send the header 'Authorization: Bearer <token>' with the token the emulator was started with "
-                    "(--admin-token or HEALTHIMAGING_EMULATOR_ADMIN_TOKEN)")
+ADMIN_TOKEN_HINT = (
+    "send the header 'Authorization: Bearer <token>' with the token the emulator was started with "
+    "(--admin-token or HEALTHIMAGING_EMULATOR_ADMIN_TOKEN)"
+)
 
 
 def _host_and_port(netloc: str) -> tuple[str, int] | None:
@@ -72,14 +74,17 @@ def check_origin(headers: Mapping[str, str]) -> None:
     own = own_origin(headers)
     if origin is not None and not (own and is_same_origin(origin, headers["host"])):
         raise AccessDeniedException(
-            f"Cross-origin request refused: Origin {origin!r} is not this emulator's origin ({own or 'no Host header'}). "
+            f"Cross-origin request refused: Origin {origin!r} is not this emulator's origin "
+            f"({own or 'no Host header'}). "
             "The emulator refuses browser cross-origin requests so that a web page cannot drive it; call it from "
-            "boto3, the AWS CLI or curl, which send no Origin header.")
+            "boto3, the AWS CLI or curl, which send no Origin header."
+        )
     fetch_site = headers.get("sec-fetch-site", "").strip().lower()
     if fetch_site in FOREIGN_FETCH_SITES:
         raise AccessDeniedException(
             f"Cross-origin request refused: Sec-Fetch-Site is {fetch_site!r}, so a page of another origin sent it. "
-            "The emulator refuses browser cross-origin requests; call it from boto3, the AWS CLI or curl.")
+            "The emulator refuses browser cross-origin requests; call it from boto3, the AWS CLI or curl."
+        )
 
 
 #: Host names that always pass the Host check (IP addresses pass too).
@@ -111,7 +116,8 @@ def check_host(headers: Mapping[str, str], allowed_hosts: Collection[str]) -> No
         f"Host {host_header!r} is not a name this emulator answers to (IP addresses, localhost and "
         f"{', '.join(sorted(allowed_hosts)) or 'no --allowed-host names'}). A page can point its own domain at "
         "this machine (DNS rebinding); start the emulator with --allowed-host NAME (or "
-        "HEALTHIMAGING_EMULATOR_ALLOWED_HOSTS) for each name its clients use.")
+        "HEALTHIMAGING_EMULATOR_ALLOWED_HOSTS) for each name its clients use."
+    )
 
 
 def media_type(content_type: str) -> str:
@@ -121,8 +127,11 @@ def media_type(content_type: str) -> str:
 
 def is_json_media_type(media: str) -> bool:
     """JSON by name: ``application/json``, ``application/x-amz-json-1.1``, ``application/<anything>+json``."""
-    return media == EXPECTED_CONTENT_TYPE or media.startswith("application/x-amz-json") or (
-        media.startswith("application/") and media.endswith("+json"))
+    return (
+        media == EXPECTED_CONTENT_TYPE
+        or media.startswith("application/x-amz-json")
+        or (media.startswith("application/") and media.endswith("+json"))
+    )
 
 
 def check_content_type(headers: Mapping[str, str], body: bytes) -> None:
@@ -134,13 +143,16 @@ def check_content_type(headers: Mapping[str, str], body: bytes) -> None:
     media = media_type(content_type)
     if media in SIMPLE_CONTENT_TYPES:
         raise UnsupportedMediaTypeException(
-            f"Content-Type {content_type!r} is refused: send the body as {EXPECTED_CONTENT_TYPE!r}. The emulator refuses "
+            f"Content-Type {content_type!r} is refused: send the body as {EXPECTED_CONTENT_TYPE!r}. The emulator "
+            "refuses "
             f"{', '.join(SIMPLE_CONTENT_TYPES)} on every request, because a web page can send those to it "
-            "without a CORS preflight.")
+            "without a CORS preflight."
+        )
     if body and not is_json_media_type(media):
         raise UnsupportedMediaTypeException(
             f"Content-Type {content_type!r} is not accepted: the request body must be JSON, sent as "
-            f"{EXPECTED_CONTENT_TYPE!r}.")
+            f"{EXPECTED_CONTENT_TYPE!r}."
+        )
 
 
 def check_admin_token(headers: Mapping[str, str], token: str) -> None:
@@ -150,8 +162,9 @@ def check_admin_token(headers: Mapping[str, str], token: str) -> None:
         return
     authorization = headers.get("authorization")
     if authorization is None:
-        raise UnauthorizedException(f"The admin API requires a token and the request has no Authorization header: "
-                                    f"{ADMIN_TOKEN_HINT}.")
+        raise UnauthorizedException(
+            f"The admin API requires a token and the request has no Authorization header: {ADMIN_TOKEN_HINT}."
+        )
     scheme, _, given = authorization.strip().partition(" ")
     if scheme.lower() != "bearer":
         raise UnauthorizedException(f"The Authorization header is not of the Bearer scheme: {ADMIN_TOKEN_HINT}.")
@@ -159,8 +172,9 @@ def check_admin_token(headers: Mapping[str, str], token: str) -> None:
         raise UnauthorizedException(f"The admin token given is wrong: {ADMIN_TOKEN_HINT}.")
 
 
-def check_request(headers: Mapping[str, str], body: bytes, *, admin: bool, admin_token: str,
-                  allowed_hosts: Collection[str] = ()) -> None:
+def check_request(
+    headers: Mapping[str, str], body: bytes, *, admin: bool, admin_token: str, allowed_hosts: Collection[str] = ()
+) -> None:
     """Every check, in order: host and origin (403), then the admin token (401), then the content type (415)."""
     check_host(headers, {h.lower() for h in allowed_hosts})
     check_origin(headers)

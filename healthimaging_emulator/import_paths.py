@@ -33,7 +33,8 @@ def no_root_refusal(uri: str, member: str) -> ValidationException:
     return ValidationException(
         f"Cannot import with {member} {uri!r}: the emulator was started without --s3-root, and imports read and "
         "write only under that folder. Start it with --s3-root DIR and put the files in DIR/bucket/key "
-        "(s3://bucket/key), or in a local folder under DIR.")
+        "(s3://bucket/key), or in a local folder under DIR."
+    )
 
 
 @dataclass(frozen=True)
@@ -54,19 +55,22 @@ class ImportRoot:
     def _candidate(self, uri: str, member: str) -> Path:
         """The path a URI names, before symbolic links are resolved."""
         if uri.startswith("s3://") and not uri.startswith(LOCAL_FOLDER_PREFIX):
-            return self.root / uri[len("s3://"):].lstrip("/")
+            return self.root / uri[len("s3://") :].lstrip("/")
         if uri.startswith(LOCAL_FOLDER_PREFIX):
-            local = "/" + uri[len(LOCAL_FOLDER_PREFIX):]
+            local = "/" + uri[len(LOCAL_FOLDER_PREFIX) :]
         elif uri.startswith("file://"):
-            local = uri[len("file://"):]
+            local = uri[len("file://") :]
             if not local.startswith("/"):
-                raise ValidationException(f"{member} {uri!r} is not a file:///absolute/path URI; "
-                                          f"give a folder under --s3-root {self.root}.")
+                raise ValidationException(
+                    f"{member} {uri!r} is not a file:///absolute/path URI; give a folder under --s3-root {self.root}."
+                )
         elif uri.startswith("/"):
             local = uri
         else:
-            raise ValidationException(f"{member} {uri!r} is neither s3://bucket/key nor a local folder; "
-                                      f"give s3://bucket/key (read from {self.root}/bucket/key).")
+            raise ValidationException(
+                f"{member} {uri!r} is neither s3://bucket/key nor a local folder; "
+                f"give s3://bucket/key (read from {self.root}/bucket/key)."
+            )
         return Path(local)
 
     def resolve(self, uri: str, member: str) -> Path:
@@ -75,7 +79,8 @@ class ImportRoot:
         if _has_parent_segment(uri):
             raise ValidationException(
                 f"{member} {uri!r} has a '..' path segment; the emulator refuses them so that imports stay under "
-                f"--s3-root {self.root}. Name the folder without '..'.")
+                f"--s3-root {self.root}. Name the folder without '..'."
+            )
         candidate = self._candidate(uri, member)
         try:
             resolved = candidate.resolve()
@@ -85,7 +90,8 @@ class ImportRoot:
             raise AccessDeniedException(
                 f"{member} {uri!r} is {resolved}, outside --s3-root {self.root}; the emulator reads and writes imports "
                 f"only under it (symbolic links included). Put the files under {self.root} (s3://bucket/key is "
-                f"{self.root}/bucket/key).")
+                f"{self.root}/bucket/key)."
+            )
         return resolved
 
     def files_under(self, folder: Path) -> tuple[list[str], list[tuple[str, str]]]:
@@ -99,7 +105,9 @@ class ImportRoot:
             for name in names:
                 path = Path(directory) / name
                 if path.is_symlink() and not self.contains(path.resolve()):
-                    rejected.append((str(path), f"{path} is a symbolic link to outside --s3-root {self.root}; not read."))
+                    rejected.append(
+                        (str(path), f"{path} is a symbolic link to outside --s3-root {self.root}; not read.")
+                    )
                 elif path.is_file():  # not a FIFO or device, which would block or never end
                     files.append(str(path))
         return sorted(files), sorted(rejected)

@@ -96,9 +96,7 @@ def match_route(method: str, path: str) -> tuple[OperationModel, dict[str, str]]
 # --- requests -------------------------------------------------------------------------------
 
 
-def parse_request(
-    method: str, target: str, headers: Mapping[str, str], body: bytes
-) -> tuple[OperationModel, dict]:
+def parse_request(method: str, target: str, headers: Mapping[str, str], body: bytes) -> tuple[OperationModel, dict]:
     """Parse and validate one request; ``target`` is the raw request target (path[?query]).
 
     Returns the operation and its input params keyed by the model's member names, in Python form.
@@ -174,9 +172,7 @@ def _read_located_members(
                     params[name] = _header_value(member, lower_headers[key.lower()])
             else:  # a map of every header with this prefix
                 prefix = key.lower()
-                params[name] = {
-                    k[len(prefix) :]: v for k, v in headers.items() if k.lower().startswith(prefix)
-                }
+                params[name] = {k[len(prefix) :]: v for k, v in headers.items() if k.lower().startswith(prefix)}
 
 
 def _query_value(shape: Shape, values: list[str]) -> Any:

@@ -29,11 +29,19 @@ from healthimaging_emulator.admin_client import admin_request
 from healthimaging_emulator.realism import Realism, Timing
 from healthimaging_emulator.server import EmulatorServer
 
-FAST_TIMING = dict(copy_fixed_seconds=0.05, copy_per_instance_seconds=0.0, update_seconds=0.05, delete_seconds=0.05,
-                   datastore_seconds=0.05, import_seconds=0.05)
+FAST_TIMING = dict(
+    copy_fixed_seconds=0.05,
+    copy_per_instance_seconds=0.0,
+    update_seconds=0.05,
+    delete_seconds=0.05,
+    datastore_seconds=0.05,
+    import_seconds=0.05,
+)
 
 
-def make_client(url: str, *, retries: int = 1, region: str = "us-east-1", problems: list[str] | None = None, **config: Any):
+def make_client(
+    url: str, *, retries: int = 1, region: str = "us-east-1", problems: list[str] | None = None, **config: Any
+):
     """A boto3 client for an emulator at ``url``: host-prefix injection off, dummy credentials.
 
     ``retries`` is botocore's total attempts (1 = no retries). Responses are validated on the wire

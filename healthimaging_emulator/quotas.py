@@ -41,7 +41,10 @@ def profile_rates(profile: str) -> dict[str, tuple[float, float]]:
     if profile == "aws":
         return dict(AWS_DEFAULT_RATES)
     if profile == "fast":
-        return {op: (rate * FAST_PROFILE_FACTOR, burst * FAST_PROFILE_FACTOR) for op, (rate, burst) in AWS_DEFAULT_RATES.items()}
+        return {
+            op: (rate * FAST_PROFILE_FACTOR, burst * FAST_PROFILE_FACTOR)
+            for op, (rate, burst) in AWS_DEFAULT_RATES.items()
+        }
     if profile == "off":
         return {}
     raise ValueError(f"unknown rate profile {profile!r}; expected one of {', '.join(RATE_PROFILES)}")

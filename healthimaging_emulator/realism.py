@@ -117,7 +117,9 @@ def validate_faults(probabilities: dict[str, dict[str, float]], scripted: dict[s
     for op, kinds in scripted.items():
         for kind in kinds:
             if kind not in FAULT_KINDS and kind != "none":
-                raise ValueError(f"script.{op}: unknown fault kind {kind!r}; expected one of {', '.join(FAULT_KINDS)} or none")
+                raise ValueError(
+                    f"script.{op}: unknown fault kind {kind!r}; expected one of {', '.join(FAULT_KINDS)} or none"
+                )
 
 
 class Counters:
@@ -151,7 +153,8 @@ class Counters:
     def snapshot(self) -> dict[str, dict[str, Any]]:
         with self._lock:
             return {
-                op: {**e, "faults": dict(e["faults"]), "errors": dict(e["errors"])} for op, e in sorted(self._data.items())
+                op: {**e, "faults": dict(e["faults"]), "errors": dict(e["errors"])}
+                for op, e in sorted(self._data.items())
             }
 
     def reset(self) -> None:
@@ -231,7 +234,16 @@ class Realism:
         ({op: [kind, ...]}, appended to the scripted queue); ``max_frames_per_copy``;
         ``max_concurrent_copies``.
         """
-        unknown = set(changes) - {"profile", "rates", "timing", "seed", "faults", "script", "max_frames_per_copy", "max_concurrent_copies"}
+        unknown = set(changes) - {
+            "profile",
+            "rates",
+            "timing",
+            "seed",
+            "faults",
+            "script",
+            "max_frames_per_copy",
+            "max_concurrent_copies",
+        }
         if unknown:
             raise ValueError(f"unknown configuration keys: {', '.join(sorted(unknown))}")
         # Validate everything before changing anything: a rejected change leaves every setting as it was.
@@ -288,7 +300,7 @@ class Realism:
 
 def _rate_spec(op: str, spec: Any) -> tuple[float, float]:
     if not isinstance(spec, dict) or "rate" not in spec:
-        raise ValueError(f"rates.{op}: expected {{\"rate\": r, \"burst\": b}} or null")
+        raise ValueError(f'rates.{op}: expected {{"rate": r, "burst": b}} or null')
     rate = spec["rate"]
     burst = spec.get("burst", max(1.0, float(rate)))
     if not isinstance(rate, (int, float)) or rate <= 0 or not isinstance(burst, (int, float)) or burst < 1:

@@ -71,7 +71,9 @@ def seed(backend: HealthImagingBackend, spec: str) -> SeedResult:
             backend.insert_image_sets(
                 datastore_id,
                 (d.document for d in batch),
-                is_primary=lambda i, offset=offset: (offset + i) % SYNTHETIC_NON_PRIMARY_EVERY != SYNTHETIC_NON_PRIMARY_EVERY - 1,
+                is_primary=lambda i, offset=offset: (
+                    (offset + i) % SYNTHETIC_NON_PRIMARY_EVERY != SYNTHETIC_NON_PRIMARY_EVERY - 1
+                ),
                 level=1,
                 id_for=lambda i, offset=offset: hashlib.md5(f"synthetic:{offset + i}".encode()).hexdigest(),
             )

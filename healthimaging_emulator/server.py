@@ -14,8 +14,8 @@ import logging
 import socket
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from collections.abc import Iterable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -124,12 +124,21 @@ class _Handler(BaseHTTPRequestHandler):
         """The error response of a request the guard refuses (foreign origin, admin token, content type); None
         when it passes."""
         try:
-            guard.check_request({k.lower(): v for k, v in self.headers.items()}, body, admin=is_admin,
-                                admin_token=self.server.emulator.admin_token,
-                                allowed_hosts=self.server.emulator.allowed_hosts)
+            guard.check_request(
+                {k.lower(): v for k, v in self.headers.items()},
+                body,
+                admin=is_admin,
+                admin_token=self.server.emulator.admin_token,
+                allowed_hosts=self.server.emulator.allowed_hosts,
+            )
         except HealthImagingError as refusal:
-            log.warning("refused %s %s from %s: %s", self.command, urlsplit(self.path).path, self.client_address[0],
-                        refusal.message)
+            log.warning(
+                "refused %s %s from %s: %s",
+                self.command,
+                urlsplit(self.path).path,
+                self.client_address[0],
+                refusal.message,
+            )
             status, headers, payload = protocol.serialize_error(refusal)
             if refusal.status == 401:
                 headers["WWW-Authenticate"] = 'Bearer realm="healthimaging-emulator admin API"'
@@ -143,7 +152,9 @@ class _Handler(BaseHTTPRequestHandler):
             body = self._read_body()
         except (ValidationException, ValueError) as exc:
             self.close_connection = True
-            error = exc if isinstance(exc, ValidationException) else ValidationException(f"Malformed chunked body: {exc}")
+            error = (
+                exc if isinstance(exc, ValidationException) else ValidationException(f"Malformed chunked body: {exc}")
+            )
             self._send(*protocol.serialize_error(error))
             return
         is_admin = urlsplit(self.path).path.startswith(ADMIN_PREFIX)
@@ -154,8 +165,9 @@ class _Handler(BaseHTTPRequestHandler):
         if is_admin:
             self._send(*emulator.admin(self.command, self.path, body))
             return
-        status, headers, payload = emulator.dispatch(self.command, self.path, dict(self.headers.items()), body,
-                                                     arrived=self.arrived)
+        status, headers, payload = emulator.dispatch(
+            self.command, self.path, dict(self.headers.items()), body, arrived=self.arrived
+        )
         if status is None:  # an injected lost response: the call took effect, the client hears nothing
             self.close_connection = True
             try:
@@ -174,10 +186,20 @@ class EmulatorServer:
     ``s3_root``: the only folder imports may read and write (``s3://bucket/key`` is ``s3_root/bucket/key``).
     """
 
-    def __init__(self, *, host: str = "127.0.0.1", port: int = 8089, state_dir: str | Path | None = None,
-                 realism: Realism | None = None, account_id: str = "123456789012", region: str = "us-east-1",
-                 s3_root: str | Path | None = None, validate_responses: bool = False, admin_token: str = "",
-                 allowed_hosts: Iterable[str] = ()) -> None:
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 8089,
+        state_dir: str | Path | None = None,
+        realism: Realism | None = None,
+        account_id: str = "123456789012",
+        region: str = "us-east-1",
+        s3_root: str | Path | None = None,
+        validate_responses: bool = False,
+        admin_token: str = "",
+        allowed_hosts: Iterable[str] = (),
+    ) -> None:
         #: The admin API (``/_emulator/...``) requires ``Authorization: Bearer <admin_token>``; empty: open.
         self.admin_token = admin_token
         #: Host names (besides IP addresses and localhost) that requests may address the emulator by.
@@ -187,7 +209,9 @@ class EmulatorServer:
         self.response_problems: list[str] = []
         self.realism = realism or Realism()
         self.store = Store(state_dir)
-        self.backend = HealthImagingBackend(self.store, self.realism, account_id=account_id, region=region, s3_root=s3_root)
+        self.backend = HealthImagingBackend(
+            self.store, self.realism, account_id=account_id, region=region, s3_root=s3_root
+        )
         self.httpd = _Server((host, port), _Handler)
         self.httpd.emulator = self
         self._stopping = threading.Event()
@@ -203,7 +227,9 @@ class EmulatorServer:
     def start(self) -> EmulatorServer:
         """Serve in background threads; returns at once."""
         self._threads = [
-            threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.1}, name="emulator-http", daemon=True),
+            threading.Thread(
+                target=self.httpd.serve_forever, kwargs={"poll_interval": 0.1}, name="emulator-http", daemon=True
+            ),
             threading.Thread(target=self._run_jobs, name="emulator-jobs", daemon=True),
         ]
         for thread in self._threads:
@@ -247,8 +273,9 @@ class EmulatorServer:
 
     # ------------------------------------------------------------------ the AWS API
 
-    def dispatch(self, method: str, target: str, headers: dict[str, str], body: bytes,
-                 arrived: float | None = None) -> tuple[int | None, dict[str, str], bytes]:
+    def dispatch(
+        self, method: str, target: str, headers: dict[str, str], body: bytes, arrived: float | None = None
+    ) -> tuple[int | None, dict[str, str], bytes]:
         """One API request (that arrived at ``arrived``, ``time.monotonic()``); a status of None means: drop the
         connection without answering."""
         counters = self.realism.counters
@@ -315,10 +342,18 @@ class EmulatorServer:
                 result = {}
             elif path == f"{ADMIN_PREFIX}/seed" and method == "POST":
                 outcome = seeding.seed(self.backend, str(payload.get("seed", "")))
-                result = {"datastoreId": outcome.datastore_id, "datastoreName": outcome.datastore_name,
-                          "imageSets": outcome.image_sets, "created": outcome.created}
+                result = {
+                    "datastoreId": outcome.datastore_id,
+                    "datastoreName": outcome.datastore_name,
+                    "imageSets": outcome.image_sets,
+                    "created": outcome.created,
+                }
             else:
-                return 404, {"Content-Type": "application/json"}, json.dumps({"message": f"no admin route {method} {path}"}).encode()
+                return (
+                    404,
+                    {"Content-Type": "application/json"},
+                    json.dumps({"message": f"no admin route {method} {path}"}).encode(),
+                )
         except ValueError as exc:
             return 400, {"Content-Type": "application/json"}, json.dumps({"message": str(exc)}).encode()
         return 200, {"Content-Type": "application/json"}, json.dumps(result).encode()

@@ -145,9 +145,7 @@ def _check(shape: Shape, value: Any, path: str, problems: list[str]) -> None:
         checker(shape, value, path, problems)
 
 
-def _check_structure(
-    shape: Shape, value: Any, path: str, problems: list[str], skip: str | None = None
-) -> None:
+def _check_structure(shape: Shape, value: Any, path: str, problems: list[str], skip: str | None = None) -> None:
     if shape.metadata.get("document"):
         return
     if not isinstance(value, dict):
@@ -171,8 +169,7 @@ def _check_structure(
         problems.append(
             _fail_at(
                 path,
-                f"Member must have exactly one member set (union {shape.name}); "
-                f"found {len(set_members)}: {found}",
+                f"Member must have exactly one member set (union {shape.name}); found {len(set_members)}: {found}",
             )
         )
 
@@ -289,9 +286,7 @@ def _check_length(shape: Shape, value: Any, size: int, path: str, problems: list
         )
         return False
     if high is not None and size > high:
-        problems.append(
-            _fail(path, value, f"Member must have length less than or equal to {high}", _sensitive(shape))
-        )
+        problems.append(_fail(path, value, f"Member must have length less than or equal to {high}", _sensitive(shape)))
         return False
     return True
 
@@ -300,13 +295,9 @@ def _check_range(shape: Shape, value: float, path: str, problems: list[str]) -> 
     metadata = shape.metadata
     low, high = metadata.get("min"), metadata.get("max")
     if low is not None and value < low:
-        problems.append(
-            _fail(path, value, f"Member must have value greater than or equal to {low}", _sensitive(shape))
-        )
+        problems.append(_fail(path, value, f"Member must have value greater than or equal to {low}", _sensitive(shape)))
     elif high is not None and value > high:
-        problems.append(
-            _fail(path, value, f"Member must have value less than or equal to {high}", _sensitive(shape))
-        )
+        problems.append(_fail(path, value, f"Member must have value less than or equal to {high}", _sensitive(shape)))
 
 
 _CHECKERS: dict[str, Callable[[Shape, Any, str, list[str]], None]] = {

@@ -45,8 +45,19 @@ def step(text: str) -> None:
 
 
 def start_emulator(port: int) -> subprocess.Popen:
-    command = [PYTHON, "-m", "healthimaging_emulator", "--port", str(port), "--seed", "sample", "--copy-seconds", "2",
-               "--log-level", "WARNING"]
+    command = [
+        PYTHON,
+        "-m",
+        "healthimaging_emulator",
+        "--port",
+        str(port),
+        "--seed",
+        "sample",
+        "--copy-seconds",
+        "2",
+        "--log-level",
+        "WARNING",
+    ]
     print("$ python -m healthimaging_emulator --port", port, "--seed sample --copy-seconds 2   (AWS default quotas)")
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
@@ -62,7 +73,9 @@ def start_emulator(port: int) -> subprocess.Popen:
 
 
 def document(client, datastore_id: str, image_set_id: str) -> dict:
-    blob = client.get_image_set_metadata(datastoreId=datastore_id, imageSetId=image_set_id)["imageSetMetadataBlob"].read()
+    blob = client.get_image_set_metadata(datastoreId=datastore_id, imageSetId=image_set_id)[
+        "imageSetMetadataBlob"
+    ].read()
     return json.loads(gzip.decompress(blob))
 
 
@@ -77,8 +90,11 @@ def wait_active(client, datastore_id: str, image_set_id: str) -> dict:
 
 def build_manifest(client, datastore_id: str) -> list[dict]:
     """Choose sample image sets for the five kinds of row, and make the merge's destination."""
-    summaries = [s for page in client.get_paginator("search_image_sets").paginate(datastoreId=datastore_id)
-                 for s in page["imageSetsMetadataSummaries"]]
+    summaries = [
+        s
+        for page in client.get_paginator("search_image_sets").paginate(datastoreId=datastore_id)
+        for s in page["imageSetsMetadataSummaries"]
+    ]
     docs = {s["imageSetId"]: document(client, datastore_id, s["imageSetId"]) for s in summaries}
 
     def instances(image_set_id: str) -> dict[str, list[str]]:
@@ -94,8 +110,12 @@ def build_manifest(client, datastore_id: str) -> list[dict]:
     series_uid, sops = next(iter(instances(merge_source).items()))
     first = {"SchemaVersion": "1.1", "Study": {"Series": {series_uid: {"Instances": {sops[0]: {}}}}}}
     response = client.copy_image_set(
-        datastoreId=datastore_id, sourceImageSetId=merge_source,
-        copyImageSetInformation={"sourceImageSet": {"latestVersionId": "1", "DICOMCopies": {"copiableAttributes": json.dumps(first)}}})
+        datastoreId=datastore_id,
+        sourceImageSetId=merge_source,
+        copyImageSetInformation={
+            "sourceImageSet": {"latestVersionId": "1", "DICOMCopies": {"copiableAttributes": json.dumps(first)}}
+        },
+    )
     merge_destination = response["destinationImageSetProperties"]["imageSetId"]
     wait_active(client, datastore_id, merge_destination)
     wait_active(client, datastore_id, merge_source)
@@ -104,25 +124,41 @@ def build_manifest(client, datastore_id: str) -> list[dict]:
     return [
         {"source_image_set_id": new_copy, "label": "new copy"},
         {"source_image_set_id": subset_source, "sop_instance_uids": ";".join(subset_sops[:2]), "label": "subset copy"},
-        {"source_image_set_id": merge_source, "destination_image_set_id": merge_destination, "label": "merge into existing"},
-        {"source_image_set_id": forced_source, "destination_image_set_id": forced_destination, "force": "true",
-         "label": "forced copy across studies"},
+        {
+            "source_image_set_id": merge_source,
+            "destination_image_set_id": merge_destination,
+            "label": "merge into existing",
+        },
+        {
+            "source_image_set_id": forced_source,
+            "destination_image_set_id": forced_destination,
+            "force": "true",
+            "label": "forced copy across studies",
+        },
         {"source_image_set_id": "not-an-image-set-id", "label": "bad row"},
     ]
 
 
 def airflow_env(url: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
-    env.update({
-        "AIRFLOW_HOME": str(AIRFLOW_HOME),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
-        "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
-        "AIRFLOW_CONN_AWS_DEFAULT": json.dumps({"conn_type": "aws", "login": "demo", "password": "demo",
-                                                "extra": {"endpoint_url": url, "region_name": "us-east-1"}}),
-        "PYTHONPATH": str(ROOT / "plugins"),
-    })
+    env.update(
+        {
+            "AIRFLOW_HOME": str(AIRFLOW_HOME),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
+            "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
+            "AIRFLOW_CONN_AWS_DEFAULT": json.dumps(
+                {
+                    "conn_type": "aws",
+                    "login": "demo",
+                    "password": "demo",
+                    "extra": {"endpoint_url": url, "region_name": "us-east-1"},
+                }
+            ),
+            "PYTHONPATH": str(ROOT / "plugins"),
+        }
+    )
     return env
 
 
@@ -135,9 +171,17 @@ def main() -> int:
     emulator = start_emulator(port)
     url = f"http://127.0.0.1:{port}"
     try:
-        client = boto3.client("medical-imaging", endpoint_url=url, region_name="us-east-1", aws_access_key_id="demo",
-                              aws_secret_access_key="demo", config=Config(inject_host_prefix=False))
-        datastore_id = next(d["datastoreId"] for d in client.list_datastores()["datastoreSummaries"] if d["datastoreName"] == "demo")
+        client = boto3.client(
+            "medical-imaging",
+            endpoint_url=url,
+            region_name="us-east-1",
+            aws_access_key_id="demo",
+            aws_secret_access_key="demo",
+            config=Config(inject_host_prefix=False),
+        )
+        datastore_id = next(
+            d["datastoreId"] for d in client.list_datastores()["datastoreSummaries"] if d["datastoreName"] == "demo"
+        )
 
         step("Writing the sample manifest")
         rows = build_manifest(client, datastore_id)
@@ -152,18 +196,28 @@ def main() -> int:
 
         env = airflow_env(url)
         step("Preparing Airflow (SQLite metadata database)")
-        subprocess.run([AIRFLOW, "db", "migrate"], env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(
+            [AIRFLOW, "db", "migrate"], env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         print(f"  AIRFLOW_HOME={AIRFLOW_HOME}")
 
-        conf = {"manifest": str(manifest), "default_datastore_id": datastore_id, "progress_interval_seconds": 5,
-                "poll_interval_seconds": 1}
+        conf = {
+            "manifest": str(manifest),
+            "default_datastore_id": datastore_id,
+            "progress_interval_seconds": 5,
+            "poll_interval_seconds": 1,
+        }
         step("Running the DAG healthimaging_bulk_copy (CopyImageSet limited to 0.25/s, as AWS's default quota)")
         print(f"$ airflow dags test healthimaging_bulk_copy --conf '{json.dumps(conf)}'")
         log_path = DEMO / "dag-run.log"
         started = time.monotonic()
         with open(log_path, "w") as log:
-            result = subprocess.run([AIRFLOW, "dags", "test", "healthimaging_bulk_copy", "--conf", json.dumps(conf)], env=env,
-                                    stdout=log, stderr=subprocess.STDOUT)
+            result = subprocess.run(
+                [AIRFLOW, "dags", "test", "healthimaging_bulk_copy", "--conf", json.dumps(conf)],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         print(f"  finished in {time.monotonic() - started:.0f}s (exit code {result.returncode}); full log: {log_path}")
 
         reports = sorted((AIRFLOW_HOME / "healthimaging_reports" / "healthimaging_bulk_copy").glob("*/report.json"))
@@ -173,18 +227,28 @@ def main() -> int:
         summary = json.loads(reports[-1].read_text())
         step("Run summary")
         counts = summary["counts"]
-        print(f"  rows {summary['manifest']['rows']}: succeeded {counts['succeeded']}, failed {counts['failed']}, "
-              f"rejected {counts['rejected']}, skipped {counts['skipped']}  (all accounted for: {summary['allRowsAccountedFor']})")
-        print(f"  latency p50 {summary['latencySeconds']['p50']}s, p90 {summary['latencySeconds']['p90']}s; errors {summary['errors']}")
+        print(
+            f"  rows {summary['manifest']['rows']}: succeeded {counts['succeeded']}, failed {counts['failed']}, "
+            f"rejected {counts['rejected']}, skipped {counts['skipped']}  (all accounted for: "
+            f"{summary['allRowsAccountedFor']})"
+        )
+        print(
+            f"  latency p50 {summary['latencySeconds']['p50']}s, p90 {summary['latencySeconds']['p90']}s; errors "
+            f"{summary['errors']}"
+        )
         ledger_path = AIRFLOW_HOME / "healthimaging_ledger.sqlite3"
         with sqlite3.connect(ledger_path) as db:
             print("  ledger rows (row, label, status, kind, source -> destination version, verified):")
-            for row in db.execute("SELECT row_number, label, status, copy_kind, source_image_set_id, destination_image_set_id,"
-                                  " destination_version_id, verified, error_code FROM healthimaging_copy_ledger ORDER BY row_number"):
+            for row in db.execute(
+                "SELECT row_number, label, status, copy_kind, source_image_set_id, destination_image_set_id,"
+                " destination_version_id, verified, error_code FROM healthimaging_copy_ledger ORDER BY row_number"
+            ):
                 number, label, status, kind, source, destination, version, verified, code = row
                 target = f"{destination} v{version}" if destination else "-"
-                print(f"    {number}  {label:<28} {status:<10} {kind or '-':<7} {source or '-'} -> {target}"
-                      f"  {'verified' if verified else ''}{code or ''}")
+                print(
+                    f"    {number}  {label:<28} {status:<10} {kind or '-':<7} {source or '-'} -> {target}"
+                    f"  {'verified' if verified else ''}{code or ''}"
+                )
         step("Where things are")
         print(f"  report:  {reports[-1].parent}  (report.json, succeeded.csv, failed.csv, rejected.csv, skipped.csv)")
         print(f"  ledger:  sqlite:///{ledger_path}  (table healthimaging_copy_ledger)")

@@ -32,8 +32,13 @@ ENV_EXAMPLE = REPO_ROOT / ".env.example"
 IMAGE_HOME = "/opt/airflow"
 
 #: The Airflow services of the compose file and what each runs (``airflow <command>``).
-AIRFLOW_SERVICES = ("airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer",
-                    "airflow-worker")
+AIRFLOW_SERVICES = (
+    "airflow-apiserver",
+    "airflow-scheduler",
+    "airflow-dag-processor",
+    "airflow-triggerer",
+    "airflow-worker",
+)
 INIT_SERVICE = "airflow-init"
 EMULATOR_SERVICE = "healthimaging-emulator"
 #: The infrastructure services the machine provides when the stack runs as processes.
@@ -59,8 +64,11 @@ def read_dotenv(path: str | os.PathLike[str]) -> dict[str, str]:
 
     with open(path, encoding="utf-8") as stream:
         bindings = list(parse_stream(stream))
-    bad = [f"line {b.original.line}: {b.original.string.strip()[:40]!r}" for b in bindings
-           if b.error or (b.key is not None and b.value is None)]
+    bad = [
+        f"line {b.original.line}: {b.original.string.strip()[:40]!r}"
+        for b in bindings
+        if b.error or (b.key is not None and b.value is None)
+    ]
     if bad:
         raise ValueError(f"{path}: expected KEY=value lines; cannot read {'; '.join(bad)}")
     return {b.key: b.value for b in bindings if b.key is not None}
@@ -71,8 +79,9 @@ def default_env_file() -> Path:
     return ENV_FILE if ENV_FILE.exists() else ENV_EXAMPLE
 
 
-def compose_variables(env_file: str | os.PathLike[str] | None = None,
-                      environ: Mapping[str, str] | None = None) -> dict[str, str]:
+def compose_variables(
+    env_file: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None
+) -> dict[str, str]:
     """The variables compose interpolates with: the ``.env`` file's, overridden by the shell's."""
     variables = read_dotenv(env_file or default_env_file())
     variables.update(os.environ if environ is None else environ)
@@ -96,13 +105,13 @@ def interpolate(text: str, variables: Mapping[str, str]) -> str:
             out.append(char)
             i += 1
             continue
-        nxt = text[i + 1:i + 2]
+        nxt = text[i + 1 : i + 2]
         if nxt == "$":
             out.append("$")
             i += 2
         elif nxt == "{":
             end = _closing_brace(text, i + 1)
-            out.append(_expand(text[i + 2:end], variables))
+            out.append(_expand(text[i + 2 : end], variables))
             i = end + 1
         elif (match := _NAME.match(text, i + 1)) is not None:
             out.append(variables.get(match.group(), ""))
@@ -135,13 +144,13 @@ def _expand(body: str, variables: Mapping[str, str]) -> str:
     match = _NAME.match(body)
     if match is None:
         raise InterpolationError(f"invalid variable reference ${{{body}}}")
-    name, rest = match.group(), body[match.end():]
+    name, rest = match.group(), body[match.end() :]
     value = variables.get(name)
     if not rest:
         return value or ""
     for operator in (":-", ":?", ":+", "-", "?", "+"):
         if rest.startswith(operator):
-            word = rest[len(operator):]
+            word = rest[len(operator) :]
             break
     else:
         raise InterpolationError(f"invalid variable reference ${{{body}}}")
@@ -187,8 +196,10 @@ def environment(compose: Mapping[str, Any], name: str, variables: Mapping[str, s
     env = service(compose, name, variables).get("environment") or {}
     if isinstance(env, list):
         env = dict(item.split("=", 1) if "=" in item else (item, variables.get(item, "")) for item in env)
-    return {key: "" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
-            for key, value in env.items()}
+    return {
+        key: "" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+        for key, value in env.items()
+    }
 
 
 def common_environment(compose: Mapping[str, Any], variables: Mapping[str, str]) -> dict[str, str]:
@@ -211,8 +222,9 @@ def published_ports(compose: Mapping[str, Any], name: str, variables: Mapping[st
     ports = []
     for entry in service(compose, name, variables).get("ports") or []:
         if not isinstance(entry, str):
-            raise ValueError(f"{name}: only the short ports syntax (HOST_IP:HOST_PORT:CONTAINER_PORT) is read, "
-                             f"got {entry!r}")
+            raise ValueError(
+                f"{name}: only the short ports syntax (HOST_IP:HOST_PORT:CONTAINER_PORT) is read, got {entry!r}"
+            )
         parts = entry.rsplit(":", 2)
         if len(parts) == 3:
             ports.append(PublishedPort(parts[0].strip("[]"), parts[1], parts[2]))
@@ -227,8 +239,10 @@ def publish_address(compose: Mapping[str, Any], name: str, variables: Mapping[st
     """The one host address a service's ports are published on (what its process listens on, run locally)."""
     addresses = {port.host_ip for port in published_ports(compose, name, variables)}
     if len(addresses) != 1 or None in addresses:
-        raise ValueError(f"{name} must publish its ports on one given address (HOST_IP:HOST_PORT:CONTAINER_PORT), "
-                         f"got {sorted(map(str, addresses))}")
+        raise ValueError(
+            f"{name} must publish its ports on one given address (HOST_IP:HOST_PORT:CONTAINER_PORT), "
+            f"got {sorted(map(str, addresses))}"
+        )
     return addresses.pop()
 
 
@@ -299,8 +313,10 @@ SUBSTITUTIONS = (
 
 # host:port after "@", "//" or "%2F" (an URL-encoded endpoint_url inside a connection URI), with ":" or "%3A";
 # not user:password (followed by "@").
-_HOST_PORT = re.compile(r"(?P<pre>@|//|%2[Ff])(?P<host>postgres|redis|airflow-apiserver|healthimaging-emulator)"
-                        r"(?P<sep>:|%3[Aa])(?P<port>\d+)(?![\d@])(?P<db>/\d+)?")
+_HOST_PORT = re.compile(
+    r"(?P<pre>@|//|%2[Ff])(?P<host>postgres|redis|airflow-apiserver|healthimaging-emulator)"
+    r"(?P<sep>:|%3[Aa])(?P<port>\d+)(?![\d@])(?P<db>/\d+)?"
+)
 
 
 def localize(value: str, local: LocalEndpoints) -> str:

@@ -42,8 +42,9 @@ def airflow_health(api_url: str) -> dict[str, Any] | None:
         return None
 
 
-def wait_for_airflow(api_url: str, deadline: float, check_alive: Callable[[], None],
-                     diagnostics: Callable[[], str]) -> None:
+def wait_for_airflow(
+    api_url: str, deadline: float, check_alive: Callable[[], None], diagnostics: Callable[[], str]
+) -> None:
     """Wait until the metadata DB, scheduler, triggerer and dag-processor report healthy heartbeats (by
     ``deadline``, a :func:`time.monotonic` value); ``check_alive`` raises if a process died meanwhile."""
     health: dict[str, Any] | None = None
@@ -66,8 +67,16 @@ class HealthCheck:
 
     def run(self, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
         """Run it once (exit code 0: healthy), output captured."""
-        return subprocess.run(self.argv, env=self.env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True, timeout=timeout, check=False)
+        return subprocess.run(
+            self.argv,
+            env=self.env,
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
 
 
 def compose_test(raw: Mapping[str, Any], service: str, variables: Mapping[str, str]) -> list[str]:
@@ -83,8 +92,16 @@ def compose_test(raw: Mapping[str, Any], service: str, variables: Mapping[str, s
     raise ValueError(f"{service}: health check {test!r} is neither CMD nor CMD-SHELL")
 
 
-def compose_health_check(raw: Mapping[str, Any], process: str, service: str, variables: Mapping[str, str], *,
-                         env: Mapping[str, str], hostname: str, ports: Mapping[int, tuple[str, int]]) -> HealthCheck:
+def compose_health_check(
+    raw: Mapping[str, Any],
+    process: str,
+    service: str,
+    variables: Mapping[str, str],
+    *,
+    env: Mapping[str, str],
+    hostname: str,
+    ports: Mapping[int, tuple[str, int]],
+) -> HealthCheck:
     """The health check of ``service`` for one of its processes: ``ports`` maps a container port to where the
     process listens (host, port), ``hostname`` is its host name."""
 
@@ -98,5 +115,4 @@ def compose_health_check(raw: Mapping[str, Any], process: str, service: str, var
     argv = [re.sub(r"\blocalhost:(\d+)", local, arg) for arg in compose_test(raw, service, variables)]
     scripts = str(Path(sys.executable).parent)
     path = env.get("PATH", "")
-    return HealthCheck(process, argv, {**env, "HOSTNAME": hostname,
-                                       "PATH": f"{scripts}:{path}" if path else scripts})
+    return HealthCheck(process, argv, {**env, "HOSTNAME": hostname, "PATH": f"{scripts}:{path}" if path else scripts})

@@ -83,7 +83,7 @@ def make_private(path: Path) -> None:
 def read_command(path: Path) -> str:
     """How a user reads ``path``: in the compose stack, through the api-server's container."""
     if path.as_posix().startswith(IMAGE_HOME + "/"):
-        on_host = "." + path.as_posix()[len(IMAGE_HOME):]
+        on_host = "." + path.as_posix()[len(IMAGE_HOME) :]
         return f"docker compose exec airflow-apiserver cat {path} (on the host: cat {on_host})"
     return f"cat {shlex.quote(str(path))}"
 
@@ -104,9 +104,10 @@ def check_fernet_key(key: str, source: str) -> None:
         try:
             Fernet(part.strip().encode())
         except (ValueError, TypeError) as exc:
-            raise InitError(f"{source} is not a valid Fernet key ({exc}): 32 url-safe base64-encoded bytes, e.g. "
-                            "python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())'"
-                            ) from None
+            raise InitError(
+                f"{source} is not a valid Fernet key ({exc}): 32 url-safe base64-encoded bytes, e.g. "
+                "python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())'"
+            ) from None
 
 
 def fernet_key_file(env: Mapping[str, str] = os.environ) -> Path | None:
@@ -124,8 +125,10 @@ def write_fernet_key(env: Mapping[str, str] = os.environ) -> None:
     """Put the Fernet key in the key file: ``AIRFLOW_FERNET_KEY`` if given, else the file's own, else a new one."""
     if FERNET_KEY_VAR in env:
         if not env[FERNET_KEY_VAR]:
-            raise InitError(f"{FERNET_KEY_VAR} is set but empty: Airflow would ignore {FERNET_KEY_CMD} and store "
-                            "connection passwords unencrypted. Remove it (set AIRFLOW_FERNET_KEY in .env instead).")
+            raise InitError(
+                f"{FERNET_KEY_VAR} is set but empty: Airflow would ignore {FERNET_KEY_CMD} and store "
+                "connection passwords unencrypted. Remove it (set AIRFLOW_FERNET_KEY in .env instead)."
+            )
         log(f"{FERNET_KEY_VAR} is set: Airflow uses it, no key file is written")
         return
     path = fernet_key_file(env)
@@ -137,8 +140,10 @@ def write_fernet_key(env: Mapping[str, str] = os.environ) -> None:
     if given:
         check_fernet_key(given, "AIRFLOW_FERNET_KEY")
         if current and current != given:
-            log(f"the key in {path} is replaced by AIRFLOW_FERNET_KEY: what the old key encrypted cannot be read "
-                "unless AIRFLOW_FERNET_KEY lists it after the new one (new,old), see `airflow rotate-fernet-key`")
+            log(
+                f"the key in {path} is replaced by AIRFLOW_FERNET_KEY: what the old key encrypted cannot be read "
+                "unless AIRFLOW_FERNET_KEY lists it after the new one (new,old), see `airflow rotate-fernet-key`"
+            )
         if current != given:
             write_private_file(path, given)
         else:
@@ -150,8 +155,10 @@ def write_fernet_key(env: Mapping[str, str] = os.environ) -> None:
         log(f"Fernet key kept in {path}")
     else:
         write_private_file(path, generate_fernet_key())
-        log(f"Fernet key generated in {path} (mode 0600; back it up: without it, stored connection passwords "
-            "cannot be read)")
+        log(
+            f"Fernet key generated in {path} (mode 0600; back it up: without it, stored connection passwords "
+            "cannot be read)"
+        )
 
 
 # ----------------------------------------------------------------------------------- database, ledger
@@ -179,8 +186,11 @@ def ledger_url():
     if found is None:
         return None
     conn_id, value = found
-    conn = Connection.from_json(value, conn_id=conn_id) if value.lstrip().startswith("{") else \
-        Connection(conn_id=conn_id, uri=value)
+    conn = (
+        Connection.from_json(value, conn_id=conn_id)
+        if value.lstrip().startswith("{")
+        else Connection(conn_id=conn_id, uri=value)
+    )
     return url_from_connection(conn)
 
 
@@ -202,8 +212,9 @@ def create_ledger(url) -> None:
         server = sa.create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
         try:
             with server.connect() as db:
-                exists = db.execute(sa.text("SELECT 1 FROM pg_database WHERE datname = :name"),
-                                    {"name": url.database}).first()
+                exists = db.execute(
+                    sa.text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": url.database}
+                ).first()
                 if not exists:
                     db.execute(sa.text(f'CREATE DATABASE "{url.database}"'))
                     log(f"created the ledger database {url.database!r}")
@@ -228,7 +239,9 @@ def passwords_file() -> Path:
     configured = conf.get("core", "simple_auth_manager_passwords_file", fallback="")
     if configured:
         return Path(configured)
-    return Path(os.environ.get("AIRFLOW_HOME", "~/airflow")).expanduser() / "simple_auth_manager_passwords.json.generated"
+    return (
+        Path(os.environ.get("AIRFLOW_HOME", "~/airflow")).expanduser() / "simple_auth_manager_passwords.json.generated"
+    )
 
 
 def read_passwords(path: Path) -> dict[str, str]:

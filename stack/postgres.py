@@ -21,8 +21,9 @@ class TemporaryDatabases:
     """Databases whose names start with ``prefix``, created and dropped on ``host:port`` as the first of
     ``users`` that can connect."""
 
-    def __init__(self, prefix: str, host: str = "127.0.0.1", port: int = 5432,
-                 users: Iterable[str] = POSTGRES_USERS) -> None:
+    def __init__(
+        self, prefix: str, host: str = "127.0.0.1", port: int = 5432, users: Iterable[str] = POSTGRES_USERS
+    ) -> None:
         self.prefix, self.host, self.port, self.users = prefix, host, port, tuple(users)
         self.user: str | None = None
         self.owned: list[str] = []
@@ -34,8 +35,9 @@ class TemporaryDatabases:
         errors = []
         for user in self.users:
             try:
-                psycopg2.connect(host=self.host, port=self.port, user=user, dbname="postgres",
-                                 connect_timeout=3).close()
+                psycopg2.connect(
+                    host=self.host, port=self.port, user=user, dbname="postgres", connect_timeout=3
+                ).close()
             except psycopg2.Error as exc:
                 errors.append(f"{user}: {exc}".strip())
                 continue
@@ -46,8 +48,9 @@ class TemporaryDatabases:
     def _connect(self):
         import psycopg2
 
-        conn = psycopg2.connect(host=self.host, port=self.port, user=self.user or self.role(), dbname="postgres",
-                                connect_timeout=5)
+        conn = psycopg2.connect(
+            host=self.host, port=self.port, user=self.user or self.role(), dbname="postgres", connect_timeout=5
+        )
         conn.autocommit = True  # CREATE / DROP DATABASE cannot run in a transaction
         return conn
 
@@ -72,7 +75,7 @@ class TemporaryDatabases:
 
         cur.execute("SELECT datname FROM pg_database WHERE datname LIKE %s", (self.prefix + "%",))
         for (name,) in cur.fetchall():
-            pid = name[len(self.prefix):].split("_", 1)[0]
+            pid = name[len(self.prefix) :].split("_", 1)[0]
             if pid.isdigit() and not psutil.pid_exists(int(pid)):
                 with contextlib.suppress(Exception):
                     cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -53,30 +53,38 @@ from stack.processes import free_port
 from stack.redis_db import RedisDatabase
 from stack.supervisor import Process, Supervisor
 
-__all__ = ["EXECUTORS", "RUNNER_ONLY_VARIABLES", "RUNNER_VARIABLES", "SECRETS", "Process", "ProcessStack",
-           "fresh_secrets", "write_dotenv"]
+__all__ = [
+    "EXECUTORS",
+    "RUNNER_ONLY_VARIABLES",
+    "RUNNER_VARIABLES",
+    "SECRETS",
+    "Process",
+    "ProcessStack",
+    "fresh_secrets",
+    "write_dotenv",
+]
 
 #: What the process stack sets beyond the compose environment, and why (each is something an image or
 #: a container provides in Docker). ``tests/test_docker_compose.py`` checks that nothing else differs.
 RUNNER_ONLY_VARIABLES: dict[str, str] = {
     "AIRFLOW_HOME": "the image's AIRFLOW_HOME is /opt/airflow; here, the stack's home folder",
     "AIRFLOW__CORE__DAGS_FOLDER": "compose mounts ./dags at /opt/airflow/dags; here, the stack's dags folder "
-                                  "(the repository's dags/ by default)",
+    "(the repository's dags/ by default)",
     "AIRFLOW__CORE__PLUGINS_FOLDER": "compose mounts ./plugins at /opt/airflow/plugins; here, the stack's plugins "
-                                     "folder (the repository's plugins/ by default)",
+    "folder (the repository's plugins/ by default)",
     "PYTHONPATH": "the image sets PYTHONPATH=/opt/airflow (stack, healthimaging_emulator); here, the repository",
     "AIRFLOW__API__HOST": "api-server: a container listens on 0.0.0.0:8080 and compose publishes it on "
-                          "HEALTHIMAGING_PUBLISH_ADDRESS (127.0.0.1 by default); here, it listens on that address",
+    "HEALTHIMAGING_PUBLISH_ADDRESS (127.0.0.1 by default); here, it listens on that address",
     "AIRFLOW__API__PORT": "api-server: here, a free port",
     "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_HOST": "scheduler: 0.0.0.0 in its container, not published; "
-                                                              "here, 127.0.0.1",
+    "here, 127.0.0.1",
     "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_PORT": "scheduler: 8974 in its container; here, a free port",
     "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": "triggerer: 8794 in its container; here, a free port",
     "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": "each worker (the scheduler with the LocalExecutor): 8793 in its "
-                                                "container; here, a free port each",
+    "container; here, a free port each",
     "AIRFLOW__CORE__HOSTNAME_CALLABLE": "a container has its own host name; here, stack.hostname",
     "STACK_HOSTNAME": "each process's host name (worker1, worker2, ... for the workers, the process name for the "
-                      "others), read by stack.hostname",
+    "others), read by stack.hostname",
 }
 
 #: Variables the process stack gives compose's interpolation instead of ``.env``'s (why: see each).
@@ -97,7 +105,7 @@ SECRETS: dict[str, str] = {
     "AIRFLOW_JWT_SECRET": "The JWT secret every component shares (at least 64 characters)",
     "AIRFLOW_API_SECRET_KEY": "The api-server's secret key",
     "HEALTHIMAGING_EMULATOR_ADMIN_TOKEN": "The emulator's admin API token: "
-                                          "Authorization: Bearer <token> on /_emulator/...",
+    "Authorization: Bearer <token> on /_emulator/...",
 }
 
 #: compose's (the default), and the one that needs no workers nor Redis.
@@ -106,15 +114,24 @@ EXECUTORS = ("CeleryExecutor", "LocalExecutor")
 
 def fresh_secrets() -> dict[str, str]:
     """New values for :data:`SECRETS`."""
-    return {"AIRFLOW_JWT_SECRET": secrets.token_urlsafe(64), "AIRFLOW_API_SECRET_KEY": secrets.token_hex(16),
-            "HEALTHIMAGING_EMULATOR_ADMIN_TOKEN": secrets.token_urlsafe(32)}
+    return {
+        "AIRFLOW_JWT_SECRET": secrets.token_urlsafe(64),
+        "AIRFLOW_API_SECRET_KEY": secrets.token_hex(16),
+        "HEALTHIMAGING_EMULATOR_ADMIN_TOKEN": secrets.token_urlsafe(32),
+    }
 
 
 DB_PREFIX = "hi_stack_"
 
 #: Started in this order; stopped scheduler first (no new work), then workers, the rest, the emulator.
-STOP_ORDER = ("airflow-scheduler", "airflow-worker", "airflow-triggerer", "airflow-dag-processor",
-              "airflow-apiserver", "healthimaging-emulator")
+STOP_ORDER = (
+    "airflow-scheduler",
+    "airflow-worker",
+    "airflow-triggerer",
+    "airflow-dag-processor",
+    "airflow-apiserver",
+    "healthimaging-emulator",
+)
 
 #: Where each service's health check reaches it in its container (``localhost:<port>``).
 CONTAINER_PORTS = {"airflow-apiserver": 8080, "airflow-scheduler": 8974, compose.EMULATOR_SERVICE: 8089}
@@ -207,14 +224,24 @@ class ProcessStack:
 
     # --------------------------------------------------------------------------- configuration
 
-    def plan(self, *, postgres_user: str = "postgres", redis_db: int = 1, api_port: int | None = None,
-             emulator_port: int | None = None) -> dict[str, Process]:
+    def plan(
+        self,
+        *,
+        postgres_user: str = "postgres",
+        redis_db: int = 1,
+        api_port: int | None = None,
+        emulator_port: int | None = None,
+    ) -> dict[str, Process]:
         """Work out every process's command and environment, without starting anything."""
         dotenv = compose.read_dotenv(self.env_file)
         variables = {**dotenv, **self.environ}
         metadata_db = database_name(DB_PREFIX)
-        ours = {"POSTGRES_USER": postgres_user, "POSTGRES_DB": metadata_db,
-                "HEALTHIMAGING_LEDGER_DB": f"{metadata_db}_ledger", "AIRFLOW_API_WORKERS": str(self.api_workers)}
+        ours = {
+            "POSTGRES_USER": postgres_user,
+            "POSTGRES_DB": metadata_db,
+            "HEALTHIMAGING_LEDGER_DB": f"{metadata_db}_ledger",
+            "AIRFLOW_API_WORKERS": str(self.api_workers),
+        }
         if self.worker_concurrency is not None:
             ours["AIRFLOW_WORKER_CONCURRENCY"] = str(self.worker_concurrency)
         # The Fernet key and the login password are not here: airflow-init generates them, as in compose.
@@ -223,11 +250,17 @@ class ProcessStack:
         variables.update(ours)
         self.variables = variables
         self.local = LocalEndpoints(
-            home=str(self.home), api_port=api_port or free_port(), emulator_port=emulator_port or free_port(),
-            redis_db=redis_db, postgres_host=self.postgres_host, postgres_port=self.postgres_port,
-            redis_host=self.redis_host, redis_port=self.redis_port,
+            home=str(self.home),
+            api_port=api_port or free_port(),
+            emulator_port=emulator_port or free_port(),
+            redis_db=redis_db,
+            postgres_host=self.postgres_host,
+            postgres_port=self.postgres_port,
+            redis_host=self.redis_host,
+            redis_port=self.redis_port,
             api_host=compose.publish_address(self.compose, "airflow-apiserver", variables),
-            emulator_host=compose.publish_address(self.compose, compose.EMULATOR_SERVICE, variables))
+            emulator_host=compose.publish_address(self.compose, compose.EMULATOR_SERVICE, variables),
+        )
         # env_file: .env's variables reach the containers too (with the values this stack uses).
         env_file_vars = {key: variables[key] for key in (*dotenv, *ours)}
         base = {**self._inherited_environ(), **env_file_vars}
@@ -235,12 +268,18 @@ class ProcessStack:
         processes: dict[str, Process] = {}
         if self.emulator:
             processes[compose.EMULATOR_SERVICE] = Process(
-                compose.EMULATOR_SERVICE, compose.EMULATOR_SERVICE,
+                compose.EMULATOR_SERVICE,
+                compose.EMULATOR_SERVICE,
                 [sys.executable, "-m", "healthimaging_emulator", *self.emulator_command(), *self.emulator_args],
-                {**base, **self.compose_environment(compose.EMULATOR_SERVICE), "PYTHONPATH": str(REPO_ROOT)})
+                {**base, **self.compose_environment(compose.EMULATOR_SERVICE), "PYTHONPATH": str(REPO_ROOT)},
+            )
         processes[compose.INIT_SERVICE] = Process(
-            compose.INIT_SERVICE, compose.INIT_SERVICE, [sys.executable, "-m", "stack.init"],
-            self.service_environment(compose.INIT_SERVICE, base), runs_to_completion=True)
+            compose.INIT_SERVICE,
+            compose.INIT_SERVICE,
+            [sys.executable, "-m", "stack.init"],
+            self.service_environment(compose.INIT_SERVICE, base),
+            runs_to_completion=True,
+        )
         for service in compose.AIRFLOW_SERVICES:
             argv = [_bin("airflow"), *compose.command(self.compose, service, variables)]
             if service != "airflow-worker":
@@ -248,40 +287,58 @@ class ProcessStack:
                 continue
             for number in range(1, self.workers + 1):
                 name, hostname = f"{service}-{number}", f"worker{number}"
-                processes[name] = Process(name, service, [*argv, "--celery-hostname", f"celery@{hostname}"],
-                                          self.service_environment(service, base, hostname=hostname))
+                processes[name] = Process(
+                    name,
+                    service,
+                    [*argv, "--celery-hostname", f"celery@{hostname}"],
+                    self.service_environment(service, base, hostname=hostname),
+                )
         self.supervisor.processes = processes
         return processes
 
     def _inherited_environ(self) -> dict[str, str]:
         """The shell's environment minus any Airflow configuration (compose passes none of it either)."""
-        return {key: value for key, value in self.environ.items()
-                if not key.startswith(("AIRFLOW", "_AIRFLOW", "PYTEST_", "HEALTHIMAGING_TEST_"))}
+        return {
+            key: value
+            for key, value in self.environ.items()
+            if not key.startswith(("AIRFLOW", "_AIRFLOW", "PYTEST_", "HEALTHIMAGING_TEST_"))
+        }
 
     def compose_environment(self, service: str) -> dict[str, str]:
         """The compose service's environment, interpolated and localized (no runner additions)."""
         return compose.localize_environment(compose.environment(self.compose, service, self.variables), self.local)
 
-    def service_environment(self, service: str, base: Mapping[str, str], *,
-                            hostname: str | None = None) -> dict[str, str]:
+    def service_environment(
+        self, service: str, base: Mapping[str, str], *, hostname: str | None = None
+    ) -> dict[str, str]:
         """What an Airflow process of ``service`` gets: ``base``, the compose environment, the runner-only
         variables, the executor, then :attr:`overrides` (not for airflow-init)."""
         env = {**base, **self.compose_environment(service)}
-        env.update({
-            "AIRFLOW_HOME": str(self.home),
-            "AIRFLOW__CORE__DAGS_FOLDER": str(self.dags_folder),
-            "AIRFLOW__CORE__PLUGINS_FOLDER": str(self.plugins_folder),
-            "PYTHONPATH": str(REPO_ROOT),
-            "AIRFLOW__CORE__EXECUTOR": self.executor,
-        })
+        env.update(
+            {
+                "AIRFLOW_HOME": str(self.home),
+                "AIRFLOW__CORE__DAGS_FOLDER": str(self.dags_folder),
+                "AIRFLOW__CORE__PLUGINS_FOLDER": str(self.plugins_folder),
+                "PYTHONPATH": str(REPO_ROOT),
+                "AIRFLOW__CORE__EXECUTOR": self.executor,
+            }
+        )
         if service != compose.INIT_SERVICE:
-            env.update({"AIRFLOW__CORE__HOSTNAME_CALLABLE": "stack.hostname.get_hostname",
-                        "STACK_HOSTNAME": hostname or service})
+            env.update(
+                {
+                    "AIRFLOW__CORE__HOSTNAME_CALLABLE": "stack.hostname.get_hostname",
+                    "STACK_HOSTNAME": hostname or service,
+                }
+            )
         if service == "airflow-apiserver":
             env.update({"AIRFLOW__API__HOST": self.local.api_host, "AIRFLOW__API__PORT": str(self.local.api_port)})
         elif service == "airflow-scheduler":
-            env.update({"AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_HOST": "127.0.0.1",
-                        "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_PORT": str(free_port())})
+            env.update(
+                {
+                    "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_HOST": "127.0.0.1",
+                    "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_PORT": str(free_port()),
+                }
+            )
             if not self.celery:  # the LocalExecutor's task logs are served by the scheduler
                 env["AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT"] = str(free_port())
         elif service == "airflow-triggerer":
@@ -294,8 +351,10 @@ class ProcessStack:
 
     def emulator_command(self) -> list[str]:
         """The emulator service's command with its host, port and state folder made local."""
-        args = [compose.localize(arg, self.local) for arg in
-                compose.command(self.compose, compose.EMULATOR_SERVICE, self.variables)]
+        args = [
+            compose.localize(arg, self.local)
+            for arg in compose.command(self.compose, compose.EMULATOR_SERVICE, self.variables)
+        ]
         for flag, value in (("--host", self.local.emulator_host), ("--port", str(self.local.emulator_port))):
             if flag in args:
                 args[args.index(flag) + 1] = value
@@ -309,14 +368,25 @@ class ProcessStack:
             ports: dict[int, tuple[str, int]] = {}
             return compose_health_check(self.compose, name, name, self.variables, env=env, hostname=name, ports=ports)
         process = self.processes[name]
-        where = {"airflow-apiserver": (self.local.api_connect_host, self.local.api_port),
-                 compose.EMULATOR_SERVICE: (self.local.emulator_connect_host, self.local.emulator_port)}
+        where = {
+            "airflow-apiserver": (self.local.api_connect_host, self.local.api_port),
+            compose.EMULATOR_SERVICE: (self.local.emulator_connect_host, self.local.emulator_port),
+        }
         if process.service == "airflow-scheduler":
-            where["airflow-scheduler"] = (process.env["AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_HOST"],
-                                          int(process.env["AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_PORT"]))
+            where["airflow-scheduler"] = (
+                process.env["AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_HOST"],
+                int(process.env["AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_PORT"]),
+            )
         ports = {CONTAINER_PORTS[process.service]: where[process.service]} if process.service in where else {}
-        return compose_health_check(self.compose, name, process.service, self.variables, env=process.env,
-                                    hostname=process.env.get("STACK_HOSTNAME", name), ports=ports)
+        return compose_health_check(
+            self.compose,
+            name,
+            process.service,
+            self.variables,
+            env=process.env,
+            hostname=process.env.get("STACK_HOSTNAME", name),
+            ports=ports,
+        )
 
     def health_checks(self) -> dict[str, HealthCheck]:
         """The compose health check of every long-running process planned, and of PostgreSQL and Redis."""
@@ -373,8 +443,10 @@ class ProcessStack:
         username = self.processes[compose.INIT_SERVICE].env.get("_AIRFLOW_WWW_USER_USERNAME") or "airflow"
         passwords = read_passwords(self.passwords_file)
         if username not in passwords:
-            raise RuntimeError(f"no password for {username!r} in {self.passwords_file}: airflow-init writes it "
-                               "when the stack starts (start() first)")
+            raise RuntimeError(
+                f"no password for {username!r} in {self.passwords_file}: airflow-init writes it "
+                "when the stack starts (start() first)"
+            )
         return username, passwords[username]
 
     @property
@@ -395,8 +467,10 @@ class ProcessStack:
         return self.databases.user or self.variables["POSTGRES_USER"]
 
     def ledger_url(self) -> str:
-        return (f"postgresql+psycopg2://{self.postgres_user}@"
-                f"{self.postgres_host}:{self.postgres_port}/{self.ledger_database}")
+        return (
+            f"postgresql+psycopg2://{self.postgres_user}@"
+            f"{self.postgres_host}:{self.postgres_port}/{self.ledger_database}"
+        )
 
     # ------------------------------------------------------------------------------- lifecycle
 
@@ -445,9 +519,12 @@ class ProcessStack:
             while checks:
                 self.check_alive()
                 if time.monotonic() > deadline:
-                    raise TimeoutError(f"health checks of {sorted(checks)} did not pass in time:\n"
-                                       + "\n".join(f"{n}: {out[-1500:]}" for n, out in failures.items())
-                                       + "\n" + self.diagnostics())
+                    raise TimeoutError(
+                        f"health checks of {sorted(checks)} did not pass in time:\n"
+                        + "\n".join(f"{n}: {out[-1500:]}" for n, out in failures.items())
+                        + "\n"
+                        + self.diagnostics()
+                    )
                 results = dict(zip(checks, pool.map(lambda check: check.run(self.home), checks.values())))
                 for name, result in results.items():
                     if result.returncode == 0:
@@ -503,8 +580,11 @@ class ProcessStack:
         ports and a host name of its own; ``start_process(name)`` starts it."""
         template = self.processes[like]
         env = {**template.env, "STACK_HOSTNAME": name}
-        for port in ("AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT", "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT",
-                     "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_PORT"):
+        for port in (
+            "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT",
+            "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT",
+            "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_PORT",
+        ):
             if port in env:
                 env[port] = str(free_port())
         self.processes[name] = Process(name, template.service, list(template.argv), env)
@@ -515,9 +595,12 @@ class ProcessStack:
     def token(self) -> str:
         """A JWT for the REST API, as a user gets one: ``POST /auth/token`` with the login."""
         username, password = self.credentials
-        request = urllib.request.Request(f"{self.api_url}/auth/token", method="POST",
-                                         data=json.dumps({"username": username, "password": password}).encode(),
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            f"{self.api_url}/auth/token",
+            method="POST",
+            data=json.dumps({"username": username, "password": password}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
         with urllib.request.urlopen(request, timeout=30) as response:
             return json.loads(response.read())["access_token"]
 

@@ -36,9 +36,15 @@ def _set_parent_death_signal() -> None:  # in the child, between fork and exec
 def spawn(argv: Sequence[str], *, cwd: str | Path, env: Mapping[str, str], log: IO[bytes]) -> subprocess.Popen:
     """Start ``argv`` in a process group of its own, output to ``log``, no stdin."""
     return subprocess.Popen(
-        list(argv), cwd=cwd, env=dict(env), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+        list(argv),
+        cwd=cwd,
+        env=dict(env),
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
         start_new_session=True,  # its own process group: pgid == pid
-        preexec_fn=_set_parent_death_signal if sys.platform.startswith("linux") else None)
+        preexec_fn=_set_parent_death_signal if sys.platform.startswith("linux") else None,
+    )
 
 
 def signal_group(popen: subprocess.Popen, sig: int) -> None:

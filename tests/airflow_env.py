@@ -208,8 +208,13 @@ def airflow_db(airflow_home: Path) -> str:
 def dag_bundle_config(folder: str | os.PathLike[str], name: str = "test-dags") -> str:
     """``[dag_processor] dag_bundle_config_list`` with one local bundle: ``folder``."""
     return json.dumps(
-        [{"name": name, "classpath": "airflow.dag_processing.bundles.local.LocalDagBundle",
-          "kwargs": {"path": str(folder), "refresh_interval": 0}}]
+        [
+            {
+                "name": name,
+                "classpath": "airflow.dag_processing.bundles.local.LocalDagBundle",
+                "kwargs": {"path": str(folder), "refresh_interval": 0},
+            }
+        ]
     )
 
 

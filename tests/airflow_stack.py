@@ -81,8 +81,15 @@ class StackClient:
 
     # ------------------------------------------------------------------------------- REST API
 
-    def api(self, method: str, path: str, payload: Any = None, *, params: Mapping[str, Any] | None = None,
-            timeout: float = 30) -> Any:
+    def api(
+        self,
+        method: str,
+        path: str,
+        payload: Any = None,
+        *,
+        params: Mapping[str, Any] | None = None,
+        timeout: float = 30,
+    ) -> Any:
         """Call the api-server; returns the decoded JSON. Raises urllib.error.HTTPError on 4xx/5xx."""
         url = self.api_url + path
         if params:
@@ -117,12 +124,19 @@ class StackClient:
             if errors:
                 raise RuntimeError(f"DAG import errors while waiting for {dag_id}: {json.dumps(errors, indent=1)}")
             if time.monotonic() > deadline:
-                raise TimeoutError(f"DAG {dag_id} not parsed within {timeout}s\n"
-                                   + self.stack.log_tail("airflow-dag-processor"))
+                raise TimeoutError(
+                    f"DAG {dag_id} not parsed within {timeout}s\n" + self.stack.log_tail("airflow-dag-processor")
+                )
             time.sleep(0.5)
 
-    def trigger(self, dag_id: str, conf: Mapping[str, Any] | None = None, *, run_id: str | None = None,
-                wait_for_dag_timeout: float = 60.0) -> str:
+    def trigger(
+        self,
+        dag_id: str,
+        conf: Mapping[str, Any] | None = None,
+        *,
+        run_id: str | None = None,
+        wait_for_dag_timeout: float = 60.0,
+    ) -> str:
         """Trigger a manual run (REST API) once the DAG is parsed and unpaused; returns the run id."""
         dag = self.wait_for_dag(dag_id, timeout=wait_for_dag_timeout)
         if dag.get("is_paused"):
@@ -148,8 +162,9 @@ class StackClient:
                 return state
             self.check_alive()
             if time.monotonic() > deadline:
-                raise TimeoutError(f"run {dag_id}/{run_id} still {state} after {timeout}s\n"
-                                   + self.diagnostics(dag_id, run_id))
+                raise TimeoutError(
+                    f"run {dag_id}/{run_id} still {state} after {timeout}s\n" + self.diagnostics(dag_id, run_id)
+                )
             time.sleep(poll)
 
     def task_instances(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
@@ -168,8 +183,9 @@ class StackClient:
             for ti in self.task_instances(dag_id, run_id)
         }
 
-    def task_events(self, dag_id: str, run_id: str, task_id: str | None = None,
-                    map_index: int | None = None) -> list[dict[str, Any]]:
+    def task_events(
+        self, dag_id: str, run_id: str, task_id: str | None = None, map_index: int | None = None
+    ) -> list[dict[str, Any]]:
         """The audit log (metadata table ``log``) of a run, oldest first.
 
         The execution API writes one row per task-instance state change it handles: ``running`` on
@@ -200,7 +216,7 @@ class StackClient:
         ran the trigger and handed the task back to the scheduler.
         """
         events = [e["event"] for e in self.task_events(dag_id, run_id, task_id, map_index)]
-        return "deferred" in events and "running" in events[events.index("deferred") + 1:]
+        return "deferred" in events and "running" in events[events.index("deferred") + 1 :]
 
     def trigger_log_events(self, dag_id: str, run_id: str, task_id: str) -> list[dict[str, Any]]:
         """What the triggerer logged for a task's triggers, oldest first.
@@ -224,8 +240,10 @@ class StackClient:
 
     def task_log(self, dag_id: str, run_id: str, task_id: str, try_number: int = 1, map_index: int = -1) -> str:
         """The task's log as the UI shows it (worker and triggerer parts), as text."""
-        path = (f"/api/v2/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id, safe='')}/taskInstances/"
-                f"{task_id}/logs/{try_number}")
+        path = (
+            f"/api/v2/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id, safe='')}/taskInstances/"
+            f"{task_id}/logs/{try_number}"
+        )
         result = self.api("GET", path, params={"full_content": "true", "map_index": map_index})
         content = result.get("content") if isinstance(result, dict) else result
         if isinstance(content, list):
@@ -243,8 +261,9 @@ class StackClient:
             with contextlib.suppress(Exception):
                 parts.append(f"task states: {self.task_instance_states(dag_id, run_id)}")
             with contextlib.suppress(Exception):
-                parts.append("events: " + ", ".join(
-                    f"{e['task_id']}:{e['event']}" for e in self.task_events(dag_id, run_id)))
+                parts.append(
+                    "events: " + ", ".join(f"{e['task_id']}:{e['event']}" for e in self.task_events(dag_id, run_id))
+                )
         parts.append(self.stack.diagnostics(lines=lines))
         return "\n".join(parts)
 
@@ -274,10 +293,20 @@ class AirflowStack(StackClient):
     ) -> None:
         plugins = Path(plugins_folder) if plugins_folder else PLUGINS_FOLDER
         overrides = {**FAST, "AIRFLOW__CORE__PARALLELISM": str(parallelism), **(env or {})}
-        super().__init__(ProcessStack(
-            home, executor="LocalExecutor", emulator=False, dags_folder=dags_folder, plugins_folder=plugins,
-            env_file=ENV_EXAMPLE, environ=shell_environ(), overrides=overrides, startup_timeout=startup_timeout,
-            stop_timeout=stop_timeout))
+        super().__init__(
+            ProcessStack(
+                home,
+                executor="LocalExecutor",
+                emulator=False,
+                dags_folder=dags_folder,
+                plugins_folder=plugins,
+                env_file=ENV_EXAMPLE,
+                environ=shell_environ(),
+                overrides=overrides,
+                startup_timeout=startup_timeout,
+                stop_timeout=stop_timeout,
+            )
+        )
 
     @property
     def timings(self) -> dict[str, float]:
@@ -303,8 +332,14 @@ def emulator_client(url: str):
     import boto3
     from botocore.config import Config
 
-    return boto3.client("medical-imaging", endpoint_url=url, region_name="us-east-1", aws_access_key_id="x",
-                        aws_secret_access_key="x", config=Config(inject_host_prefix=False, retries={"mode": "standard"}))
+    return boto3.client(
+        "medical-imaging",
+        endpoint_url=url,
+        region_name="us-east-1",
+        aws_access_key_id="x",
+        aws_secret_access_key="x",
+        config=Config(inject_host_prefix=False, retries={"mode": "standard"}),
+    )
 
 
 def image_sets_by_series(client, datastore_id: str) -> dict[str, set[str]]:

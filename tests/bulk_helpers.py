@@ -7,7 +7,7 @@
   :func:`series_copies`, :func:`copy_calls`) and :func:`run_dag`, a ``dag.test()`` run with its task
   states, log events, report folder and ledger rows.
 
-Test modules import the fixtures from here by name (pytest finds a fixture in the module's namespace).
+Its fixtures reach every test module through ``pytest_plugins`` in conftest.py; the rest is imported by name.
 """
 
 from __future__ import annotations
@@ -110,8 +110,12 @@ def series_copies(client, datastore_id: str, image_set_id: str) -> set[str]:
     """The image sets holding the series of ``image_set_id`` (itself included)."""
     series_uid = next(iter(document(client, datastore_id, image_set_id)["Study"]["Series"]))
     criteria = {"filters": [{"operator": "EQUAL", "values": [{"DICOMSeriesInstanceUID": series_uid}]}]}
-    return {s["imageSetId"] for s in client.search_image_sets(datastoreId=datastore_id, searchCriteria=criteria)
-            ["imageSetsMetadataSummaries"]}
+    return {
+        s["imageSetId"]
+        for s in client.search_image_sets(datastoreId=datastore_id, searchCriteria=criteria)[
+            "imageSetsMetadataSummaries"
+        ]
+    }
 
 
 def copy_calls(emulator) -> dict[str, Any]:
@@ -152,17 +156,25 @@ def run_dag(dag, conf: dict[str, Any], ledger: Ledger, *, logical_date: datetime
     kwargs = {"logical_date": logical_date} if logical_date else {}
     dag_run = dag.test(run_conf=conf, **kwargs)
     with create_session() as session:
-        tis = {(ti.task_id, ti.map_index): (ti.state, ti.try_number)
-               for ti in dag_run.get_task_instances(session=session)}
-        events = [(r.task_id, r.map_index, r.event) for r in
-                  session.query(Log).filter(Log.dag_id == dag.dag_id, Log.run_id == dag_run.run_id).order_by(Log.id)]
+        tis = {
+            (ti.task_id, ti.map_index): (ti.state, ti.try_number) for ti in dag_run.get_task_instances(session=session)
+        }
+        events = [
+            (r.task_id, r.map_index, r.event)
+            for r in session.query(Log).filter(Log.dag_id == dag.dag_id, Log.run_id == dag_run.run_id).order_by(Log.id)
+        ]
     folder = report_folder(conf, dag.dag_id, dag_run.run_id)
     return Run(dag_run, dag_run.run_id, dag_run.state, tis, events, folder, ledger.run_rows(dag.dag_id, dag_run.run_id))
 
 
 def bulk_conf(tmp_path: Path, manifest: str | Path, datastore_id: str, **changes: Any) -> dict[str, Any]:
-    return {"manifest": str(manifest), "default_datastore_id": datastore_id, "report_folder": str(tmp_path / "reports"),
-            **FAST, **changes}
+    return {
+        "manifest": str(manifest),
+        "default_datastore_id": datastore_id,
+        "report_folder": str(tmp_path / "reports"),
+        **FAST,
+        **changes,
+    }
 
 
 def write_manifest(path: Path, rows: list[dict[str, Any]]) -> Path:
@@ -175,4 +187,3 @@ def accounted(report: dict[str, Any]) -> None:
     counts = report["counts"]
     total = counts["succeeded"] + counts["failed"] + counts["rejected"] + counts["skipped"] + counts["planned"]
     assert total == report["manifest"]["rows"] and report["allRowsAccountedFor"], report
-

@@ -9,13 +9,15 @@
 
 import pytest
 
-pytest.register_assert_rewrite("tests.airflow_env", "tests.airflow_stack", "tests.bulk_helpers", "tests.healthimaging_helpers")
+pytest.register_assert_rewrite(
+    "tests.airflow_env", "tests.airflow_stack", "tests.bulk_helpers", "tests.healthimaging_helpers"
+)
 
 from tests import airflow_env  # noqa: E402
 
 airflow_env.configure()
 
-pytest_plugins = ["healthimaging_emulator.pytest_plugin", "tests.airflow_env"]
+pytest_plugins = ["healthimaging_emulator.pytest_plugin", "tests.airflow_env", "tests.bulk_helpers"]
 
 
 def pytest_configure(config):

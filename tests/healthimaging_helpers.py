@@ -35,7 +35,9 @@ def sop_uids(document: dict[str, Any]) -> set[str]:
 
 
 def frame_count(document: dict[str, Any]) -> int:
-    return sum(len(i.get("ImageFrames") or []) for s in document["Study"]["Series"].values() for i in s["Instances"].values())
+    return sum(
+        len(i.get("ImageFrames") or []) for s in document["Study"]["Series"].values() for i in s["Instances"].values()
+    )
 
 
 @dataclass
@@ -109,7 +111,8 @@ class Sample:
         items = [
             item
             for page in self.client.get_paginator("list_image_set_versions").paginate(
-                datastoreId=self.datastore_id, imageSetId=image_set_id)
+                datastoreId=self.datastore_id, imageSetId=image_set_id
+            )
             for item in page["imageSetPropertiesList"]
         ]
         return {item["versionId"]: item for item in items}
@@ -129,37 +132,55 @@ class Sample:
         return self.handle.counters().get("CopyImageSet", {}).get("calls", 0)
 
     def copy_counters(self) -> dict[str, Any]:
-        return self.handle.counters().get("CopyImageSet", {"calls": 0, "succeeded": 0, "throttled": 0, "faults": {},
-                                                            "errors": {}})
+        return self.handle.counters().get(
+            "CopyImageSet", {"calls": 0, "succeeded": 0, "throttled": 0, "faults": {}, "errors": {}}
+        )
 
     # -------------------------------------------------------------- choosing image sets
 
     def with_instances(self, minimum: int) -> ImageSet:
         """The image set with the most instances (at least ``minimum``), every instance with frames."""
-        candidates = [s for s in self.image_sets if len(s.document["Study"]["Series"]) == 1
-                      and all(i.get("ImageFrames") for i in s.document["Study"]["Series"][s.series_uid]["Instances"].values())]
+        candidates = [
+            s
+            for s in self.image_sets
+            if len(s.document["Study"]["Series"]) == 1
+            and all(i.get("ImageFrames") for i in s.document["Study"]["Series"][s.series_uid]["Instances"].values())
+        ]
         best = max(candidates, key=lambda s: len(s.instances))
         assert len(best.instances) >= minimum
         return best
 
     def other_patient(self, source: ImageSet) -> ImageSet:
         """An image set of another patient and study, with a patient id (so that a merge mismatches)."""
-        return next(s for s in self.image_sets if s.patient_id and s.patient_id != source.patient_id
-                    and s.study_uid != source.study_uid and s.instances and s.frames)
+        return next(
+            s
+            for s in self.image_sets
+            if s.patient_id
+            and s.patient_id != source.patient_id
+            and s.study_uid != source.study_uid
+            and s.instances
+            and s.frames
+        )
 
     def same_study_pair(self) -> tuple[ImageSet, ImageSet]:
         """Two image sets of one study with different series: a copy between them without force ends
         COPY_FAILED with the documented Series mismatch message."""
-        return next((a, b) for a in self.image_sets for b in self.image_sets
-                    if a is not b and a.study_uid == b.study_uid and a.series_uid != b.series_uid and a.frames)
+        return next(
+            (a, b)
+            for a in self.image_sets
+            for b in self.image_sets
+            if a is not b and a.study_uid == b.study_uid and a.series_uid != b.series_uid and a.frames
+        )
 
     def by_id(self, image_set_id: str) -> ImageSet:
         return next(s for s in self.image_sets if s.image_set_id == image_set_id)
 
 
 def copiable(selection: dict[str, list[str]]) -> dict[str, Any]:
-    return {"SchemaVersion": "1.1",
-            "Study": {"Series": {series: {"Instances": {uid: {} for uid in uids}} for series, uids in selection.items()}}}
+    return {
+        "SchemaVersion": "1.1",
+        "Study": {"Series": {series: {"Instances": {uid: {} for uid in uids}} for series, uids in selection.items()}},
+    }
 
 
 class Code(str):
@@ -192,8 +213,11 @@ def update_study_description(sample: Sample, image_set_id: str, text: str) -> st
     latest = sample.get(image_set_id)["versionId"]
     updates = {"SchemaVersion": 1.1, "Study": {"DICOM": {"StudyDescription": text}}}
     response = sample.client.update_image_set_metadata(
-        datastoreId=sample.datastore_id, imageSetId=image_set_id, latestVersionId=latest,
-        updateImageSetMetadataUpdates={"DICOMUpdates": {"updatableAttributes": json.dumps(updates).encode()}})
+        datastoreId=sample.datastore_id,
+        imageSetId=image_set_id,
+        latestVersionId=latest,
+        updateImageSetMetadataUpdates={"DICOMUpdates": {"updatableAttributes": json.dumps(updates).encode()}},
+    )
     sample.wait_active(image_set_id)
     return response["latestVersionId"]
 
@@ -204,9 +228,13 @@ def boto_copy(sample: Sample, source: str, *, destination: str | None = None, se
     if selection is not None:
         info["sourceImageSet"]["DICOMCopies"] = {"copiableAttributes": json.dumps(copiable(selection))}
     if destination:
-        info["destinationImageSet"] = {"imageSetId": destination, "latestVersionId": sample.get(destination)["versionId"]}
-    response = sample.client.copy_image_set(datastoreId=sample.datastore_id, sourceImageSetId=source,
-                                            copyImageSetInformation=info, **flags)
+        info["destinationImageSet"] = {
+            "imageSetId": destination,
+            "latestVersionId": sample.get(destination)["versionId"],
+        }
+    response = sample.client.copy_image_set(
+        datastoreId=sample.datastore_id, sourceImageSetId=source, copyImageSetInformation=info, **flags
+    )
     image_set_id = response["destinationImageSetProperties"]["imageSetId"]
     sample.wait_active(image_set_id)
     sample.wait_active(source)
@@ -260,10 +288,14 @@ def write_dag(folder: Path, dag_id: str, body: str, *, params: str = "{}") -> Pa
     folder.mkdir(parents=True, exist_ok=True)
     results = folder.parent / "results"
     results.mkdir(exist_ok=True)
-    text = DAG_HEADER.format(results=str(results)) + textwrap.dedent(f'''
+    text = (
+        DAG_HEADER.format(results=str(results))
+        + textwrap.dedent(f"""
         with DAG(dag_id={dag_id!r}, schedule=None, start_date=datetime(2024, 1, 1), catchup=False, params={params},
                  default_args={{"on_failure_callback": record_failure, "retries": 0}}) as dag:
-        ''') + textwrap.indent(textwrap.dedent(body).strip() + "\n", "    ")
+        """)
+        + textwrap.indent(textwrap.dedent(body).strip() + "\n", "    ")
+    )
     path = folder / f"{dag_id}.py"
     path.write_text(text)
     return path
@@ -289,11 +321,18 @@ def run_dag(dag_bundle, folder: Path, dag_id: str, *, run_conf: dict[str, Any] |
         tries = {ti.task_id: ti.try_number for ti in tis}
         started = {ti.task_id: ti.start_date.timestamp() if ti.start_date else None for ti in tis}
         ended = {ti.task_id: ti.end_date.timestamp() if ti.end_date else None for ti in tis}
-        rows = session.query(XComModel).filter(XComModel.dag_id == dag_id, XComModel.run_id == dag_run.run_id,
-                                              XComModel.key == "return_value").all()
-        xcom = {row.task_id: (json.loads(row.value) if isinstance(row.value, (str, bytes)) else row.value) for row in rows}
-        events = [(row.task_id, row.event) for row in session.query(Log).filter(
-            Log.dag_id == dag_id, Log.run_id == dag_run.run_id).order_by(Log.id)]
+        rows = (
+            session.query(XComModel)
+            .filter(XComModel.dag_id == dag_id, XComModel.run_id == dag_run.run_id, XComModel.key == "return_value")
+            .all()
+        )
+        xcom = {
+            row.task_id: (json.loads(row.value) if isinstance(row.value, (str, bytes)) else row.value) for row in rows
+        }
+        events = [
+            (row.task_id, row.event)
+            for row in session.query(Log).filter(Log.dag_id == dag_id, Log.run_id == dag_run.run_id).order_by(Log.id)
+        ]
     results = folder.parent / "results"
     errors = {p.name.removesuffix(".error"): p.read_text() for p in results.glob("*.error")} if results.exists() else {}
     return DagResult(str(dag_run.state), task_states, xcom, errors, events, tries, seconds, started, ended)

@@ -100,7 +100,9 @@ def test_dag_test_runs_a_deferrable_sensor_in_process(airflow_db, dag_bundle, tm
         states = {ti.task_id: ti.state for ti in dag_run.get_task_instances(session=session)}
         events = [
             (row.task_id, row.event)
-            for row in session.query(Log).filter(Log.dag_id == dag.dag_id, Log.run_id == dag_run.run_id).order_by(Log.id)
+            for row in session.query(Log)
+            .filter(Log.dag_id == dag.dag_id, Log.run_id == dag_run.run_id)
+            .order_by(Log.id)
         ]
     assert states == {"wait": "success", "after_wait": "success"}
     # dag.test() runs the trigger in-process; the deferral still goes through the execution API.

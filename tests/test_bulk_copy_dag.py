@@ -23,24 +23,22 @@ import sqlalchemy as sa
 
 from healthimaging.bulk import engine as bulk_copy
 from healthimaging.bulk.engine import BatchCopyEngine, BulkCopySettings
-from healthimaging.bulk.run import MAX_BATCHES, prepare
 from healthimaging.bulk.ledger import Ledger, copies, engine_for, manifests
 from healthimaging.bulk.manifest import template
 from healthimaging.bulk.rate_limit import SharedTokenBucket, buckets
-from stack.processes import free_port
+from healthimaging.bulk.run import MAX_BATCHES, prepare
 from healthimaging_emulator.exceptions import ValidationException
-from tests.bulk_helpers import (  # noqa: F401 - bulk_dag, bulk_logs and ledger are fixtures
+from stack.processes import free_port
+from tests.bulk_helpers import (
     BULK_DAG_ID,
     FAST,
     SCHEDULED_DAG_ID,
+    Run,
     accounted,
     bulk_conf,
-    bulk_dag,
-    bulk_logs,
     copy_calls,
     document,
     image_set_ids,
-    ledger,
     load_dag,
     run_dag,
     seed,
@@ -51,8 +49,10 @@ from tests.bulk_helpers import (  # noqa: F401 - bulk_dag, bulk_logs and ledger 
 MISSING = "f" * 32  # a well-formed image set id that no data store holds
 POSTGRES = {"conn_type": "postgres", "host": "127.0.0.1", "port": 5432, "login": "postgres", "schema": "test"}
 POSTGRES_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
-PROGRESS = re.compile(r"batch (\d+): (\d+)/(\d+) rows done \((\d+) succeeded, (\d+) failed, (\d+) in flight\), "
-                      r"([\d.]+) rows/s, ETA (\d+s|unknown)")
+PROGRESS = re.compile(
+    r"batch (\d+): (\d+)/(\d+) rows done \((\d+) succeeded, (\d+) failed, (\d+) in flight\), "
+    r"([\d.]+) rows/s, ETA (\d+s|unknown)"
+)
 
 
 # ------------------------------------------------------------------------------------------ fixtures
@@ -75,22 +75,41 @@ def asset_events(name: str) -> list[tuple[str, dict[str, Any]]]:
     from airflow.utils.session import create_session
 
     with create_session() as session:
-        query = (sa.select(AssetModel.uri, AssetEvent.extra).join(AssetModel, AssetEvent.asset_id == AssetModel.id)
-                 .where(AssetModel.name == name).order_by(AssetEvent.id))
+        query = (
+            sa.select(AssetModel.uri, AssetEvent.extra)
+            .join(AssetModel, AssetEvent.asset_id == AssetModel.id)
+            .where(AssetModel.name == name)
+            .order_by(AssetEvent.id)
+        )
         return [(uri, dict(extra)) for uri, extra in session.execute(query)]
 
 
 # ------------------------------------------------------------------------------------------ the trigger form
 
 
-@pytest.mark.parametrize(("conf", "problem"), [
-    ({"default_datastore_id": "NOT-A-DATASTORE"}, "Invalid input for param default_datastore_id: 'NOT-A-DATASTORE' does not match"),
-    ({"tolerated_failure_percent": 150}, "Invalid input for param tolerated_failure_percent: 150 is greater than the maximum of 100"),
-    ({"copies_per_second": 0}, "Invalid input for param copies_per_second: 0 is less than or equal to the minimum of 0"),
-    ({"max_copies_in_flight": 101}, "Invalid input for param max_copies_in_flight: 101 is greater than the maximum of 100"),
-    ({"dry_run": "yes"}, "Invalid input for param dry_run: 'yes' is not of type 'boolean'"),
-    ({"manifest": ""}, "Invalid input for param manifest: '' should be non-empty"),
-])
+@pytest.mark.parametrize(
+    ("conf", "problem"),
+    [
+        (
+            {"default_datastore_id": "NOT-A-DATASTORE"},
+            "Invalid input for param default_datastore_id: 'NOT-A-DATASTORE' does not match",
+        ),
+        (
+            {"tolerated_failure_percent": 150},
+            "Invalid input for param tolerated_failure_percent: 150 is greater than the maximum of 100",
+        ),
+        (
+            {"copies_per_second": 0},
+            "Invalid input for param copies_per_second: 0 is less than or equal to the minimum of 0",
+        ),
+        (
+            {"max_copies_in_flight": 101},
+            "Invalid input for param max_copies_in_flight: 101 is greater than the maximum of 100",
+        ),
+        ({"dry_run": "yes"}, "Invalid input for param dry_run: 'yes' is not of type 'boolean'"),
+        ({"manifest": ""}, "Invalid input for param manifest: '' should be non-empty"),
+    ],
+)
 def test_the_trigger_form_rejects_bad_input_before_anything_runs(bulk_dag, ledger, conf, problem):
     from airflow.sdk.exceptions import ParamValidationError
 
@@ -112,7 +131,8 @@ def test_the_manifest_is_required(bulk_dag):
 
 
 def test_bulk_copy_end_to_end_with_faults_a_killed_batch_and_failures(
-        bulk_dag, ledger, emulator_connection, bulk_logs, tmp_path, monkeypatch, capfd):
+    bulk_dag, ledger, emulator_connection, bulk_logs, tmp_path, monkeypatch, capfd
+):
     """Throttling, an internal error, a lost response, COPY_FAILED, NotFound and ValidationException, a
     batch whose engine dies right after CopyImageSet was accepted (the task is retried and resumes),
     rejected rows, a subset copy waiting for another copy of its source; then lineage, logs, report
@@ -138,8 +158,9 @@ def test_bulk_copy_end_to_end_with_faults_a_killed_batch_and_failures(
 
     # CopyImageSet's calls in order: row 1; row 2 throttled then accepted; row 3 a 500 then (reconciled:
     # nothing took effect) accepted; row 4 accepted but the answer lost; row 5 accepted, then COPY_FAILED.
-    emulator.configure(script={"CopyImageSet": ["none", "throttle", "none", "internal_error", "none", "lost_response",
-                                                "copy_failed"]})
+    emulator.configure(
+        script={"CopyImageSet": ["none", "throttle", "none", "internal_error", "none", "lost_response", "copy_failed"]}
+    )
     real_copy_image_set = emulator.backend.copy_image_set
 
     def copy_image_set(**params):
@@ -167,14 +188,34 @@ def test_bulk_copy_end_to_end_with_faults_a_killed_batch_and_failures(
     assert run.state == "success", run.tis
     assert run.tis[("copy_batch", 0)] == ("success", 2)  # failed once, retried once
     batch_events = [event for task, _, event in run.events if task == "copy_batch"]
-    assert batch_events == ["running", "deferred", "running", "up_for_retry", "running", "deferred", "running", "success"]
+    assert batch_events == [
+        "running",
+        "deferred",
+        "running",
+        "up_for_retry",
+        "running",
+        "deferred",
+        "running",
+        "success",
+    ]
     report = run.report
-    assert report["counts"] == {"succeeded": 5, "failed": 3, "rejected": 2, "skipped": 0, "planned": 0, "unfinished": 0,
-                                "accountedFor": 10}
+    assert report["counts"] == {
+        "succeeded": 5,
+        "failed": 3,
+        "rejected": 2,
+        "skipped": 0,
+        "planned": 0,
+        "unfinished": 0,
+        "accountedFor": 10,
+    }
     accounted(report)
     assert report["failurePercent"] == 37.5 and report["toleratedFailurePercent"] == 40
-    assert report["errors"] == {"COPY_FAILED": 1, "ResourceNotFoundException": 1, "ValidationException": 1,
-                                "InvalidManifestRow": 2}
+    assert report["errors"] == {
+        "COPY_FAILED": 1,
+        "ResourceNotFoundException": 1,
+        "ValidationException": 1,
+        "InvalidManifestRow": 2,
+    }
 
     # --- exactly one new image set per copy sent: rows 1-5 and 10 (row 5's copy failed, but it exists)
     after = image_set_ids(client, datastore_id)
@@ -189,18 +230,34 @@ def test_bulk_copy_end_to_end_with_faults_a_killed_batch_and_failures(
 
     # --- the ledger: every column of the lineage
     status = {r["row_number"]: r["status"] for r in run.rows}
-    assert status == {1: "succeeded", 2: "succeeded", 3: "succeeded", 4: "succeeded", 5: "failed", 6: "failed",
-                      7: "failed", 8: "rejected", 9: "rejected", 10: "succeeded"}
+    assert status == {
+        1: "succeeded",
+        2: "succeeded",
+        3: "succeeded",
+        4: "succeeded",
+        5: "failed",
+        6: "failed",
+        7: "failed",
+        8: "rejected",
+        9: "rejected",
+        10: "succeeded",
+    }
     digest = hashlib.sha256(manifest.read_bytes()).hexdigest()
     for row in run.rows:
         assert (row["dag_id"], row["run_id"], row["manifest_uri"], row["manifest_sha256"]) == (
-            BULK_DAG_ID, run.run_id, str(manifest), digest)
+            BULK_DAG_ID,
+            run.run_id,
+            str(manifest),
+            digest,
+        )
         assert row["label"] == rows[row["row_number"] - 1]["label"]
     for number in (1, 2, 3, 4, 10):
         row = run.row(number)
         assert row["datastore_id"] == datastore_id and row["source_version_id"] == "1"
         assert row["destination_image_set_id"] in after - before and row["destination_version_id"] == "1"
-        assert row["destination_image_set_arn"].endswith(f"datastore/{datastore_id}/imageset/{row['destination_image_set_id']}")
+        assert row["destination_image_set_arn"].endswith(
+            f"datastore/{datastore_id}/imageset/{row['destination_image_set_id']}"
+        )
         assert row["copy_kind"] == ("subset" if number == 10 else "new")
         assert row["force"] is False and row["promote_to_primary"] is False
         assert row["error_code"] is None and row["message"] is None and row["verified"] is True
@@ -210,15 +267,27 @@ def test_bulk_copy_end_to_end_with_faults_a_killed_batch_and_failures(
     assert run.row(10)["claimed_at"] >= run.row(1)["completed_at"]  # taken only once row 1's copy was over
     failed = {number: (run.row(number)["error_code"], run.row(number)["message"]) for number in (5, 6, 7)}
     assert failed[5] == ("COPY_FAILED", "INTERNAL_FAILURE: Copy failed due to an injected fault.")
-    assert failed[6] == ("ResourceNotFoundException", f"Image set {MISSING} does not exist in datastore {datastore_id}.")
-    assert failed[7] == ("ValidationException", "copiableAttributes selects nothing this image set can copy (injected).")
+    assert failed[6] == (
+        "ResourceNotFoundException",
+        f"Image set {MISSING} does not exist in datastore {datastore_id}.",
+    )
+    assert failed[7] == (
+        "ValidationException",
+        "copiableAttributes selects nothing this image set can copy (injected).",
+    )
     assert run.row(5)["destination_image_set_id"] and run.row(5)["completed_at"] and run.row(6)["attempts"] == 0
 
     # --- the report files
-    assert sorted(p.name for p in run.folder.iterdir()) == ["failed.csv", "rejected.csv", "report.json", "skipped.csv",
-                                                            "succeeded.csv"]
+    assert sorted(p.name for p in run.folder.iterdir()) == [
+        "failed.csv",
+        "rejected.csv",
+        "report.json",
+        "skipped.csv",
+        "succeeded.csv",
+    ]
     assert {(r["row_number"], r["error_code"], r["message"]) for r in run.csv("failed.csv")} == {
-        (str(n), code, message) for n, (code, message) in failed.items()}
+        (str(n), code, message) for n, (code, message) in failed.items()
+    }
     assert sorted(int(r["row_number"]) for r in run.csv("succeeded.csv")) == [1, 2, 3, 4, 10]
     rejected = {r["row_number"]: r["message"] for r in run.csv("rejected.csv")}
     assert rejected["8"].startswith("row 8, column source_image_set_id: 'not-an-id' is not an id")
@@ -234,9 +303,13 @@ def test_bulk_copy_end_to_end_with_faults_a_killed_batch_and_failures(
             by_row.setdefault(line["row"], []).append(line["status"])
             assert line["dag_id"] == BULK_DAG_ID and line["datastore_id"] == datastore_id
     assert by_row == {
-        1: ["submitting", "submitted", "succeeded"], 2: ["submitting", "submitted", "succeeded"],
-        3: ["submitting", "submitted", "succeeded"], 4: ["submitting", "submitted", "succeeded"],
-        5: ["submitting", "submitted", "failed"], 6: ["submitting", "failed"], 7: ["submitting", "failed"],
+        1: ["submitting", "submitted", "succeeded"],
+        2: ["submitting", "submitted", "succeeded"],
+        3: ["submitting", "submitted", "succeeded"],
+        4: ["submitting", "submitted", "succeeded"],
+        5: ["submitting", "submitted", "failed"],
+        6: ["submitting", "failed"],
+        7: ["submitting", "failed"],
         10: ["submitting", "submitted", "succeeded"],
     }
     reconciled = [line for line in bulk_logs.states(run.run_id) if line["event"] == "copy_reconciled"]
@@ -256,8 +329,10 @@ def test_bulk_copy_end_to_end_with_faults_a_killed_batch_and_failures(
         dicom = document(client, datastore_id, image_set_id)["Patient"]["DICOM"]
         patients |= {dicom["PatientName"], dicom["PatientID"]}
     assert patients and all(len(value) >= 8 for value in patients)
-    written = "\n".join([*bulk_logs.messages, output.out, output.err, json.dumps(run.rows, default=str)]
-                        + [p.read_text() for p in run.folder.iterdir()])
+    written = "\n".join(
+        [*bulk_logs.messages, output.out, output.err, json.dumps(run.rows, default=str)]
+        + [p.read_text() for p in run.folder.iterdir()]
+    )
     assert not [value for value in patients if value in written]
 
     # --- the Asset event of the data store, summarizing the run
@@ -274,12 +349,16 @@ def test_a_rerun_skips_the_rows_already_copied_on_postgresql(bulk_dag, postgres_
     emulator = emulator_connection
     client = emulator.client()
     datastore_id, ids = seed(emulator, 3)
-    manifest = write_manifest(tmp_path / "copies.csv", [{"source_image_set_id": i, "label": f"copy {n}"} for n, i in enumerate(ids)])
+    manifest = write_manifest(
+        tmp_path / "copies.csv", [{"source_image_set_id": i, "label": f"copy {n}"} for n, i in enumerate(ids)]
+    )
     conf = bulk_conf(tmp_path, manifest, datastore_id)
     try:
         first = run_dag(bulk_dag, conf, postgres_ledger)
         assert first.state == "success" and [r["status"] for r in first.rows] == ["succeeded"] * 3
-        assert str(postgres_ledger.engine.url).startswith("postgresql") and first.report["ledger"].startswith("postgresql")
+        assert str(postgres_ledger.engine.url).startswith("postgresql") and first.report["ledger"].startswith(
+            "postgresql"
+        )
         calls = copy_calls(emulator)["calls"]
 
         second = run_dag(bulk_dag, conf, postgres_ledger)
@@ -291,7 +370,8 @@ def test_a_rerun_skips_the_rows_already_copied_on_postgresql(bulk_dag, postgres_
         accounted(second.report)
         skipped = second.csv("skipped.csv")
         assert [(r["row_number"], r["error_code"], r["message"]) for r in skipped] == [
-            (str(n), "AlreadyCopied", f"copied by run {first.run_id} (row {n})") for n in (1, 2, 3)]
+            (str(n), "AlreadyCopied", f"copied by run {first.run_id} (row {n})") for n in (1, 2, 3)
+        ]
         assert [r["destination_image_set_id"] for r in skipped] == [r["destination_image_set_id"] for r in first.rows]
     finally:
         with postgres_ledger.engine.begin() as db:
@@ -305,23 +385,40 @@ def test_a_dry_run_checks_every_row_and_copies_nothing(bulk_dag, ledger, emulato
     emulator = emulator_connection
     client = emulator.client()
     datastore_id, ids = seed(emulator, 4)
-    manifest = write_manifest(tmp_path / "plan.csv", [
-        {"source_image_set_id": ids[0], "label": "new"},
-        {"source_image_set_id": ids[1], "destination_image_set_id": ids[2], "label": "merge of another patient"},
-        {"source_image_set_id": ids[1], "destination_image_set_id": ids[3], "force": "true", "label": "forced merge"},
-        {"source_image_set_id": MISSING, "label": "missing"},
-        {"source_image_set_id": "x", "label": "bad"},
-    ])
+    manifest = write_manifest(
+        tmp_path / "plan.csv",
+        [
+            {"source_image_set_id": ids[0], "label": "new"},
+            {"source_image_set_id": ids[1], "destination_image_set_id": ids[2], "label": "merge of another patient"},
+            {
+                "source_image_set_id": ids[1],
+                "destination_image_set_id": ids[3],
+                "force": "true",
+                "label": "forced merge",
+            },
+            {"source_image_set_id": MISSING, "label": "missing"},
+            {"source_image_set_id": "x", "label": "bad"},
+        ],
+    )
 
-    run = run_dag(bulk_dag, bulk_conf(tmp_path, manifest, datastore_id, dry_run=True, tolerated_failure_percent=50), ledger)
+    run = run_dag(
+        bulk_dag, bulk_conf(tmp_path, manifest, datastore_id, dry_run=True, tolerated_failure_percent=50), ledger
+    )
 
     assert run.state == "success"
     assert run.ti_state("finish_run") == "success" and ("copy_batch", -1) in run.tis  # no batch to map
     assert "CopyImageSet" not in emulator.counters() and len(image_set_ids(client, datastore_id)) == 4
     report = run.report
     assert report["dryRun"] is True
-    assert report["counts"] == {"succeeded": 0, "failed": 2, "rejected": 1, "skipped": 0, "planned": 2, "unfinished": 0,
-                                "accountedFor": 5}
+    assert report["counts"] == {
+        "succeeded": 0,
+        "failed": 2,
+        "rejected": 1,
+        "skipped": 0,
+        "planned": 2,
+        "unfinished": 0,
+        "accountedFor": 5,
+    }
     accounted(report)
     assert report["failurePercent"] == 50.0  # 2 of the 4 rows checked
     planned = {r["row_number"]: r["message"] for r in run.csv("plan.csv")}
@@ -330,15 +427,20 @@ def test_a_dry_run_checks_every_row_and_copies_nothing(bulk_dag, ledger, emulato
     failed = {r["row_number"]: (r["error_code"], r["message"]) for r in run.csv("failed.csv")}
     assert failed["2"][0] == "ForceRequired" and failed["2"][1].startswith("metadata disagree at ")
     assert failed["2"][1].endswith("the copy would end COPY_FAILED without force")
-    assert failed["4"] == ("ResourceNotFoundException", f"Image set {MISSING} does not exist in datastore {datastore_id}.")
+    assert failed["4"] == (
+        "ResourceNotFoundException",
+        f"Image set {MISSING} does not exist in datastore {datastore_id}.",
+    )
     assert [r["row_number"] for r in run.csv("rejected.csv")] == ["5"]
 
 
 def test_strict_mode_fails_before_copying(bulk_dag, ledger, emulator_connection, tmp_path, capfd):
     emulator = emulator_connection
     datastore_id, ids = seed(emulator, 2)
-    manifest = write_manifest(tmp_path / "strict.csv", [
-        {"source_image_set_id": ids[0]}, {"source_image_set_id": "nope"}, {"source_image_set_id": ids[1]}])
+    manifest = write_manifest(
+        tmp_path / "strict.csv",
+        [{"source_image_set_id": ids[0]}, {"source_image_set_id": "nope"}, {"source_image_set_id": ids[1]}],
+    )
 
     run = run_dag(bulk_dag, bulk_conf(tmp_path, manifest, datastore_id, strict=True), ledger)
     output = capfd.readouterr().out
@@ -347,8 +449,10 @@ def test_strict_mode_fails_before_copying(bulk_dag, ledger, emulator_connection,
     assert run.ti_state("prepare_manifest") == "failed" and run.ti_state("finish_run") == "failed"
     assert not [key for key, (state, _) in run.tis.items() if key[0] == "copy_batch" and state == "success"]
     assert "CopyImageSet" not in emulator.counters()
-    assert ("strict mode: 1 of 3 manifest rows are invalid (first: row 2, column source_image_set_id: 'nope' is not an id; "
-            "expected 32 characters of 0-9 and a-z); nothing was copied") in output
+    assert (
+        "strict mode: 1 of 3 manifest rows are invalid (first: row 2, column source_image_set_id: 'nope' is not an id; "
+        "expected 32 characters of 0-9 and a-z); nothing was copied"
+    ) in output
     report = run.report
     assert report["counts"]["rejected"] == 1 and report["counts"]["skipped"] == 2 and report["manifest"]["rows"] == 3
     accounted(report)
@@ -363,8 +467,11 @@ def test_the_tolerated_failure_percent_decides_the_run(bulk_dag, ledger, emulato
     emulator.configure(script={"CopyImageSet": ["copy_failed"]})
     tolerant = run_dag(bulk_dag, bulk_conf(tmp_path, manifest, datastore_id, tolerated_failure_percent=30), ledger)
     emulator.configure(script={"CopyImageSet": ["copy_failed"]})
-    strict = run_dag(bulk_dag, bulk_conf(tmp_path, manifest, datastore_id, tolerated_failure_percent=10,
-                                         skip_already_copied=False), ledger)
+    strict = run_dag(
+        bulk_dag,
+        bulk_conf(tmp_path, manifest, datastore_id, tolerated_failure_percent=10, skip_already_copied=False),
+        ledger,
+    )
     output = capfd.readouterr().out
 
     for run in (tolerant, strict):
@@ -374,8 +481,9 @@ def test_the_tolerated_failure_percent_decides_the_run(bulk_dag, ledger, emulato
         assert run.tis[("copy_batch", 0)][0] == "success"
     assert tolerant.state == "success" and tolerant.ti_state("finish_run") == "success"
     assert strict.state == "failed" and strict.ti_state("finish_run") == "failed"
-    assert ("1 copies failed (25.00% of attempted), more than the tolerated 10.0%; see failed.csv in "
-            f"{strict.folder}") in output
+    assert (
+        f"1 copies failed (25.00% of attempted), more than the tolerated 10.0%; see failed.csv in {strict.folder}"
+    ) in output
 
 
 # ------------------------------------------------------------------------------------------ bad manifests
@@ -390,25 +498,49 @@ def bad_jsonl(ids: list[str]) -> bytes:
         json.dumps({"source_image_set_id": ids[1], "copiable_attributes": "z" * 300_000}),
         json.dumps({"source_image_set_id": ids[1], "colour": "blue"}),
     ]
-    return ("\n".join(rows) + "\n").encode() + b'{"source_image_set_id": "' + ids[1].encode() + b'", "label": "\xc3("}\n'
+    return (
+        ("\n".join(rows) + "\n").encode() + b'{"source_image_set_id": "' + ids[1].encode() + b'", "label": "\xc3("}\n'
+    )
 
 
 BAD_MANIFESTS = {
     # name: (file name, content (ids -> bytes), run state, rows, rejected, expected error, where it is reported:
     # a rejected row's message in rejected.csv, or the task log when there is no row to carry it)
-    "unknown column": ("unknown.csv", lambda ids: f"source_image_set_id,colour\n{ids[0]},red\n{ids[1]},blue\n".encode(),
-                       "failed", 2, 2, "row 2: not read: the header has unknown columns ['colour']", "rejected.csv"),
-    "missing column": ("missing.csv", lambda ids: f"datastore_id,label\n{'d' * 32},x\n".encode(), "failed", 1, 1,
-                       "row 1: not read: the header lacks the required columns ['source_image_set_id']", "rejected.csv"),
+    "unknown column": (
+        "unknown.csv",
+        lambda ids: f"source_image_set_id,colour\n{ids[0]},red\n{ids[1]},blue\n".encode(),
+        "failed",
+        2,
+        2,
+        "row 2: not read: the header has unknown columns ['colour']",
+        "rejected.csv",
+    ),
+    "missing column": (
+        "missing.csv",
+        lambda ids: f"datastore_id,label\n{'d' * 32},x\n".encode(),
+        "failed",
+        1,
+        1,
+        "row 1: not read: the header lacks the required columns ['source_image_set_id']",
+        "rejected.csv",
+    ),
     "empty file": ("empty.csv", lambda ids: b"", "failed", 0, 0, "the manifest has no rows", "log"),
-    "bad rows": ("rows.jsonl", bad_jsonl, "success", 7, 6, "row 5, column copiable_attributes: is 300,000 characters long",
-                 "rejected.csv"),
+    "bad rows": (
+        "rows.jsonl",
+        bad_jsonl,
+        "success",
+        7,
+        6,
+        "row 5, column copiable_attributes: is 300,000 characters long",
+        "rejected.csv",
+    ),
 }
 
 
 @pytest.mark.parametrize("case", list(BAD_MANIFESTS))
-def test_a_bad_manifest_is_reported_with_every_row_accounted_for(case, bulk_dag, ledger, emulator_connection, tmp_path,
-                                                                 capfd):
+def test_a_bad_manifest_is_reported_with_every_row_accounted_for(
+    case, bulk_dag, ledger, emulator_connection, tmp_path, capfd
+):
     name, content, state, total, rejected, error, where = BAD_MANIFESTS[case]
     datastore_id, ids = seed(emulator_connection, 2)
     manifest = tmp_path / name
@@ -432,7 +564,9 @@ def test_a_bad_manifest_is_reported_with_every_row_accounted_for(case, bulk_dag,
         assert {r["row_number"] for r in run.csv("rejected.csv")} == {"2", "3", "4", "5", "6", "7"}
         assert all(len(m) < 1000 for m in messages)  # the 300,000 characters are not echoed
     if case == "empty file":
-        assert run.ti_state("prepare_manifest") == "failed" and f"manifest {manifest}: the manifest has no rows" in output
+        assert (
+            run.ti_state("prepare_manifest") == "failed" and f"manifest {manifest}: the manifest has no rows" in output
+        )
     if case in ("unknown column", "missing column"):
         assert f"all {rejected} manifest rows were rejected; see rejected.csv" in output
 
@@ -442,17 +576,25 @@ def test_a_bad_manifest_is_reported_with_every_row_accounted_for(case, bulk_dag,
 
 def test_a_100000_row_manifest_is_registered_in_at_most_500_batches(tmp_path):
     ledger = Ledger(engine_for(f"sqlite:///{tmp_path / 'ledger.sqlite3'}"))
-    lines = ["source_image_set_id,label"] + [f"{hashlib.md5(str(n).encode()).hexdigest()},row {n}" for n in range(100_000)]
+    lines = ["source_image_set_id,label"] + [
+        f"{hashlib.md5(str(n).encode()).hexdigest()},row {n}" for n in range(100_000)
+    ]
     manifest = tmp_path / "big.csv"
     manifest.write_text("\n".join(lines) + "\n")
 
-    prepared = prepare(ledger, dag_id="big", run_id="r", params={"manifest": str(manifest), "default_datastore_id": "d" * 32,
-                                                                  "batch_size": 10})
+    prepared = prepare(
+        ledger,
+        dag_id="big",
+        run_id="r",
+        params={"manifest": str(manifest), "default_datastore_id": "d" * 32, "batch_size": 10},
+    )
 
     assert prepared["total_rows"] == 100_000 and len(prepared["batches"]) == MAX_BATCHES == 500
     assert ledger.status_counts("big", "r") == {"pending": 100_000}
     with ledger.engine.connect() as db:
-        sizes = {size for (size,) in db.execute(sa.select(sa.func.count()).select_from(copies).group_by(copies.c.batch))}
+        sizes = {
+            size for (size,) in db.execute(sa.select(sa.func.count()).select_from(copies).group_by(copies.c.batch))
+        }
     assert sizes == {200}  # batch_size raised from 10 to 200
     from airflow.configuration import conf
 
@@ -462,16 +604,42 @@ def test_a_100000_row_manifest_is_registered_in_at_most_500_batches(tmp_path):
 # ------------------------------------------------------------------------------------------ rate limit, in-flight cap
 
 
-def prepared_batches(ledger: Ledger, tmp_path: Path, datastore_id: str, rows: list[dict[str, Any]], *, batch_size: int,
-                     dag_id: str = "engine-test", **settings: Any):
+def prepared_batches(
+    ledger: Ledger,
+    tmp_path: Path,
+    datastore_id: str,
+    rows: list[dict[str, Any]],
+    *,
+    batch_size: int,
+    dag_id: str = "engine-test",
+    **settings: Any,
+):
     manifest = write_manifest(tmp_path / f"{uuid.uuid4().hex}.csv", rows)
     run_id = f"run-{uuid.uuid4().hex}"
-    prepared = prepare(ledger, dag_id=dag_id, run_id=run_id, params={
-        "manifest": str(manifest), "default_datastore_id": datastore_id, "batch_size": batch_size,
-        "poll_interval_seconds": 0.2, "progress_interval_seconds": 1, **settings})
-    engines = [BatchCopyEngine(ledger, dag_id=dag_id, run_id=run_id, manifest_sha256=prepared["manifest_sha256"], batch=b,
-                               settings=BulkCopySettings(**{**prepared["settings"], **settings.get("engine", {})}))
-               for b in prepared["batches"]]
+    prepared = prepare(
+        ledger,
+        dag_id=dag_id,
+        run_id=run_id,
+        params={
+            "manifest": str(manifest),
+            "default_datastore_id": datastore_id,
+            "batch_size": batch_size,
+            "poll_interval_seconds": 0.2,
+            "progress_interval_seconds": 1,
+            **settings,
+        },
+    )
+    engines = [
+        BatchCopyEngine(
+            ledger,
+            dag_id=dag_id,
+            run_id=run_id,
+            manifest_sha256=prepared["manifest_sha256"],
+            batch=b,
+            settings=BulkCopySettings(**{**prepared["settings"], **settings.get("engine", {})}),
+        )
+        for b in prepared["batches"]
+    ]
     return run_id, engines
 
 
@@ -499,9 +667,16 @@ def test_two_batches_in_parallel_share_one_rate_limit(postgres_ledger, emulator_
     emulator = emulator_connection
     datastore_id, ids = seed(emulator, 12)
     emulator.configure(rates={"CopyImageSet": {"rate": 4, "burst": 2}})
-    run_id, engines = prepared_batches(postgres_ledger, tmp_path, datastore_id, [{"source_image_set_id": i} for i in ids],
-                                       batch_size=6, copies_per_second=4, burst=1,
-                                       engine={"rate_limit_name": f"CopyImageSet-test-{uuid.uuid4().hex}"})
+    run_id, engines = prepared_batches(
+        postgres_ledger,
+        tmp_path,
+        datastore_id,
+        [{"source_image_set_id": i} for i in ids],
+        batch_size=6,
+        copies_per_second=4,
+        burst=1,
+        engine={"rate_limit_name": f"CopyImageSet-test-{uuid.uuid4().hex}"},
+    )
     assert len(engines) == 2
     try:
         started = time.monotonic()
@@ -566,8 +741,9 @@ def test_a_send_that_leaves_late_moves_the_next_token_back(ledger, emulator_conn
     a token answer held up 80 ms) is added to the bucket's clock, so the next call keeps a whole interval."""
     emulator = emulator_connection
     datastore_id, ids = seed(emulator, 1)
-    run_id, (engine,) = prepared_batches(ledger, tmp_path, datastore_id, [{"source_image_set_id": ids[0]}],
-                                         batch_size=10, copies_per_second=2, burst=1)
+    run_id, (engine,) = prepared_batches(
+        ledger, tmp_path, datastore_id, [{"source_image_set_id": ids[0]}], batch_size=10, copies_per_second=2, burst=1
+    )
     taken = []
     try_acquire = engine.bucket.try_acquire
 
@@ -593,8 +769,9 @@ def test_polls_stop_short_of_a_send_that_is_due(ledger, emulator_connection, tmp
     emulator = emulator_connection
     datastore_id, ids = seed(emulator, 2)
     emulator.configure(timing={"copy_fixed_seconds": 0.2})
-    run_id, (engine,) = prepared_batches(ledger, tmp_path, datastore_id, [{"source_image_set_id": ids[0]}],
-                                         batch_size=10, copies_per_second=50, burst=1)
+    run_id, (engine,) = prepared_batches(
+        ledger, tmp_path, datastore_id, [{"source_image_set_id": ids[0]}], batch_size=10, copies_per_second=50, burst=1
+    )
     engine.step()
     (row,) = ledger.run_rows("engine-test", run_id)
     assert row["status"] == "submitted"
@@ -615,8 +792,15 @@ def test_throttling_slows_copies_but_never_fails_a_row(ledger, emulator_connecti
     datastore_id, ids = seed(emulator, 4)
     # 1/s: the engine would have to take a second to plan each row for the service to throttle none of the four.
     emulator.configure(rates={"CopyImageSet": {"rate": 1, "burst": 1}})
-    run_id, (engine,) = prepared_batches(ledger, tmp_path, datastore_id, [{"source_image_set_id": i} for i in ids],
-                                         batch_size=10, copies_per_second=50, burst=10)
+    run_id, (engine,) = prepared_batches(
+        ledger,
+        tmp_path,
+        datastore_id,
+        [{"source_image_set_id": i} for i in ids],
+        batch_size=10,
+        copies_per_second=50,
+        burst=10,
+    )
 
     engine.run()
 
@@ -630,8 +814,9 @@ def test_throttling_slows_copies_but_never_fails_a_row(ledger, emulator_connecti
 def wait_until_copied(client, datastore_id: str, image_set_id: str, timeout: float = 60.0) -> None:
     """GetImageSet until the copy's destination is COPIED (the emulator ends copies on a thread of its own)."""
     deadline = time.monotonic() + timeout
-    while (status := client.get_image_set(datastoreId=datastore_id, imageSetId=image_set_id)
-           ["imageSetWorkflowStatus"]) != "COPIED":
+    while (
+        status := client.get_image_set(datastoreId=datastore_id, imageSetId=image_set_id)["imageSetWorkflowStatus"]
+    ) != "COPIED":
         assert time.monotonic() < deadline, f"{image_set_id} is still {status} after {timeout:.0f} s"
         time.sleep(0.02)
 
@@ -659,8 +844,9 @@ def test_one_source_is_never_copied_twice_at_the_same_time(ledger, emulator_conn
     emulator.configure(timing={"copy_fixed_seconds": 0.5})
     sop_uid = sorted(next(iter(document(client, datastore_id, ids[0])["Study"]["Series"].values()))["Instances"])[0]
     rows = [{"source_image_set_id": ids[0]}, {"source_image_set_id": ids[0], "sop_instance_uids": sop_uid}]
-    run_id, (first, second) = prepared_batches(ledger, tmp_path, datastore_id, rows, batch_size=1, copies_per_second=50,
-                                               burst=10)
+    run_id, (first, second) = prepared_batches(
+        ledger, tmp_path, datastore_id, rows, batch_size=1, copies_per_second=50, burst=10
+    )
     interleave(first, second)
 
     first.step()
@@ -679,8 +865,16 @@ def test_the_in_flight_cap_holds_across_engines(ledger, emulator_connection, tmp
     emulator = emulator_connection
     datastore_id, ids = seed(emulator, 4)
     emulator.configure(timing={"copy_fixed_seconds": 0.3}, max_concurrent_copies=1)
-    run_id, engines = prepared_batches(ledger, tmp_path, datastore_id, [{"source_image_set_id": i} for i in ids],
-                                       batch_size=2, copies_per_second=50, burst=10, max_copies_in_flight=1)
+    run_id, engines = prepared_batches(
+        ledger,
+        tmp_path,
+        datastore_id,
+        [{"source_image_set_id": i} for i in ids],
+        batch_size=2,
+        copies_per_second=50,
+        burst=10,
+        max_copies_in_flight=1,
+    )
     interleave(engines[0], engines[1])
 
     engines[0].step()
@@ -704,9 +898,14 @@ def test_the_scheduled_dag_over_two_intervals(airflow_db, ledger, emulator_conne
     emulator = emulator_connection
     client = emulator.client()
     datastore_id, ids = seed(emulator, 20)  # image sets 10 and 20 are not primary
-    non_primary = {s["imageSetId"] for page in client.get_paginator("search_image_sets").paginate(
-        datastoreId=datastore_id, searchCriteria={"filters": [{"operator": "EQUAL", "values": [{"isPrimary": False}]}]})
-        for s in page["imageSetsMetadataSummaries"]}
+    non_primary = {
+        s["imageSetId"]
+        for page in client.get_paginator("search_image_sets").paginate(
+            datastoreId=datastore_id,
+            searchCriteria={"filters": [{"operator": "EQUAL", "values": [{"isPrimary": False}]}]},
+        )
+        for s in page["imageSetsMetadataSummaries"]
+    }
     assert len(non_primary) == 2
     primary = [i for i in ids if i not in non_primary]
     inbox = tmp_path / "inbox"
@@ -715,11 +914,20 @@ def test_the_scheduled_dag_over_two_intervals(airflow_db, ledger, emulator_conne
     dag = load_dag(SCHEDULED_DAG_ID)
     timetable = coerce_to_core_timetable(dag.timetable)
     now = pendulum.now("UTC")
-    first_date = next(now + timedelta(hours=h) for h in range(3)
-                      if timetable.infer_manual_data_interval(run_after=now + timedelta(hours=h)).start <= now
-                      < timetable.infer_manual_data_interval(run_after=now + timedelta(hours=h)).end)
-    conf = {"manifest_location": str(inbox), "search_datastore_id": datastore_id, "default_datastore_id": datastore_id,
-            "report_folder": str(tmp_path / "reports"), **FAST}
+    first_date = next(
+        now + timedelta(hours=h)
+        for h in range(3)
+        if timetable.infer_manual_data_interval(run_after=now + timedelta(hours=h)).start
+        <= now
+        < timetable.infer_manual_data_interval(run_after=now + timedelta(hours=h)).end
+    )
+    conf = {
+        "manifest_location": str(inbox),
+        "search_datastore_id": datastore_id,
+        "default_datastore_id": datastore_id,
+        "report_folder": str(tmp_path / "reports"),
+        **FAST,
+    }
     before = image_set_ids(client, datastore_id)
 
     first = run_dag(dag, conf, ledger, logical_date=first_date)
@@ -733,7 +941,10 @@ def test_the_scheduled_dag_over_two_intervals(airflow_db, ledger, emulator_conne
     assert {r["source_image_set_id"] for r in promoted} == non_primary
     assert all(r["copy_kind"] == "promote" and r["promote_to_primary"] for r in promoted)
     for row in promoted:
-        assert client.get_image_set(datastoreId=datastore_id, imageSetId=row["destination_image_set_id"])["isPrimary"] is True
+        assert (
+            client.get_image_set(datastoreId=datastore_id, imageSetId=row["destination_image_set_id"])["isPrimary"]
+            is True
+        )
     reports = sorted(p.name for p in first.folder.iterdir())
     assert reports == sorted(["a.csv", generated[0].name])  # one report per manifest
     for name in reports:
@@ -790,13 +1001,17 @@ def write_undecodable_name(inbox: Path, ids: list[str]) -> Path:
 
 def write_hostile_rows(inbox: Path, ids: list[str]) -> Path:
     path = inbox / "b.jsonl"
-    path.write_bytes(b"".join([
-        b'{"source_image_set_id": "%s", "label": %s}\n' % (ids[0].encode(), b"[" * 1000 + b"]" * 1000),
-        b'{"source_image_set_id": "%s", "label": "\\ud800"}\n' % ids[1].encode(),
-        b'{"source_image_set_id": "%s", "label": "a\\u0000b"}\n' % ids[2].encode(),
-        b'["not", "an", "object"]\n',
-        b'{"source_image_set_id": "%s", "label": "\xff\xfe"}\n' % ids[3].encode(),
-    ]))
+    path.write_bytes(
+        b"".join(
+            [
+                b'{"source_image_set_id": "%s", "label": %s}\n' % (ids[0].encode(), b"[" * 1000 + b"]" * 1000),
+                b'{"source_image_set_id": "%s", "label": "\\ud800"}\n' % ids[1].encode(),
+                b'{"source_image_set_id": "%s", "label": "a\\u0000b"}\n' % ids[2].encode(),
+                b'["not", "an", "object"]\n',
+                b'{"source_image_set_id": "%s", "label": "\xff\xfe"}\n' % ids[3].encode(),
+            ]
+        )
+    )
     return path
 
 
@@ -817,8 +1032,11 @@ def task_result(run: Run, task_id: str) -> Any:
     from airflow.utils.session import create_session
 
     with create_session() as session:
-        value = session.query(XComModel.value).filter_by(dag_id=run.dag_run.dag_id, run_id=run.run_id,
-                                                          task_id=task_id, key="return_value").scalar()
+        value = (
+            session.query(XComModel.value)
+            .filter_by(dag_id=run.dag_run.dag_id, run_id=run.run_id, task_id=task_id, key="return_value")
+            .scalar()
+        )
     return json.loads(value) if isinstance(value, str) else value
 
 
@@ -901,18 +1119,27 @@ def s3_endpoint():
         server.stop()
 
 
-def test_reports_are_written_next_to_an_s3_manifest(bulk_dag, ledger, healthimaging_emulator, aws_connection, s3_endpoint,
-                                                     tmp_path):
+def test_reports_are_written_next_to_an_s3_manifest(
+    bulk_dag, ledger, healthimaging_emulator, aws_connection, s3_endpoint, tmp_path
+):
     import boto3
 
     # One connection: HealthImaging at the emulator, S3 at moto.
     aws_connection(healthimaging_emulator.url, extra={"service_config": {"s3": {"endpoint_url": s3_endpoint}}})
-    s3 = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1", aws_access_key_id="testing",
-                      aws_secret_access_key="testing")
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=s3_endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
     s3.create_bucket(Bucket="copies")
     datastore_id, ids = seed(healthimaging_emulator, 2)
-    s3.put_object(Bucket="copies", Key="incoming/2026-11.csv",
-                  Body=template([{"source_image_set_id": ids[0]}, {"source_image_set_id": "bad"}]).encode())
+    s3.put_object(
+        Bucket="copies",
+        Key="incoming/2026-11.csv",
+        Body=template([{"source_image_set_id": ids[0]}, {"source_image_set_id": "bad"}]).encode(),
+    )
 
     run = run_dag(bulk_dag, bulk_conf(tmp_path, "s3://copies/incoming/2026-11.csv", datastore_id), ledger)
 

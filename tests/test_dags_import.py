@@ -18,10 +18,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.airflow_env import _SENTINEL, DAGS_FOLDER, PLUGINS_FOLDER, REPO_ROOT, aws_connection_env
 from stack.processes import free_port
+from tests.airflow_env import _SENTINEL, DAGS_FOLDER, PLUGINS_FOLDER, REPO_ROOT, aws_connection_env
 
-PARSE_SCRIPT = r'''
+PARSE_SCRIPT = r"""
 import json
 import socket
 import sys
@@ -89,9 +89,11 @@ print("PARSE-RESULT " + json.dumps({
     "dags": {dag_id: {"tags": sorted(dag.tags or []), "fileloc": dag.fileloc} for dag_id, dag in bag.dags.items()},
     "attempts": attempts,
     "parse_seconds": parse_seconds,
-    "stats": [{"file": str(s.file), "dags": s.dag_num, "seconds": s.duration.total_seconds()} for s in bag.dagbag_stats],
+    "stats": [
+        {"file": str(s.file), "dags": s.dag_num, "seconds": s.duration.total_seconds()} for s in bag.dagbag_stats
+    ],
 }))
-'''
+"""
 
 
 def dag_files() -> list[Path]:
@@ -123,10 +125,17 @@ def parse_in_fresh_interpreter(folder: Path, tmp_path: Path) -> tuple[dict, Path
     env.update(aws_connection_env(f"http://127.0.0.1:{free_port()}"))
     result = subprocess.run(
         [sys.executable, "-c", PARSE_SCRIPT, str(folder)],
-        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=180, check=False,
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
     )
     lines = [line for line in result.stdout.splitlines() if line.startswith("PARSE-RESULT ")]
-    assert result.returncode == 0 and lines, f"exit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+    assert result.returncode == 0 and lines, (
+        f"exit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+    )
     return json.loads(lines[-1].removeprefix("PARSE-RESULT ")), database
 
 
@@ -144,8 +153,11 @@ def test_dags_parse_without_aws_network_or_database(tmp_path):
     assert untagged == [], f"DAGs without tags: {untagged}"
     assert "example_healthimaging_copy" in report["dags"]
     # Reported, not asserted.
-    print(f"\nparsed {len(report['dags'])} DAGs in {report['parse_seconds']:.2f}s: "
-          + ", ".join(f"{Path(s['file']).name} {s['seconds']:.2f}s" for s in report["stats"]), file=sys.stderr)
+    print(
+        f"\nparsed {len(report['dags'])} DAGs in {report['parse_seconds']:.2f}s: "
+        + ", ".join(f"{Path(s['file']).name} {s['seconds']:.2f}s" for s in report["stats"]),
+        file=sys.stderr,
+    )
 
 
 def test_dags_import_in_process_with_tags_and_params(airflow_home):
@@ -192,7 +204,8 @@ def test_the_public_import_paths_of_the_airflow_pieces_still_work():
     import importlib
 
     for package, names in {
-        "hooks": ["HealthImagingHook", "NO_RETRIES"], "links": ["HealthImagingImageSetLink"],
+        "hooks": ["HealthImagingHook", "NO_RETRIES"],
+        "links": ["HealthImagingImageSetLink"],
         "operators": ["HealthImagingCopyImageSetOperator", "HealthImagingBulkCopyBatchOperator", "COPY_STATE_KEY"],
         "sensors": ["HealthImagingImageSetSensor"],
         "triggers": ["HealthImagingImageSetTrigger", "HealthImagingBulkCopyTrigger"],

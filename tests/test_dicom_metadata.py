@@ -195,9 +195,7 @@ def test_multiframe_and_frameless_instances(sample_files, sample_result):
         assert _only_series(doc.document)["Instances"][sop]["ImageFrames"] == []
 
 
-def test_sample_documents_are_strict_json_with_unique_deterministic_frame_ids(
-    sample_files, sample_result
-):
+def test_sample_documents_are_strict_json_with_unique_deterministic_frame_ids(sample_files, sample_result):
     documents, _ = sample_result
     for doc in documents:
         json.dumps(doc.document, allow_nan=False)
@@ -277,8 +275,7 @@ def test_same_sop_in_another_series_is_a_separate_image_set(tmp_path, sample_fil
 
 def test_instances_of_a_series_are_grouped_and_ordered(tmp_path, sample_files):
     paths = [
-        _write_ct_variant(tmp_path, f"i{n}.dcm", sample_files, SOPInstanceUID=f"1.2.3.{n}",
-                          InstanceNumber=n)
+        _write_ct_variant(tmp_path, f"i{n}.dcm", sample_files, SOPInstanceUID=f"1.2.3.{n}", InstanceNumber=n)
         for n in (3, 1, 2)
     ]
     (doc,), skipped = dm.documents_from_files(paths)
@@ -297,13 +294,18 @@ def test_instances_of_a_series_are_grouped_and_ordered(tmp_path, sample_files):
 def test_dicom_tags_omit_values_that_break_the_model(tag_shape):
     document = {
         "SchemaVersion": "1.1",
-        "Patient": {"DICOM": {"PatientID": "P" * 600, "PatientName": "DOE^JANE",
-                              "PatientSex": None, "PatientBirthDate": ""}},
-        "Study": {"DICOM": {"StudyInstanceUID": "1.2.abc", "StudyDate": "20240101",
-                            "StudyTime": "1" * 57},
-                  "Series": {"1.2.3": {"DICOM": {"SeriesInstanceUID": "1.2.3", "SeriesNumber": "x7",
-                                                 "Modality": "MR"},
-                                       "Instances": {}}}},
+        "Patient": {
+            "DICOM": {"PatientID": "P" * 600, "PatientName": "DOE^JANE", "PatientSex": None, "PatientBirthDate": ""}
+        },
+        "Study": {
+            "DICOM": {"StudyInstanceUID": "1.2.abc", "StudyDate": "20240101", "StudyTime": "1" * 57},
+            "Series": {
+                "1.2.3": {
+                    "DICOM": {"SeriesInstanceUID": "1.2.3", "SeriesNumber": "x7", "Modality": "MR"},
+                    "Instances": {},
+                }
+            },
+        },
     }
     tags = dm.dicom_tags(document)
     assert_valid_tags(tags, tag_shape)
@@ -335,9 +337,7 @@ def test_dicom_tags_of_a_merged_image_set(tag_shape):
     assert tags["DICOMNumberOfStudyRelatedInstances"] == 4
     assert dm.series_uids(merged) == sorted([a.series_instance_uid, b.series_instance_uid])
     assert dm.frame_count(merged) == 4
-    assert dm.sop_instance_uids(merged) == (
-        dm.sop_instance_uids(a.document) | dm.sop_instance_uids(b.document)
-    )
+    assert dm.sop_instance_uids(merged) == (dm.sop_instance_uids(a.document) | dm.sop_instance_uids(b.document))
 
 
 def test_document_helpers_tolerate_empty_documents():
@@ -387,7 +387,9 @@ def test_synthetic_documents_are_unique_and_consistent(tag_shape):
         assert study["StudyInstanceUID"] == doc.study_instance_uid
         assert patients.setdefault(patient["PatientID"], patient) == patient
         assert studies.setdefault(doc.study_instance_uid, (study, patient["PatientID"])) == (
-            study, patient["PatientID"])
+            study,
+            patient["PatientID"],
+        )
         (uid,) = document["Study"]["Series"]
         assert uid == doc.series_instance_uid
         entry = document["Study"]["Series"][uid]
@@ -424,9 +426,7 @@ def test_synthetic_documents_are_deterministic_per_seed():
 def test_synthetic_documents_shape_options():
     (doc,) = dm.synthetic_documents(1, instances_per_series=4, frames_per_instance=2)
     assert doc.frame_count == 8 == dm.frame_count(doc.document)
-    assert all(
-        i["DICOM"]["NumberOfFrames"] == 2 for i in _only_series(doc.document)["Instances"].values()
-    )
+    assert all(i["DICOM"]["NumberOfFrames"] == 2 for i in _only_series(doc.document)["Instances"].values())
     (frameless,) = dm.synthetic_documents(1, frames_per_instance=0)
     assert frameless.frame_count == 0
     assert list(dm.synthetic_documents(0)) == []

@@ -35,8 +35,9 @@ def test_an_invalid_uid_fails_the_function_and_the_json_schema(value):
 
 @pytest.mark.parametrize("value", ["1..2", "1." + "2" * 63])
 def test_a_manifest_row_and_copiable_attributes_refuse_the_same_uids(value):
-    row, errors = validate_row(1, {"datastore_id": "d" * 32, "source_image_set_id": "a" * 32,
-                                   "series_instance_uids": value})
+    row, errors = validate_row(
+        1, {"datastore_id": "d" * 32, "source_image_set_id": "a" * 32, "series_instance_uids": value}
+    )
     assert row is None
     assert [e.column for e in errors] == ["series_instance_uids"] and "is not a DICOM UID" in errors[0].problem
     document = {"SchemaVersion": "1.1", "Study": {"Series": {value: {"Instances": {}}}}}

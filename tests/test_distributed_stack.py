@@ -53,9 +53,16 @@ FAULTS = ("CopyImageSet:internal_error=0.03", "CopyImageSet:lost_response=0.03",
 # the shared bucket's clock back by that delay (SharedTokenBucket.push_back).
 EMULATOR_BURST = 1
 EMULATOR_ARGS = [
-    "--rate", f"CopyImageSet={COPIES_PER_SECOND:g}:{EMULATOR_BURST}",
-    "--copy-seconds", "1", "--copy-seconds-per-instance", "0",
-    "--fault-seed", "7", "--log-level", "WARNING",
+    "--rate",
+    f"CopyImageSet={COPIES_PER_SECOND:g}:{EMULATOR_BURST}",
+    "--copy-seconds",
+    "1",
+    "--copy-seconds-per-instance",
+    "0",
+    "--fault-seed",
+    "7",
+    "--log-level",
+    "WARNING",
     *[arg for fault in FAULTS for arg in ("--fault", fault)],
 ]
 
@@ -63,8 +70,12 @@ EMULATOR_ARGS = [
 def worker_executions(stack: ProcessStack) -> dict[str, list[tuple[str, int]]]:
     """What each Celery worker executed, from its own log: (task_id, map_index) per execution."""
     pattern = re.compile(r"Executing workload in Celery: .*?task_id='([^']+)'.*?map_index=(-?\d+)")
-    return {name: [(m.group(1), int(m.group(2))) for m in pattern.finditer(stack.log_path(name).read_text(errors="replace"))]
-            for name in stack.worker_names}
+    return {
+        name: [
+            (m.group(1), int(m.group(2))) for m in pattern.finditer(stack.log_path(name).read_text(errors="replace"))
+        ]
+        for name in stack.worker_names
+    }
 
 
 def ledger_rows(stack: ProcessStack, run_id: str) -> list[dict]:
@@ -73,19 +84,33 @@ def ledger_rows(stack: ProcessStack, run_id: str) -> list[dict]:
     engine = sa.create_engine(stack.ledger_url())
     try:
         with engine.connect() as db:
-            return [dict(r) for r in db.execute(sa.text(
-                "SELECT row_number, status, source_image_set_id, destination_image_set_id, verified, attempts, error_code, "
-                "submitted_at "
-                "FROM healthimaging_copy_ledger WHERE dag_id = :dag AND run_id = :run ORDER BY row_number"),
-                {"dag": DAG_ID, "run": run_id}).mappings()]
+            return [
+                dict(r)
+                for r in db.execute(
+                    sa.text(
+                        "SELECT row_number, status, source_image_set_id, destination_image_set_id, verified, "
+                        "attempts, error_code, "
+                        "submitted_at "
+                        "FROM healthimaging_copy_ledger WHERE dag_id = :dag AND run_id = :run ORDER BY row_number"
+                    ),
+                    {"dag": DAG_ID, "run": run_id},
+                ).mappings()
+            ]
     finally:
         engine.dispose()
 
 
 def test_bulk_copy_on_the_distributed_stack(tmp_path):
     t_start = time.monotonic()
-    stack = ProcessStack(tmp_path / "home", workers=2, worker_concurrency=2, env_file=ENV_EXAMPLE,
-                         environ=shell_environ(), emulator_args=EMULATOR_ARGS, overrides=FAST)
+    stack = ProcessStack(
+        tmp_path / "home",
+        workers=2,
+        worker_concurrency=2,
+        env_file=ENV_EXAMPLE,
+        environ=shell_environ(),
+        emulator_args=EMULATOR_ARGS,
+        overrides=FAST,
+    )
     log: dict = {}
     pids: list[int] = []
     try:
@@ -105,7 +130,9 @@ def test_bulk_copy_on_the_distributed_stack(tmp_path):
 
     with contextlib.closing(psycopg2.connect(host="127.0.0.1", user=stack.postgres_user, dbname="postgres")) as conn:
         with conn.cursor() as cur:
-            cur.execute("SELECT datname FROM pg_database WHERE datname LIKE %s", (stack.variables["POSTGRES_DB"] + "%",))
+            cur.execute(
+                "SELECT datname FROM pg_database WHERE datname LIKE %s", (stack.variables["POSTGRES_DB"] + "%",)
+            )
             assert cur.fetchall() == []
 
 
@@ -133,8 +160,15 @@ def run_and_check(stack: ProcessStack, log: dict) -> None:
     assert refused.value.code == 401
     api.auth_token = stack.token()
 
-    conf = {"manifest": str(manifest), "copies_per_second": COPIES_PER_SECOND, "burst": 1, "batch_size": BATCH_SIZE,
-            "poll_interval_seconds": 1, "progress_interval_seconds": 10, "report_folder": "reports"}
+    conf = {
+        "manifest": str(manifest),
+        "copies_per_second": COPIES_PER_SECOND,
+        "burst": 1,
+        "batch_size": BATCH_SIZE,
+        "poll_interval_seconds": 1,
+        "progress_interval_seconds": 10,
+        "report_folder": "reports",
+    }
     t0 = time.monotonic()
     run_id = api.trigger(DAG_ID, conf=conf, wait_for_dag_timeout=120)
     state = api.wait_for_run(DAG_ID, run_id, timeout=RUN_TIMEOUT, poll=2)
@@ -166,9 +200,12 @@ def run_and_check(stack: ProcessStack, log: dict) -> None:
         events[event["map_index"]].append(event["event"])
     for batch in batches:
         sequence = events[batch]
-        assert "deferred" in sequence and "running" in sequence[sequence.index("deferred") + 1:], (batch, sequence)
-    trigger_logs = sorted((stack.home / "logs" / f"dag_id={DAG_ID}" / f"run_id={run_id}" / "task_id=copy_batch")
-                          .glob("map_index=*/*.log.trigger.*.log"))
+        assert "deferred" in sequence and "running" in sequence[sequence.index("deferred") + 1 :], (batch, sequence)
+    trigger_logs = sorted(
+        (stack.home / "logs" / f"dag_id={DAG_ID}" / f"run_id={run_id}" / "task_id=copy_batch").glob(
+            "map_index=*/*.log.trigger.*.log"
+        )
+    )
     assert len(trigger_logs) == len(batches)
     assert all("Trigger fired event" in path.read_text() for path in trigger_logs)
 
@@ -183,21 +220,32 @@ def run_and_check(stack: ProcessStack, log: dict) -> None:
     rows = ledger_rows(stack, run_id)
     assert [r["row_number"] for r in rows] == list(range(1, ROWS + 1))
     assert collections.Counter(r["status"] for r in rows) == {"succeeded": ROWS}, collections.Counter(
-        (r["status"], r["error_code"]) for r in rows)
+        (r["status"], r["error_code"]) for r in rows
+    )
     assert all(r["verified"] for r in rows)
     destinations = {r["destination_image_set_id"] for r in rows}
     assert len(destinations) == ROWS
-    log["ledger"] = {"rows": len(rows), "succeeded": ROWS, "rows_with_retried_sends": sum(r["attempts"] > 1 for r in rows)}
+    log["ledger"] = {
+        "rows": len(rows),
+        "succeeded": ROWS,
+        "rows_with_retried_sends": sum(r["attempts"] > 1 for r in rows),
+    }
     # The sends kept to the DAG's limit across both workers and all batches, as the engines recorded them: in any
     # interval of t >= 2 seconds, at most burst + rate * (t + 0.5) first sends; the 0.5 s allows for the time
     # between a token and its timestamp (up to ~0.25 s seen here). Limits that were not shared would be several
     # times over.
     times = sorted(r["submitted_at"] for r in rows)
-    worst = max(j - i + 1 - COPIES_PER_SECOND * (times[j] - times[i] + 0.5)
-                for i in range(len(times)) for j in range(i, len(times)) if times[j] - times[i] >= 2)
-    log["sends"] = {"seconds": round(times[-1] - times[0], 1),
-                    "rate_per_s": round((len(times) - 1) / (times[-1] - times[0]), 2),
-                    "max_excess_over_rate_in_2s_plus_windows": round(worst, 2)}
+    worst = max(
+        j - i + 1 - COPIES_PER_SECOND * (times[j] - times[i] + 0.5)
+        for i in range(len(times))
+        for j in range(i, len(times))
+        if times[j] - times[i] >= 2
+    )
+    log["sends"] = {
+        "seconds": round(times[-1] - times[0], 1),
+        "rate_per_s": round((len(times) - 1) / (times[-1] - times[0]), 2),
+        "max_excess_over_rate_in_2s_plus_windows": round(worst, 2),
+    }
     assert worst <= 1, f"{worst:.2f} sends over burst 1 + rate * (t + 0.5)"
 
     # No duplicate copy: each copied source's series has exactly one new image set (the ledger's), others none.
@@ -207,7 +255,10 @@ def run_and_check(stack: ProcessStack, log: dict) -> None:
     duplicates = {uid: ids for uid, ids in new.items() if len(ids) != (1 if uid in copied_series else 0)}
     assert not duplicates, duplicates
     assert set().union(*new.values()) == destinations
-    summary = api.api("GET", f"/api/v2/dags/{DAG_ID}/dagRuns/{urllib.parse.quote(run_id, safe='')}"
-                             "/taskInstances/finish_run/xcomEntries/return_value")
+    summary = api.api(
+        "GET",
+        f"/api/v2/dags/{DAG_ID}/dagRuns/{urllib.parse.quote(run_id, safe='')}"
+        "/taskInstances/finish_run/xcomEntries/return_value",
+    )
     value = summary["value"] if isinstance(summary["value"], dict) else json.loads(summary["value"])
     assert value["allRowsAccountedFor"] is True

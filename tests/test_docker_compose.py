@@ -30,17 +30,93 @@ AIRFLOW_SERVICES = compose.AIRFLOW_SERVICES
 LONG_RUNNING = [*AIRFLOW_SERVICES, "postgres", "redis", "healthimaging-emulator"]
 #: The service keys of the compose specification (compose-spec.json, "service" properties).
 COMPOSE_SPEC_SERVICE_KEYS = {
-    "annotations", "attach", "blkio_config", "build", "cap_add", "cap_drop", "cgroup", "cgroup_parent", "command",
-    "configs", "container_name", "cpu_count", "cpu_percent", "cpu_period", "cpu_quota", "cpu_rt_period",
-    "cpu_rt_runtime", "cpu_shares", "cpus", "cpuset", "credential_spec", "depends_on", "deploy", "develop",
-    "device_cgroup_rules", "devices", "dns", "dns_opt", "dns_search", "domainname", "entrypoint", "env_file",
-    "environment", "expose", "extends", "external_links", "extra_hosts", "gpus", "group_add", "healthcheck",
-    "hostname", "image", "init", "ipc", "isolation", "labels", "links", "logging", "mac_address", "mem_limit",
-    "mem_reservation", "mem_swappiness", "memswap_limit", "network_mode", "networks", "oom_kill_disable",
-    "oom_score_adj", "pid", "pids_limit", "platform", "ports", "post_start", "pre_stop", "privileged", "profiles",
-    "pull_policy", "read_only", "restart", "runtime", "scale", "secrets", "security_opt", "shm_size", "stdin_open",
-    "stop_grace_period", "stop_signal", "storage_opt", "sysctls", "tmpfs", "tty", "ulimits", "user", "userns_mode",
-    "uts", "volumes", "volumes_from", "working_dir",
+    "annotations",
+    "attach",
+    "blkio_config",
+    "build",
+    "cap_add",
+    "cap_drop",
+    "cgroup",
+    "cgroup_parent",
+    "command",
+    "configs",
+    "container_name",
+    "cpu_count",
+    "cpu_percent",
+    "cpu_period",
+    "cpu_quota",
+    "cpu_rt_period",
+    "cpu_rt_runtime",
+    "cpu_shares",
+    "cpus",
+    "cpuset",
+    "credential_spec",
+    "depends_on",
+    "deploy",
+    "develop",
+    "device_cgroup_rules",
+    "devices",
+    "dns",
+    "dns_opt",
+    "dns_search",
+    "domainname",
+    "entrypoint",
+    "env_file",
+    "environment",
+    "expose",
+    "extends",
+    "external_links",
+    "extra_hosts",
+    "gpus",
+    "group_add",
+    "healthcheck",
+    "hostname",
+    "image",
+    "init",
+    "ipc",
+    "isolation",
+    "labels",
+    "links",
+    "logging",
+    "mac_address",
+    "mem_limit",
+    "mem_reservation",
+    "mem_swappiness",
+    "memswap_limit",
+    "network_mode",
+    "networks",
+    "oom_kill_disable",
+    "oom_score_adj",
+    "pid",
+    "pids_limit",
+    "platform",
+    "ports",
+    "post_start",
+    "pre_stop",
+    "privileged",
+    "profiles",
+    "pull_policy",
+    "read_only",
+    "restart",
+    "runtime",
+    "scale",
+    "secrets",
+    "security_opt",
+    "shm_size",
+    "stdin_open",
+    "stop_grace_period",
+    "stop_signal",
+    "storage_opt",
+    "sysctls",
+    "tmpfs",
+    "tty",
+    "ulimits",
+    "user",
+    "userns_mode",
+    "uts",
+    "volumes",
+    "volumes_from",
+    "working_dir",
 }
 COMPOSE_SPEC_HEALTHCHECK_KEYS = {"disable", "interval", "retries", "start_interval", "start_period", "test", "timeout"}
 SERVICE_HOSTS = ("postgres", "redis", "airflow-apiserver", "healthimaging-emulator")
@@ -173,9 +249,11 @@ def test_the_process_stack_runs_the_compose_health_checks(planned, raw):
     assert set(checks) == {*long_running, "postgres", "redis"}
     assert {planned.processes[name].service for name in long_running} | {"postgres", "redis"} == set(LONG_RUNNING)
     scheduler = planned.processes["airflow-scheduler"].env
-    listens = {"airflow-apiserver": f"127.0.0.1:{planned.local.api_port}",
-               "healthimaging-emulator": f"127.0.0.1:{planned.local.emulator_port}",
-               "airflow-scheduler": f"127.0.0.1:{scheduler['AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_PORT']}"}
+    listens = {
+        "airflow-apiserver": f"127.0.0.1:{planned.local.api_port}",
+        "healthimaging-emulator": f"127.0.0.1:{planned.local.emulator_port}",
+        "airflow-scheduler": f"127.0.0.1:{scheduler['AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_PORT']}",
+    }
     for name, check in checks.items():
         service = planned.processes[name].service if name in planned.processes else name
         expected = compose_test(raw, service, planned.variables)
@@ -221,8 +299,10 @@ def test_secrets_are_required_and_shared(raw, variables):
 
 def test_login_through_the_simple_auth_manager(raw, variables):
     env = compose.common_environment(raw, variables)
-    assert env["AIRFLOW__CORE__AUTH_MANAGER"] == \
-        "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
+    assert (
+        env["AIRFLOW__CORE__AUTH_MANAGER"]
+        == "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
+    )
     assert env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS"] == "airflow:admin"
     # In the mounted config folder, where airflow-init writes it and the api-server reads it.
     assert env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"].startswith("/opt/airflow/config/")
@@ -235,11 +315,18 @@ def test_connections_default_to_the_emulator_and_the_ledger_database(raw, variab
     assert aws.conn_type == "aws"
     assert aws.extra_dejson == {"endpoint_url": "http://healthimaging-emulator:8089", "region_name": "us-east-1"}
     ledger = connection(env["AIRFLOW_CONN_HEALTHIMAGING_LEDGER"])
-    assert (ledger.conn_type, ledger.host, ledger.port, ledger.schema) == ("postgres", "postgres", 5432, "healthimaging")
+    assert (ledger.conn_type, ledger.host, ledger.port, ledger.schema) == (
+        "postgres",
+        "postgres",
+        5432,
+        "healthimaging",
+    )
     from healthimaging.bulk.ledger import url_from_connection
 
-    assert url_from_connection(ledger).render_as_string(hide_password=False) == \
-        "postgresql+psycopg2://airflow:airflow@postgres:5432/healthimaging"
+    assert (
+        url_from_connection(ledger).render_as_string(hide_password=False)
+        == "postgresql+psycopg2://airflow:airflow@postgres:5432/healthimaging"
+    )
     emulator = compose.service(raw, "healthimaging-emulator", variables)
     assert emulator["profiles"] == ["emulator"]
     assert emulator["entrypoint"] == ["python", "-m", "healthimaging_emulator"]
@@ -258,7 +345,9 @@ def real_aws_dotenv(tmp_path: Path) -> Path:
     for line in (tmp_path / ".env").read_text().splitlines():
         if line.startswith("COMPOSE_PROFILES="):
             line = "COMPOSE_PROFILES="
-        elif line.startswith("# AIRFLOW_CONN_AWS_DEFAULT=") and not any(x.startswith("AIRFLOW_CONN_AWS") for x in lines):
+        elif line.startswith("# AIRFLOW_CONN_AWS_DEFAULT=") and not any(
+            x.startswith("AIRFLOW_CONN_AWS") for x in lines
+        ):
             line = line[2:]
         elif line.startswith(("# AWS_ACCESS_KEY_ID=", "# AWS_SECRET_ACCESS_KEY=")):
             line = line[2:]
@@ -285,14 +374,19 @@ def test_switching_to_real_aws_is_a_change_of_dotenv_only(raw, tmp_path):
 
 def test_every_variable_the_compose_file_uses_is_documented_in_env_example(raw):
     documented = set(read_dotenv(ENV_EXAMPLE)) | {
-        name for name in re.findall(r"^# ?([A-Z_][A-Z0-9_]*)=", ENV_EXAMPLE.read_text(), re.M)}
+        name for name in re.findall(r"^# ?([A-Z_][A-Z0-9_]*)=", ENV_EXAMPLE.read_text(), re.M)
+    }
     text = COMPOSE_FILE.read_text()
     used = set(re.findall(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)", text))
     # AIRFLOW_PROJ_DIR is the official file's optional override of the project folder.
     assert used - documented <= {"AIRFLOW_PROJ_DIR"}
     required = set(re.findall(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*):?\?", text))
     # ... and `make .env` generates every one of them.
-    assert required == {"AIRFLOW_JWT_SECRET", "AIRFLOW_API_SECRET_KEY", "HEALTHIMAGING_EMULATOR_ADMIN_TOKEN"} == set(SECRETS)
+    assert (
+        required
+        == {"AIRFLOW_JWT_SECRET", "AIRFLOW_API_SECRET_KEY", "HEALTHIMAGING_EMULATOR_ADMIN_TOKEN"}
+        == set(SECRETS)
+    )
 
 
 def test_make_dotenv_fills_in_fresh_secrets(tmp_path):
@@ -334,8 +428,9 @@ def test_dockerfile_installs_the_pinned_airflow_and_copies_the_project(raw):
     # The compose services run the image built from it, named for that version.
     image = f"healthimaging-airflow:{args['AIRFLOW_VERSION']}"
     assert raw["x-airflow-common"]["image"] == f"${{AIRFLOW_IMAGE_NAME:-{image}}}"
-    assert re.search(r'pip install --no-cache-dir "apache-airflow==\$\{AIRFLOW_VERSION\}" -r /opt/airflow/requirements.txt',
-                     text)
+    assert re.search(
+        r'pip install --no-cache-dir "apache-airflow==\$\{AIRFLOW_VERSION\}" -r /opt/airflow/requirements.txt', text
+    )
     for folder in ("dags", "plugins", "healthimaging_emulator", "stack"):
         assert f"COPY --chown=airflow:0 {folder}/ /opt/airflow/{folder}/" in text
         assert (REPO_ROOT / folder).is_dir()
@@ -349,9 +444,8 @@ def test_dockerfile_installs_the_pinned_airflow_and_copies_the_project(raw):
 
 def test_the_celery_pin_works_with_the_celery_provider():
     """The celery provider imports celery.backends.database.retry (gone in celery 5.7): the pin holds."""
-    from celery.backends.database import retry  # noqa: F401
-
     from airflow.providers.celery.executors import celery_executor_utils  # noqa: F401
+    from celery.backends.database import retry  # noqa: F401
 
 
 # ---------------------------------------------------------------------- compose file == process stack
@@ -370,28 +464,34 @@ def test_interpolation_follows_compose_rules():
 
 def test_dotenv_parsing(tmp_path):
     path = tmp_path / ".env"
-    path.write_text("# comment\nA=1 # trailing\nexport B='{\"k\": \"v # not a comment\"}'\nC=\"x\\ny\"\nD=\n")
+    path.write_text('# comment\nA=1 # trailing\nexport B=\'{"k": "v # not a comment"}\'\nC="x\\ny"\nD=\n')
     assert read_dotenv(path) == {"A": "1", "B": '{"k": "v # not a comment"}', "C": "x\ny", "D": ""}
     path.write_text("A=1\nBARE\n")
     with pytest.raises(ValueError, match="cannot read line 2: 'BARE'"):
         read_dotenv(path)
-    path.write_text("A=1\nB=\"unclosed\nC=3\nD E=4\n")  # python-dotenv alone would skip these with a warning
+    path.write_text('A=1\nB="unclosed\nC=3\nD E=4\n')  # python-dotenv alone would skip these with a warning
     with pytest.raises(ValueError, match="cannot read line 2: 'B=\"unclosed'; line 4: 'D E=4'"):
         read_dotenv(path)
 
 
 def test_localize_changes_only_service_hosts_ports_and_the_image_home():
     local = LocalEndpoints(home="/tmp/h", api_port=1111, emulator_port=2222, redis_db=7)
-    assert localize("postgresql+psycopg2://u:p@postgres:5432/db", local) == "postgresql+psycopg2://u:p@127.0.0.1:5432/db"
+    assert (
+        localize("postgresql+psycopg2://u:p@postgres:5432/db", local) == "postgresql+psycopg2://u:p@127.0.0.1:5432/db"
+    )
     assert localize("postgres://u:p@postgres:5432/ledger", local) == "postgres://u:p@127.0.0.1:5432/ledger"
     assert localize("redis://:@redis:6379/0", local) == "redis://:@127.0.0.1:6379/7"
     assert localize("http://airflow-apiserver:8080/execution/", local) == "http://127.0.0.1:1111/execution/"
-    assert localize("aws://a:b@/?endpoint_url=http%3A%2F%2Fhealthimaging-emulator%3A8089&x=1", local) == \
-        "aws://a:b@/?endpoint_url=http%3A%2F%2F127.0.0.1%3A2222&x=1"
+    assert (
+        localize("aws://a:b@/?endpoint_url=http%3A%2F%2Fhealthimaging-emulator%3A8089&x=1", local)
+        == "aws://a:b@/?endpoint_url=http%3A%2F%2F127.0.0.1%3A2222&x=1"
+    )
     assert localize("/opt/airflow/config/airflow.cfg", local) == "/tmp/h/config/airflow.cfg"
     for untouched in ("CeleryExecutor", "postgres", "airflow:admin", "/opt/airflowx", "s3://redis/key"):
         assert localize(untouched, local) == untouched
-    assert localize("postgresql://postgres:5432@postgres:5432/db", local) == "postgresql://postgres:5432@127.0.0.1:5432/db"
+    assert (
+        localize("postgresql://postgres:5432@postgres:5432/db", local) == "postgresql://postgres:5432@127.0.0.1:5432/db"
+    )
     with pytest.raises(ValueError, match="not a documented substitution"):
         localize("http://airflow-apiserver:9999/", local)
 
@@ -399,17 +499,29 @@ def test_localize_changes_only_service_hosts_ports_and_the_image_home():
 @pytest.fixture
 def planned(tmp_path) -> ProcessStack:
     """The process stack's plan (nothing started) from .env.example, as `make stack` would run it."""
-    stack = ProcessStack(tmp_path / "home", workers=3, env_file=ENV_EXAMPLE,
-                         environ={"PATH": "/usr/bin", "HOME": str(tmp_path), "AIRFLOW__CORE__EXECUTOR": "Nope"})
+    stack = ProcessStack(
+        tmp_path / "home",
+        workers=3,
+        env_file=ENV_EXAMPLE,
+        environ={"PATH": "/usr/bin", "HOME": str(tmp_path), "AIRFLOW__CORE__EXECUTOR": "Nope"},
+    )
     stack.plan(postgres_user="postgres", redis_db=5, api_port=1111, emulator_port=2222)
     return stack
 
 
 def test_process_stack_runs_the_compose_services_commands(planned, raw):
     processes = planned.processes
-    assert list(processes) == ["healthimaging-emulator", "airflow-init", "airflow-apiserver", "airflow-scheduler",
-                               "airflow-dag-processor", "airflow-triggerer", "airflow-worker-1", "airflow-worker-2",
-                               "airflow-worker-3"]
+    assert list(processes) == [
+        "healthimaging-emulator",
+        "airflow-init",
+        "airflow-apiserver",
+        "airflow-scheduler",
+        "airflow-dag-processor",
+        "airflow-triggerer",
+        "airflow-worker-1",
+        "airflow-worker-2",
+        "airflow-worker-3",
+    ]
     for name, process in processes.items():
         if process.service in AIRFLOW_SERVICES:
             expected = compose.command(raw, process.service, planned.variables)
@@ -424,11 +536,24 @@ def test_process_stack_runs_the_compose_services_commands(planned, raw):
     compose_args = compose.command(raw, "healthimaging-emulator", planned.variables)
     # Only the host, the port and the state folder (under /opt/airflow) differ.
     assert [(a, b) for a, b in zip(compose_args, emulator[3:], strict=True) if a != b] == [
-        ("0.0.0.0", "127.0.0.1"), ("8089", "2222"), ("/opt/airflow/emulator-state", f"{planned.home}/emulator-state")]
+        ("0.0.0.0", "127.0.0.1"),
+        ("8089", "2222"),
+        ("/opt/airflow/emulator-state", f"{planned.home}/emulator-state"),
+    ]
 
 
-@pytest.mark.parametrize("name", ["airflow-init", "airflow-apiserver", "airflow-scheduler", "airflow-dag-processor",
-                                  "airflow-triggerer", "airflow-worker-1", "airflow-worker-2"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "airflow-init",
+        "airflow-apiserver",
+        "airflow-scheduler",
+        "airflow-dag-processor",
+        "airflow-triggerer",
+        "airflow-worker-1",
+        "airflow-worker-2",
+    ],
+)
 def test_process_stack_environment_is_the_compose_environment(planned, raw, name):
     process = planned.processes[name]
     expected = compose.environment(raw, process.service, planned.variables)
@@ -437,12 +562,14 @@ def test_process_stack_environment_is_the_compose_environment(planned, raw, name
     for key, value in expected.items():
         assert process.env[key] == localize(value, local), key
         if process.env[key] != value:
-            assert re.search(r"(@|//|%2F)(postgres|redis|airflow-apiserver|healthimaging-emulator)(:|%3A)|/opt/airflow",
-                             value), (key, value)
+            assert re.search(
+                r"(@|//|%2F)(postgres|redis|airflow-apiserver|healthimaging-emulator)(:|%3A)|/opt/airflow", value
+            ), (key, value)
     # 2. No compose service host is left.
     for key, value in process.env.items():
-        assert not re.search(r"(@|//|%2F)(postgres|redis|airflow-apiserver|healthimaging-emulator)(:|%3A)\d+(?![\d@])",
-                             value), key
+        assert not re.search(
+            r"(@|//|%2F)(postgres|redis|airflow-apiserver|healthimaging-emulator)(:|%3A)\d+(?![\d@])", value
+        ), key
     # 3. Nothing else but the documented runner-only variables, .env's variables (compose's env_file)
     #    and the shell's non-Airflow environment.
     extra = set(process.env) - set(expected)
@@ -450,25 +577,38 @@ def test_process_stack_environment_is_the_compose_environment(planned, raw, name
     assert extra - env_file - {"PATH", "HOME"} <= set(RUNNER_ONLY_VARIABLES), extra
     assert "Nope" not in process.env.values()  # the shell's Airflow settings do not leak in, as in compose
     # 4. The variables the stack chose instead of .env's are the documented ones.
-    assert {k for k in planned.variables if planned.variables[k] != read_dotenv(ENV_EXAMPLE).get(k)
-            and k not in ("PATH", "HOME", "AIRFLOW__CORE__EXECUTOR")} <= set(RUNNER_VARIABLES)
+    assert {
+        k
+        for k in planned.variables
+        if planned.variables[k] != read_dotenv(ENV_EXAMPLE).get(k)
+        and k not in ("PATH", "HOME", "AIRFLOW__CORE__EXECUTOR")
+    } <= set(RUNNER_VARIABLES)
 
 
 def test_process_stack_endpoints(planned):
     env = planned.processes["airflow-worker-2"].env
-    assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] == \
-        f"postgresql+psycopg2://postgres:airflow@127.0.0.1:5432/{planned.variables['POSTGRES_DB']}"
+    assert (
+        env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
+        == f"postgresql+psycopg2://postgres:airflow@127.0.0.1:5432/{planned.variables['POSTGRES_DB']}"
+    )
     assert env["AIRFLOW__CELERY__BROKER_URL"] == "redis://:@127.0.0.1:6379/5"
     assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == "http://127.0.0.1:1111/execution/"
     assert json.dumps(env["AIRFLOW_CONN_AWS_DEFAULT"]).count("127.0.0.1%3A2222") == 1
-    assert env["STACK_HOSTNAME"] == "worker2" and env["AIRFLOW__CORE__HOSTNAME_CALLABLE"] == "stack.hostname.get_hostname"
-    ports = {p.env.get("AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT") for p in planned.processes.values()
-             if p.service == "airflow-worker"}
+    assert (
+        env["STACK_HOSTNAME"] == "worker2" and env["AIRFLOW__CORE__HOSTNAME_CALLABLE"] == "stack.hostname.get_hostname"
+    )
+    ports = {
+        p.env.get("AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT")
+        for p in planned.processes.values()
+        if p.service == "airflow-worker"
+    }
     assert len(ports) == 3  # one log server port per worker on one machine
     api = planned.processes["airflow-apiserver"].env
     assert (api["AIRFLOW__API__HOST"], api["AIRFLOW__API__PORT"]) == ("127.0.0.1", "1111")
-    assert planned.processes["airflow-scheduler"].env["AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_HOST"] == \
-        "127.0.0.1"
+    assert (
+        planned.processes["airflow-scheduler"].env["AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_HOST"]
+        == "127.0.0.1"
+    )
     # The login and the Fernet key are airflow-init's, in the stack's config folder (compose: ./config).
     assert planned.passwords_file == planned.home / "config" / "simple_auth_manager_passwords.json"
     assert planned.fernet_key_file == planned.home / "config" / "fernet_key"

@@ -31,7 +31,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from botocore.exceptions import ClientError, ConnectionError as BotoConnectionError, HTTPClientError
+from botocore.exceptions import ClientError, HTTPClientError
+from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from healthimaging_emulator import dicom_metadata, quotas
 from healthimaging_emulator.backend import INJECTED_COPY_FAILURE
@@ -54,8 +55,10 @@ def wait_until_active(client, datastore_id: str, image_set_id: str, timeout: flo
         if props["imageSetState"] == "ACTIVE":
             return props
         if time.monotonic() > deadline:
-            raise AssertionError(f"image set {image_set_id} still {props['imageSetState']}/"
-                                 f"{props['imageSetWorkflowStatus']} after {timeout} s")
+            raise AssertionError(
+                f"image set {image_set_id} still {props['imageSetState']}/"
+                f"{props['imageSetWorkflowStatus']} after {timeout} s"
+            )
         time.sleep(0.02)
 
 
@@ -78,8 +81,12 @@ def by_series(document: dict[str, Any]) -> dict[str, set[str]]:
 
 
 def frame_ids(document: dict[str, Any]) -> set[str]:
-    return {frame["ID"] for series in document["Study"]["Series"].values()
-            for instance in series["Instances"].values() for frame in instance.get("ImageFrames", [])}
+    return {
+        frame["ID"]
+        for series in document["Study"]["Series"].values()
+        for instance in series["Instances"].values()
+        for frame in instance.get("ImageFrames", [])
+    }
 
 
 def copiable(selection: dict[str, list[str]], schema_version: Any = "1.1") -> str:
@@ -88,22 +95,33 @@ def copiable(selection: dict[str, list[str]], schema_version: Any = "1.1") -> st
     return json.dumps({"SchemaVersion": schema_version, "Study": study}, separators=(",", ":"))
 
 
-def copy(client, datastore_id: str, source: str, version: str = "1", *, destination: str | None = None,
-         destination_version: str | None = None, attributes: str | None = None, **flags: Any) -> dict[str, Any]:
+def copy(
+    client,
+    datastore_id: str,
+    source: str,
+    version: str = "1",
+    *,
+    destination: str | None = None,
+    destination_version: str | None = None,
+    attributes: str | None = None,
+    **flags: Any,
+) -> dict[str, Any]:
     info: dict[str, Any] = {"sourceImageSet": {"latestVersionId": version}}
     if attributes is not None:
         info["sourceImageSet"]["DICOMCopies"] = {"copiableAttributes": attributes}
     if destination is not None:
         info["destinationImageSet"] = {"imageSetId": destination, "latestVersionId": destination_version or "1"}
-    return client.copy_image_set(datastoreId=datastore_id, sourceImageSetId=source, copyImageSetInformation=info,
-                                 **flags)
+    return client.copy_image_set(
+        datastoreId=datastore_id, sourceImageSetId=source, copyImageSetInformation=info, **flags
+    )
 
 
 def versions(client, datastore_id: str, image_set_id: str) -> dict[str, dict[str, Any]]:
     """ListImageSetVersions (all pages) keyed by versionId."""
     items = []
-    for page in client.get_paginator("list_image_set_versions").paginate(datastoreId=datastore_id,
-                                                                          imageSetId=image_set_id):
+    for page in client.get_paginator("list_image_set_versions").paginate(
+        datastoreId=datastore_id, imageSetId=image_set_id
+    ):
         items.extend(page["imageSetPropertiesList"])
     return {item["versionId"]: item for item in items}
 
@@ -166,8 +184,13 @@ def catalog(client, datastore_id: str) -> list[CatalogedImageSet]:
     found = []
     for page in client.get_paginator("search_image_sets").paginate(datastoreId=datastore_id):
         for summary in page["imageSetsMetadataSummaries"]:
-            found.append(CatalogedImageSet(summary["imageSetId"], metadata(client, datastore_id, summary["imageSetId"]),
-                                           is_primary=summary["isPrimary"]))
+            found.append(
+                CatalogedImageSet(
+                    summary["imageSetId"],
+                    metadata(client, datastore_id, summary["imageSetId"]),
+                    is_primary=summary["isPrimary"],
+                )
+            )
     return found
 
 
@@ -191,8 +214,12 @@ def sample(healthimaging_emulator) -> Seeded:
 
 def multi_instance_sample(sample: Seeded) -> CatalogedImageSet:
     """The sample image set with the most instances, every one of them with image frames."""
-    candidates = [s for s in sample.image_sets if len(s.document["Study"]["Series"]) == 1
-                  and all(i.get("ImageFrames") for i in s.document["Study"]["Series"][s.series_uid]["Instances"].values())]
+    candidates = [
+        s
+        for s in sample.image_sets
+        if len(s.document["Study"]["Series"]) == 1
+        and all(i.get("ImageFrames") for i in s.document["Study"]["Series"][s.series_uid]["Instances"].values())
+    ]
     best = max(candidates, key=lambda s: len(s.instances))
     assert len(best.instances) >= 3
     return best
@@ -203,8 +230,14 @@ def assert_cli_shape(response: dict[str, Any], datastore_id: str) -> None:
     assert response["datastoreId"] == datastore_id
     for side in ("sourceImageSetProperties", "destinationImageSetProperties"):
         props = response[side]
-        assert {"latestVersionId", "imageSetWorkflowStatus", "updatedAt", "imageSetId", "imageSetState",
-                "createdAt"} <= set(props)
+        assert {
+            "latestVersionId",
+            "imageSetWorkflowStatus",
+            "updatedAt",
+            "imageSetId",
+            "imageSetState",
+            "createdAt",
+        } <= set(props)
         assert isinstance(props["latestVersionId"], str) and props["latestVersionId"].isdigit()
         assert props["imageSetArn"].endswith(f"datastore/{datastore_id}/imageset/{props['imageSetId']}")
     assert response["sourceImageSetProperties"]["imageSetState"] == "LOCKED"
@@ -221,8 +254,10 @@ def test_cli_example_1_copy_without_destination_makes_a_new_image_set_version_1(
     before = sample.get(source.image_set_id)
     sample.handle.configure(timing=LONG_COPY)  # still running when it is read back below
     response = sample.client.copy_image_set(
-        datastoreId=sample.datastore_id, sourceImageSetId=source.image_set_id,
-        copyImageSetInformation=json.loads('{"sourceImageSet": {"latestVersionId": "1" } }'))
+        datastoreId=sample.datastore_id,
+        sourceImageSetId=source.image_set_id,
+        copyImageSetInformation=json.loads('{"sourceImageSet": {"latestVersionId": "1" } }'),
+    )
 
     assert_cli_shape(response, sample.datastore_id)
     src, dst = response["sourceImageSetProperties"], response["destinationImageSetProperties"]
@@ -234,7 +269,9 @@ def test_cli_example_1_copy_without_destination_makes_a_new_image_set_version_1(
     # while the copy runs, both read as locked
     running = sample.get(dst["imageSetId"]), sample.get(source.image_set_id)
     assert [(r["imageSetState"], r["imageSetWorkflowStatus"]) for r in running] == [
-        ("LOCKED", "COPYING"), ("LOCKED", "COPYING_WITH_READ_ONLY_ACCESS")]
+        ("LOCKED", "COPYING"),
+        ("LOCKED", "COPYING_WITH_READ_ONLY_ACCESS"),
+    ]
 
     done = sample.wait(dst["imageSetId"], timeout=30)
     assert (done["imageSetState"], done["imageSetWorkflowStatus"], done["versionId"]) == ("ACTIVE", "COPIED", "1")
@@ -261,10 +298,13 @@ def test_cli_example_2_copy_into_a_destination_makes_version_old_plus_1(sample):
     sample.wait(source.image_set_id)
 
     response = sample.client.copy_image_set(
-        datastoreId=sample.datastore_id, sourceImageSetId=source.image_set_id,
+        datastoreId=sample.datastore_id,
+        sourceImageSetId=source.image_set_id,
         copyImageSetInformation=json.loads(
             '{"sourceImageSet": {"latestVersionId": "1" }, "destinationImageSet": { "imageSetId": "%s", '
-            '"latestVersionId": "1"} }' % destination))
+            '"latestVersionId": "1"} }' % destination
+        ),
+    )
 
     assert_cli_shape(response, sample.datastore_id)
     assert response["sourceImageSetProperties"]["latestVersionId"] == "1"
@@ -284,18 +324,28 @@ def test_cli_example_2_copy_into_a_destination_makes_version_old_plus_1(sample):
 
 def test_cli_example_3_forced_subset_copy_of_one_instance_into_a_destination(sample):
     source = multi_instance_sample(sample)
-    destination = next(s for s in sample.image_sets if s.patient_id != source.patient_id
-                       and s.study_uid != source.study_uid and s.instances)
+    destination = next(
+        s
+        for s in sample.image_sets
+        if s.patient_id != source.patient_id and s.study_uid != source.study_uid and s.instances
+    )
     series_uid, sop_uid = source.series_uid, source.instances[1]
-    info = ('{"sourceImageSet": {"latestVersionId": "1","DICOMCopies": {"copiableAttributes": "{\\"SchemaVersion\\":'
-            '\\"1.1\\",\\"Study\\":{\\"Series\\":{\\"%s\\":{\\"Instances\\":{\\"%s\\":{}}}}}}"}},"destinationImageSet": '
-            '{"imageSetId": "%s","latestVersionId": "1"}}' % (series_uid, sop_uid, destination.image_set_id))
+    info = (
+        '{"sourceImageSet": {"latestVersionId": "1","DICOMCopies": {"copiableAttributes": "{\\"SchemaVersion\\":'
+        '\\"1.1\\",\\"Study\\":{\\"Series\\":{\\"%s\\":{\\"Instances\\":{\\"%s\\":{}}}}}}"}},"destinationImageSet": '
+        '{"imageSetId": "%s","latestVersionId": "1"}}' % (series_uid, sop_uid, destination.image_set_id)
+    )
     parsed = json.loads(info)
     assert json.loads(parsed["sourceImageSet"]["DICOMCopies"]["copiableAttributes"]) == json.loads(
-        copiable({series_uid: [sop_uid]}))
+        copiable({series_uid: [sop_uid]})
+    )
 
-    response = sample.client.copy_image_set(datastoreId=sample.datastore_id, sourceImageSetId=source.image_set_id,
-                                            copyImageSetInformation=parsed, force=True)
+    response = sample.client.copy_image_set(
+        datastoreId=sample.datastore_id,
+        sourceImageSetId=source.image_set_id,
+        copyImageSetInformation=parsed,
+        force=True,
+    )
 
     assert_cli_shape(response, sample.datastore_id)
     assert response["destinationImageSetProperties"]["latestVersionId"] == "2"
@@ -328,7 +378,10 @@ def test_subset_copy_to_a_new_image_set_holds_exactly_the_selected_instances(syn
     source_instances = source.document["Study"]["Series"][source.series_uid]["Instances"]
     for uid in chosen:
         assert copied["Study"]["Series"][source.series_uid]["Instances"][uid] == source_instances[uid]
-    assert copied["Study"]["Series"][source.series_uid]["DICOM"] == source.document["Study"]["Series"][source.series_uid]["DICOM"]
+    assert (
+        copied["Study"]["Series"][source.series_uid]["DICOM"]
+        == source.document["Study"]["Series"][source.series_uid]["DICOM"]
+    )
 
 
 def test_merge_into_a_destination_adds_instances_and_keeps_sop_uids_unique(synthetic):
@@ -340,8 +393,12 @@ def test_merge_into_a_destination_adds_instances_and_keeps_sop_uids_unique(synth
     synthetic.wait(source.image_set_id)
 
     # b and c added; a again (already there) must not appear twice
-    second = synthetic.copy(source.image_set_id, destination=destination, destination_version="1",
-                            attributes=copiable({source.series_uid: [a, b, c]}))
+    second = synthetic.copy(
+        source.image_set_id,
+        destination=destination,
+        destination_version="1",
+        attributes=copiable({source.series_uid: [a, b, c]}),
+    )
     assert second["destinationImageSetProperties"]["latestVersionId"] == "2"
     assert synthetic.wait(destination)["imageSetWorkflowStatus"] == "COPIED"
     uids = sop_uid_list(synthetic.metadata(destination))
@@ -424,9 +481,14 @@ def test_forced_copy_completes_records_forced_and_keeps_the_destination_patient_
     merged = synthetic.metadata(destination.image_set_id)
     assert merged["Patient"] == destination.document["Patient"]
     assert merged["Study"]["DICOM"] == destination.document["Study"]["DICOM"]
-    assert merged["Study"]["Series"][destination.series_uid] == destination.document["Study"]["Series"][destination.series_uid]
-    assert by_series(merged) == {destination.series_uid: set(destination.instances),
-                                 source.series_uid: set(source.instances)}
+    assert (
+        merged["Study"]["Series"][destination.series_uid]
+        == destination.document["Study"]["Series"][destination.series_uid]
+    )
+    assert by_series(merged) == {
+        destination.series_uid: set(destination.instances),
+        source.series_uid: set(source.instances),
+    }
     listed = synthetic.versions(destination.image_set_id)
     assert listed["2"]["overrides"] == {"forced": True}
     assert "overrides" not in listed["1"]
@@ -455,13 +517,19 @@ def test_promote_to_primary_makes_a_non_primary_destination_primary(synthetic):
     assert synthetic.wait(destination)["isPrimary"] is False
     synthetic.wait(source.image_set_id)
 
-    synthetic.copy(source.image_set_id, destination=destination, destination_version="1",
-                   attributes=copiable({source.series_uid: [b]}), promoteToPrimary=True)
+    synthetic.copy(
+        source.image_set_id,
+        destination=destination,
+        destination_version="1",
+        attributes=copiable({source.series_uid: [b]}),
+        promoteToPrimary=True,
+    )
     done = synthetic.wait(destination)
     assert (done["imageSetWorkflowStatus"], done["versionId"], done["isPrimary"]) == ("COPIED", "2", True)
     primaries = synthetic.client.search_image_sets(
         datastoreId=synthetic.datastore_id,
-        searchCriteria={"filters": [{"operator": "EQUAL", "values": [{"isPrimary": True}]}]})
+        searchCriteria={"filters": [{"operator": "EQUAL", "values": [{"isPrimary": True}]}]},
+    )
     assert destination in {s["imageSetId"] for s in primaries["imageSetsMetadataSummaries"]}
 
 
@@ -482,13 +550,20 @@ def test_injected_copy_failure_ends_copy_failed_with_the_injected_message(synthe
 
     new = synthetic.copy(source.image_set_id)["destinationImageSetProperties"]["imageSetId"]
     done = synthetic.wait(new)
-    assert (done["imageSetState"], done["imageSetWorkflowStatus"], done["message"]) == \
-        ("ACTIVE", "COPY_FAILED", INJECTED_COPY_FAILURE)
+    assert (done["imageSetState"], done["imageSetWorkflowStatus"], done["message"]) == (
+        "ACTIVE",
+        "COPY_FAILED",
+        INJECTED_COPY_FAILURE,
+    )
     synthetic.wait(source.image_set_id)
 
     synthetic.copy(source.image_set_id, destination=destination.image_set_id, destination_version="1", force=True)
     done = synthetic.wait(destination.image_set_id)
-    assert (done["imageSetWorkflowStatus"], done["versionId"], done["message"]) == ("COPY_FAILED", "2", INJECTED_COPY_FAILURE)
+    assert (done["imageSetWorkflowStatus"], done["versionId"], done["message"]) == (
+        "COPY_FAILED",
+        "2",
+        INJECTED_COPY_FAILURE,
+    )
     assert "overrides" not in done  # forced only when the forced copy happened
     assert synthetic.metadata(destination.image_set_id) == synthetic.metadata(destination.image_set_id, "1")
     assert synthetic.wait(source.image_set_id)["imageSetWorkflowStatus"] == "CREATED"
@@ -514,8 +589,13 @@ def test_subset_naming_a_uid_the_source_lacks_ends_copy_failed(synthetic, what):
     assert synthetic.wait(source.image_set_id)["imageSetWorkflowStatus"] == "CREATED"
 
     # into a destination: a new, failed version; the content stays
-    synthetic.copy(source.image_set_id, destination=destination.image_set_id, destination_version="1",
-                   attributes=copiable(selection), force=True)
+    synthetic.copy(
+        source.image_set_id,
+        destination=destination.image_set_id,
+        destination_version="1",
+        attributes=copiable(selection),
+        force=True,
+    )
     done = synthetic.wait(destination.image_set_id)
     assert (done["imageSetWorkflowStatus"], done["versionId"]) == ("COPY_FAILED", "2")
     assert missing in done["message"]
@@ -539,10 +619,12 @@ def test_conflict_while_source_or_destination_is_locked(synthetic):
     attempts = {
         "source is a copy's source": lambda: synthetic.copy(source.image_set_id),
         "destination is a copy's source": lambda: synthetic.copy(
-            other.image_set_id, destination=source.image_set_id, destination_version="1", force=True),
+            other.image_set_id, destination=source.image_set_id, destination_version="1", force=True
+        ),
         "source is a copy's destination": lambda: synthetic.copy(destination),
         "destination is a copy's destination": lambda: synthetic.copy(
-            third.image_set_id, destination=destination, destination_version="1", force=True),
+            third.image_set_id, destination=destination, destination_version="1", force=True
+        ),
     }
     for name, attempt in attempts.items():
         with pytest.raises(ClientError) as excinfo:
@@ -602,14 +684,26 @@ def test_a_lost_response_still_starts_the_copy_and_a_blind_retry_conflicts(synth
 # ---------------------------------------------------------------------------------------- validation and not found
 
 
-@pytest.mark.parametrize("field", ["datastoreId", "sourceImageSetId", "destination imageSetId",
-                                   "source latestVersionId", "destination latestVersionId"])
+@pytest.mark.parametrize(
+    "field",
+    [
+        "datastoreId",
+        "sourceImageSetId",
+        "destination imageSetId",
+        "source latestVersionId",
+        "destination latestVersionId",
+    ],
+)
 def test_bad_ids_are_a_validation_exception(synthetic, field):
     source, destination = synthetic.same_study_pair()
-    kwargs = dict(datastoreId=synthetic.datastore_id, sourceImageSetId=source.image_set_id,
-                  copyImageSetInformation={"sourceImageSet": {"latestVersionId": "1"},
-                                           "destinationImageSet": {"imageSetId": destination.image_set_id,
-                                                                   "latestVersionId": "1"}})
+    kwargs = dict(
+        datastoreId=synthetic.datastore_id,
+        sourceImageSetId=source.image_set_id,
+        copyImageSetInformation={
+            "sourceImageSet": {"latestVersionId": "1"},
+            "destinationImageSet": {"imageSetId": destination.image_set_id, "latestVersionId": "1"},
+        },
+    )
     info = kwargs["copyImageSetInformation"]
     if field == "datastoreId":
         kwargs["datastoreId"] = synthetic.datastore_id[:-1] + "Z"
@@ -647,12 +741,15 @@ MALFORMED = {
     "no SchemaVersion": '{"Study":{"Series":{"1.2.3":{"Instances":{"1.2.3.4":{}}}}}}',
     "SchemaVersion 2": '{"SchemaVersion":"2.0","Study":{"Series":{"1.2.3":{"Instances":{"1.2.3.4":{}}}}}}',
     "no Instances": '{"SchemaVersion":"1.1","Study":{"Series":{"1.2.3":{}}}}',
-    "unknown top-level key": '{"SchemaVersion":"1.1","Patient":{},"Study":{"Series":{"1.2.3":{"Instances":{"1.2.3.4":{}}}}}}',
+    "unknown top-level key": (
+        '{"SchemaVersion":"1.1","Patient":{},"Study":{"Series":{"1.2.3":{"Instances":{"1.2.3.4":{}}}}}}'
+    ),
 }
 
 
-@pytest.mark.parametrize("name", [*MALFORMED, "series keyed by image set id", "instance keyed by a name",
-                                  "over 260,000 characters"])
+@pytest.mark.parametrize(
+    "name", [*MALFORMED, "series keyed by image set id", "instance keyed by a name", "over 260,000 characters"]
+)
 def test_malformed_copiable_attributes_are_a_validation_exception(synthetic, name):
     source = synthetic.primary()
     if name == "series keyed by image set id":  # the AWS SDK code examples' mistake
@@ -671,7 +768,9 @@ def test_malformed_copiable_attributes_are_a_validation_exception(synthetic, nam
     assert (code, status) == ("ValidationException", 400)
     assert "copiableAttributes" in message
     assert synthetic.get(source.image_set_id)["imageSetState"] == "ACTIVE"
-    assert len(synthetic.client.search_image_sets(datastoreId=synthetic.datastore_id)["imageSetsMetadataSummaries"]) == 20
+    assert (
+        len(synthetic.client.search_image_sets(datastoreId=synthetic.datastore_id)["imageSetsMetadataSummaries"]) == 20
+    )
 
 
 def test_copiable_attributes_of_exactly_260000_characters_are_accepted(synthetic):
@@ -705,8 +804,10 @@ def test_a_deleted_image_set_is_not_found_as_source_or_destination(synthetic):
     while synthetic.get(gone.image_set_id)["imageSetState"] != "DELETED":
         assert time.monotonic() < deadline, "the delete did not complete"
         time.sleep(0.02)
-    for attempt in (lambda: synthetic.copy(gone.image_set_id),
-                    lambda: synthetic.copy(source.image_set_id, destination=gone.image_set_id, force=True)):
+    for attempt in (
+        lambda: synthetic.copy(gone.image_set_id),
+        lambda: synthetic.copy(source.image_set_id, destination=gone.image_set_id, force=True),
+    ):
         with pytest.raises(ClientError) as excinfo:
             attempt()
         assert error_of(excinfo)[:2] == ("ResourceNotFoundException", 404)
@@ -734,11 +835,18 @@ def test_frame_quota_counts_the_frames_a_copy_holds(synthetic):
     assert (code, status) == ("ServiceQuotaExceededException", 402)
     assert "3 image frames" in message
     assert synthetic.get(source.image_set_id)["imageSetState"] == "ACTIVE"
-    assert len(synthetic.client.search_image_sets(datastoreId=synthetic.datastore_id)["imageSetsMetadataSummaries"]) == 20
+    assert (
+        len(synthetic.client.search_image_sets(datastoreId=synthetic.datastore_id)["imageSetsMetadataSummaries"]) == 20
+    )
 
     # a two-instance subset fits, even into a destination that ends with five frames
-    synthetic.copy(source.image_set_id, destination=destination.image_set_id, destination_version="1", force=True,
-                   attributes=copiable({source.series_uid: source.instances[:2]}))
+    synthetic.copy(
+        source.image_set_id,
+        destination=destination.image_set_id,
+        destination_version="1",
+        force=True,
+        attributes=copiable({source.series_uid: source.instances[:2]}),
+    )
     done = synthetic.wait(destination.image_set_id)
     assert done["imageSetWorkflowStatus"] == "COPIED"
     assert len(frame_ids(synthetic.metadata(destination.image_set_id))) == 5
@@ -746,9 +854,10 @@ def test_frame_quota_counts_the_frames_a_copy_holds(synthetic):
 
 def test_frame_quota_default_is_1000_frames(synthetic):
     assert synthetic.handle.configure()["max_frames_per_copy"] == quotas.MAX_FRAMES_PER_COPY == 1000
-    over, exact = (next(dicom_metadata.synthetic_documents(1, seed=seed, instances_per_series=n,
-                                                           frames_per_instance=f)).document
-                   for seed, n, f in ((7, 7, 143), (8, 8, 125)))
+    over, exact = (
+        next(dicom_metadata.synthetic_documents(1, seed=seed, instances_per_series=n, frames_per_instance=f)).document
+        for seed, n, f in ((7, 7, 143), (8, 8, 125))
+    )
     over_id, exact_id = synthetic.handle.backend.insert_image_sets(synthetic.datastore_id, [over, exact])
     assert len(frame_ids(synthetic.metadata(over_id))) == 1001
     assert len(frame_ids(synthetic.metadata(exact_id))) == 1000
@@ -761,7 +870,9 @@ def test_frame_quota_default_is_1000_frames(synthetic):
     exact_copy = synthetic.copy(exact_id)["destinationImageSetProperties"]["imageSetId"]
     (series_uid,) = over["Study"]["Series"]
     six = sorted(over["Study"]["Series"][series_uid]["Instances"])[:6]
-    subset_copy = synthetic.copy(over_id, attributes=copiable({series_uid: six}))["destinationImageSetProperties"]["imageSetId"]
+    subset_copy = synthetic.copy(over_id, attributes=copiable({series_uid: six}))["destinationImageSetProperties"][
+        "imageSetId"
+    ]
     assert synthetic.wait(exact_copy)["imageSetWorkflowStatus"] == "COPIED"
     assert len(frame_ids(synthetic.metadata(exact_copy))) == 1000
     assert synthetic.wait(subset_copy)["imageSetWorkflowStatus"] == "COPIED"
@@ -784,16 +895,24 @@ def test_concurrent_copy_quota_is_per_data_store_and_frees_when_a_copy_completes
     assert copy(other.client, other.datastore_id, elsewhere["imageSetId"])["destinationImageSetProperties"]
 
     for response in running:
-        assert synthetic.wait(response["destinationImageSetProperties"]["imageSetId"])["imageSetWorkflowStatus"] == "COPIED"
+        assert (
+            synthetic.wait(response["destinationImageSetProperties"]["imageSetId"])["imageSetWorkflowStatus"]
+            == "COPIED"
+        )
     new = synthetic.copy(third)["destinationImageSetProperties"]["imageSetId"]
     assert synthetic.wait(new)["imageSetWorkflowStatus"] == "COPIED"
 
 
 def test_concurrent_copy_quota_default_is_100_per_data_store(healthimaging_emulator):
-    assert healthimaging_emulator.configure()["max_concurrent_copies"] == quotas.MAX_CONCURRENT_COPIES_PER_DATASTORE == 100
+    assert (
+        healthimaging_emulator.configure()["max_concurrent_copies"] == quotas.MAX_CONCURRENT_COPIES_PER_DATASTORE == 100
+    )
     store = seeded(healthimaging_emulator, "synthetic:120", with_catalog=False)
-    ids = [s["imageSetId"] for page in store.client.get_paginator("search_image_sets").paginate(
-        datastoreId=store.datastore_id) for s in page["imageSetsMetadataSummaries"]]
+    ids = [
+        s["imageSetId"]
+        for page in store.client.get_paginator("search_image_sets").paginate(datastoreId=store.datastore_id)
+        for s in page["imageSetsMetadataSummaries"]
+    ]
     assert len(ids) == 120
     healthimaging_emulator.configure(timing=LONG_COPY)
     for image_set_id in ids[:100]:
@@ -833,7 +952,11 @@ def test_versions_after_two_merges_and_a_failed_one(synthetic):
     listed = synthetic.versions(target)
     assert list(listed) == ["4", "3", "2", "1"]  # newest first
     assert {v: (p["imageSetState"], p["ImageSetWorkflowStatus"]) for v, p in listed.items()} == {
-        "1": ("ACTIVE", "COPIED"), "2": ("ACTIVE", "COPIED"), "3": ("ACTIVE", "COPIED"), "4": ("ACTIVE", "COPY_FAILED")}
+        "1": ("ACTIVE", "COPIED"),
+        "2": ("ACTIVE", "COPIED"),
+        "3": ("ACTIVE", "COPIED"),
+        "4": ("ACTIVE", "COPY_FAILED"),
+    }
     assert listed["4"]["message"] == SERIES_MISMATCH
     assert all("message" not in listed[v] for v in "123")
 
@@ -845,8 +968,10 @@ def test_versions_after_two_merges_and_a_failed_one(synthetic):
         assert props["imageSetWorkflowStatus"] == listed[version]["ImageSetWorkflowStatus"]
     summary = synthetic.client.search_image_sets(
         datastoreId=synthetic.datastore_id,
-        searchCriteria={"filters": [{"operator": "EQUAL",
-                                     "values": [{"DICOMSeriesInstanceUID": destination.series_uid}]}]})
+        searchCriteria={
+            "filters": [{"operator": "EQUAL", "values": [{"DICOMSeriesInstanceUID": destination.series_uid}]}]
+        },
+    )
     assert {s["imageSetId"]: s["version"] for s in summary["imageSetsMetadataSummaries"]}[target] == 4
 
 
@@ -855,7 +980,11 @@ def test_get_image_set_with_a_version_id_returns_that_versions_state_during_a_co
     synthetic.handle.configure(timing=LONG_COPY)
     synthetic.copy(source.image_set_id, destination=destination.image_set_id, destination_version="1", force=True)
     latest = synthetic.get(destination.image_set_id)
-    assert (latest["versionId"], latest["imageSetState"], latest["imageSetWorkflowStatus"]) == ("2", "LOCKED", "COPYING")
+    assert (latest["versionId"], latest["imageSetState"], latest["imageSetWorkflowStatus"]) == (
+        "2",
+        "LOCKED",
+        "COPYING",
+    )
     old = synthetic.get(destination.image_set_id, "1")
     assert (old["versionId"], old["imageSetState"], old["imageSetWorkflowStatus"]) == ("1", "ACTIVE", "CREATED")
     listed = synthetic.versions(destination.image_set_id)

@@ -66,7 +66,11 @@ def error(call, /, **kwargs) -> tuple[str, int, str]:
     with pytest.raises(ClientError) as caught:
         call(**kwargs)
     response = caught.value.response
-    return response["Error"]["Code"], response["ResponseMetadata"]["HTTPStatusCode"], response["Error"].get("Message", "")
+    return (
+        response["Error"]["Code"],
+        response["ResponseMetadata"]["HTTPStatusCode"],
+        response["Error"].get("Message", ""),
+    )
 
 
 def datastore_arn(datastore_id: str) -> str:
@@ -131,8 +135,17 @@ def new_datastore(emulator, client, name: str = "ops") -> str:
     return created["datastoreId"]
 
 
-def update(client, datastore_id: str, image_set_id: str, latest: str, *, updatable: dict | None = None,
-           removable: dict | None = None, revert: str | None = None, **kwargs) -> dict:
+def update(
+    client,
+    datastore_id: str,
+    image_set_id: str,
+    latest: str,
+    *,
+    updatable: dict | None = None,
+    removable: dict | None = None,
+    revert: str | None = None,
+    **kwargs,
+) -> dict:
     if revert is not None:
         updates: dict[str, Any] = {"revertToVersionId": revert}
     else:
@@ -142,8 +155,13 @@ def update(client, datastore_id: str, image_set_id: str, latest: str, *, updatab
         if removable is not None:
             dicom["removableAttributes"] = json.dumps(removable).encode()
         updates = {"DICOMUpdates": dicom}
-    return client.update_image_set_metadata(datastoreId=datastore_id, imageSetId=image_set_id, latestVersionId=latest,
-                                            updateImageSetMetadataUpdates=updates, **kwargs)
+    return client.update_image_set_metadata(
+        datastoreId=datastore_id,
+        imageSetId=image_set_id,
+        latestVersionId=latest,
+        updateImageSetMetadataUpdates=updates,
+        **kwargs,
+    )
 
 
 def copy_pydicom_files(folder: Path, *, with_junk: bool = True) -> list[Path]:
@@ -166,15 +184,19 @@ def series_uid(path: Path) -> str:
 
 
 def start_import(client, datastore_id: str, source: Path, output: Path, token: str | None = None, **kwargs) -> dict:
-    args = dict(datastoreId=datastore_id, dataAccessRoleArn=ROLE, inputS3Uri=str(source), outputS3Uri=str(output), **kwargs)
+    args = dict(
+        datastoreId=datastore_id, dataAccessRoleArn=ROLE, inputS3Uri=str(source), outputS3Uri=str(output), **kwargs
+    )
     if token is not None:
         args["clientToken"] = token
     return client.start_dicom_import_job(**args)
 
 
 def wait_job(client, datastore_id: str, job_id: str) -> dict:
-    return wait_until(lambda: client.get_dicom_import_job(datastoreId=datastore_id, jobId=job_id)["jobProperties"],
-                      lambda p: p["jobStatus"] in ("COMPLETED", "FAILED"))
+    return wait_until(
+        lambda: client.get_dicom_import_job(datastoreId=datastore_id, jobId=job_id)["jobProperties"],
+        lambda p: p["jobStatus"] in ("COMPLETED", "FAILED"),
+    )
 
 
 @pytest.fixture
@@ -222,7 +244,9 @@ def synthetic(emulator, client) -> tuple[str, list[dict]]:
 
 def test_create_datastore_is_creating_then_active_with_name_and_tags(emulator, client):
     emulator.configure(timing={"datastore_seconds": 0.3})
-    created = client.create_datastore(datastoreName="my-store.1", clientToken="token-1", tags={"team": "imaging", "env": "test"})
+    created = client.create_datastore(
+        datastoreName="my-store.1", clientToken="token-1", tags={"team": "imaging", "env": "test"}
+    )
     datastore_id = created["datastoreId"]
     assert created["datastoreStatus"] == "CREATING"
     assert len(datastore_id) == 32 and datastore_id.isalnum() and datastore_id == datastore_id.lower()
@@ -232,11 +256,16 @@ def test_create_datastore_is_creating_then_active_with_name_and_tags(emulator, c
     assert props["datastoreArn"] == datastore_arn(datastore_id)
     assert isinstance(props["createdAt"], datetime.datetime)
 
-    active = wait_until(lambda: client.get_datastore(datastoreId=datastore_id)["datastoreProperties"],
-                        lambda p: p["datastoreStatus"] == "ACTIVE")
+    active = wait_until(
+        lambda: client.get_datastore(datastoreId=datastore_id)["datastoreProperties"],
+        lambda p: p["datastoreStatus"] == "ACTIVE",
+    )
     assert active["datastoreName"] == "my-store.1"
     assert active["updatedAt"] > active["createdAt"]
-    assert client.list_tags_for_resource(resourceArn=datastore_arn(datastore_id))["tags"] == {"team": "imaging", "env": "test"}
+    assert client.list_tags_for_resource(resourceArn=datastore_arn(datastore_id))["tags"] == {
+        "team": "imaging",
+        "env": "test",
+    }
 
 
 def test_creating_datastore_refuses_image_set_work_and_deletion(emulator, client):
@@ -293,8 +322,11 @@ def test_list_datastores_status_filter_and_pagination(emulator, client):
     summary = client.list_datastores(maxResults=1)["datastoreSummaries"][0]
     assert summary["datastoreArn"] == datastore_arn(summary["datastoreId"])
 
-    paginated = [d["datastoreId"] for page in client.get_paginator("list_datastores").paginate(PaginationConfig={"PageSize": 2})
-                 for d in page["datastoreSummaries"]]
+    paginated = [
+        d["datastoreId"]
+        for page in client.get_paginator("list_datastores").paginate(PaginationConfig={"PageSize": 2})
+        for d in page["datastoreSummaries"]
+    ]
     assert paginated == flat
 
 
@@ -307,13 +339,19 @@ def test_list_datastores_rejects_garbled_and_foreign_tokens(emulator, client):
 
     assert error(client.list_datastores, nextToken="not-a-token")[:2] == ("ValidationException", 400)
     # a token of the same operation with other parameters
-    assert error(client.list_datastores, nextToken=token, datastoreStatus="CREATING")[:2] == ("ValidationException", 400)
+    assert error(client.list_datastores, nextToken=token, datastoreStatus="CREATING")[:2] == (
+        "ValidationException",
+        400,
+    )
     # a token of another operation
     datastore_id = emulator.seed("synthetic:3")["datastoreId"]
     search_token = client.search_image_sets(datastoreId=datastore_id, maxResults=1)["nextToken"]
     assert error(client.list_datastores, nextToken=search_token)[:2] == ("ValidationException", 400)
     # and a data-store token given to SearchImageSets
-    assert error(client.search_image_sets, datastoreId=datastore_id, nextToken=token)[:2] == ("ValidationException", 400)
+    assert error(client.search_image_sets, datastoreId=datastore_id, nextToken=token)[:2] == (
+        "ValidationException",
+        400,
+    )
 
 
 def test_delete_datastore_conflicts_while_it_holds_image_sets_then_goes_deleting_and_deleted(emulator, client):
@@ -334,15 +372,22 @@ def test_delete_datastore_conflicts_while_it_holds_image_sets_then_goes_deleting
     assert deleted == {**deleted, "datastoreId": datastore_id, "datastoreStatus": "DELETING"}
     assert client.get_datastore(datastoreId=datastore_id)["datastoreProperties"]["datastoreStatus"] == "DELETING"
     assert error(client.delete_datastore, datastoreId=datastore_id)[0] == "ConflictException"  # already deleting
-    wait_until(lambda: client.get_datastore(datastoreId=datastore_id)["datastoreProperties"]["datastoreStatus"],
-               lambda s: s == "DELETED")
+    wait_until(
+        lambda: client.get_datastore(datastoreId=datastore_id)["datastoreProperties"]["datastoreStatus"],
+        lambda s: s == "DELETED",
+    )
     listed = client.list_datastores(datastoreStatus="DELETED")["datastoreSummaries"]
     assert [d["datastoreId"] for d in listed] == [datastore_id]
-    assert datastore_id not in {d["datastoreId"] for d in client.list_datastores(datastoreStatus="ACTIVE")["datastoreSummaries"]}
+    assert datastore_id not in {
+        d["datastoreId"] for d in client.list_datastores(datastoreStatus="ACTIVE")["datastoreSummaries"]
+    }
     # a deleted data store takes no more work
     assert error(client.delete_datastore, datastoreId=datastore_id)[0] == "ResourceNotFoundException"
     assert error(client.search_image_sets, datastoreId=datastore_id)[0] == "ResourceNotFoundException"
-    assert error(client.get_image_set, datastoreId=datastore_id, imageSetId=image_set_ids[0])[0] == "ResourceNotFoundException"
+    assert (
+        error(client.get_image_set, datastoreId=datastore_id, imageSetId=image_set_ids[0])[0]
+        == "ResourceNotFoundException"
+    )
 
 
 def test_unknown_ids_are_resource_not_found(emulator, client):
@@ -354,24 +399,41 @@ def test_unknown_ids_are_resource_not_found(emulator, client):
         (client.get_image_set, {"datastoreId": UNKNOWN_ID, "imageSetId": UNKNOWN_ID}),
         (client.get_image_set, {"datastoreId": datastore_id, "imageSetId": UNKNOWN_ID}),
         (client.get_image_set_metadata, {"datastoreId": datastore_id, "imageSetId": UNKNOWN_ID}),
-        (client.get_image_frame, {"datastoreId": datastore_id, "imageSetId": UNKNOWN_ID,
-                                  "imageFrameInformation": {"imageFrameId": UNKNOWN_ID}}),
+        (
+            client.get_image_frame,
+            {
+                "datastoreId": datastore_id,
+                "imageSetId": UNKNOWN_ID,
+                "imageFrameInformation": {"imageFrameId": UNKNOWN_ID},
+            },
+        ),
         (client.list_image_set_versions, {"datastoreId": datastore_id, "imageSetId": UNKNOWN_ID}),
         (client.delete_image_set, {"datastoreId": datastore_id, "imageSetId": UNKNOWN_ID}),
-        (client.update_image_set_metadata, {"datastoreId": datastore_id, "imageSetId": UNKNOWN_ID, "latestVersionId": "1",
-                                            "updateImageSetMetadataUpdates": {"revertToVersionId": "1"}}),
+        (
+            client.update_image_set_metadata,
+            {
+                "datastoreId": datastore_id,
+                "imageSetId": UNKNOWN_ID,
+                "latestVersionId": "1",
+                "updateImageSetMetadataUpdates": {"revertToVersionId": "1"},
+            },
+        ),
         (client.list_dicom_import_jobs, {"datastoreId": UNKNOWN_ID}),
         (client.get_dicom_import_job, {"datastoreId": datastore_id, "jobId": UNKNOWN_ID}),
         (client.get_dicom_import_job, {"datastoreId": UNKNOWN_ID, "jobId": UNKNOWN_ID}),
-        (client.start_dicom_import_job, {"datastoreId": UNKNOWN_ID, "dataAccessRoleArn": ROLE, "inputS3Uri": "/tmp/in",
-                                         "outputS3Uri": "/tmp/out"}),
+        (
+            client.start_dicom_import_job,
+            {"datastoreId": UNKNOWN_ID, "dataAccessRoleArn": ROLE, "inputS3Uri": "/tmp/in", "outputS3Uri": "/tmp/out"},
+        ),
     ]
     for call, kwargs in calls:
         code, status, _ = error(call, **kwargs)
         assert (code, status) == ("ResourceNotFoundException", 404), (call.__name__, kwargs)
 
 
-@pytest.mark.parametrize("bad_id", ["ABCDEF0123456789ABCDEF0123456789", "0" * 31, "0" * 33, "0123456789abcdef0123456789abcde_"])
+@pytest.mark.parametrize(
+    "bad_id", ["ABCDEF0123456789ABCDEF0123456789", "0" * 31, "0" * 33, "0123456789abcdef0123456789abcde_"]
+)
 def test_ids_that_break_the_pattern_are_validation_errors(emulator, client, bad_id):
     datastore_id = emulator.seed("synthetic:1")["datastoreId"]
     image_set_id = ids(search_all(client, datastore_id))[0]
@@ -382,9 +444,15 @@ def test_ids_that_break_the_pattern_are_validation_errors(emulator, client, bad_
         (client.get_image_set, {"datastoreId": datastore_id, "imageSetId": bad_id}, "imageSetId"),
         (client.get_image_set, {"datastoreId": bad_id, "imageSetId": image_set_id}, "datastoreId"),
         (client.get_image_set_metadata, {"datastoreId": datastore_id, "imageSetId": bad_id}, "imageSetId"),
-        (client.get_image_frame, {"datastoreId": datastore_id, "imageSetId": image_set_id,
-                                  "imageFrameInformation": {"imageFrameId": bad_id}},
-         "imageFrameInformation.imageFrameId"),
+        (
+            client.get_image_frame,
+            {
+                "datastoreId": datastore_id,
+                "imageSetId": image_set_id,
+                "imageFrameInformation": {"imageFrameId": bad_id},
+            },
+            "imageFrameInformation.imageFrameId",
+        ),
         (client.list_image_set_versions, {"datastoreId": datastore_id, "imageSetId": bad_id}, "imageSetId"),
         (client.delete_image_set, {"datastoreId": datastore_id, "imageSetId": bad_id}, "imageSetId"),
         (client.list_dicom_import_jobs, {"datastoreId": bad_id}, "datastoreId"),
@@ -393,8 +461,10 @@ def test_ids_that_break_the_pattern_are_validation_errors(emulator, client, bad_
         code, status, message = error(call, **kwargs)
         assert (code, status) == ("ValidationException", 400), (call.__name__, kwargs)
         # The service's wording for a pattern constraint, naming the value, the member and the pattern.
-        assert message == (f"1 validation error detected: Value '{bad_id}' at '{member}' failed to satisfy constraint: "
-                           "Member must satisfy regular expression pattern: [0-9a-z]{32}"), (call.__name__, message)
+        assert message == (
+            f"1 validation error detected: Value '{bad_id}' at '{member}' failed to satisfy constraint: "
+            "Member must satisfy regular expression pattern: [0-9a-z]{32}"
+        ), (call.__name__, message)
     # nothing happened to the image set
     assert image_set(client, datastore_id, image_set_id)["imageSetState"] == "ACTIVE"
 
@@ -416,7 +486,13 @@ def test_get_image_set_latest_and_given_version(emulator, client, sample):
     assert latest["imageSetArn"] == image_set_arn(datastore_id, image_set_id)
     assert "deletedAt" not in latest and "overrides" not in latest
 
-    update(client, datastore_id, image_set_id, "1", updatable={"SchemaVersion": "1.1", "Patient": {"DICOM": {"PatientName": "NEW^NAME"}}})
+    update(
+        client,
+        datastore_id,
+        image_set_id,
+        "1",
+        updatable={"SchemaVersion": "1.1", "Patient": {"DICOM": {"PatientName": "NEW^NAME"}}},
+    )
     second = wait_image_set(client, datastore_id, image_set_id)
     assert second["versionId"] == "2" and second["imageSetWorkflowStatus"] == "UPDATED"
     first = image_set(client, datastore_id, image_set_id, version="1")
@@ -425,10 +501,14 @@ def test_get_image_set_latest_and_given_version(emulator, client, sample):
 
     code, status, _ = error(client.get_image_set, datastoreId=datastore_id, imageSetId=image_set_id, versionId="7")
     assert (code, status) == ("ResourceNotFoundException", 404)
-    assert error(client.get_image_set_metadata, datastoreId=datastore_id, imageSetId=image_set_id, versionId="7")[0] == \
-        "ResourceNotFoundException"
-    assert error(client.get_image_set, datastoreId=datastore_id, imageSetId=image_set_id, versionId="v1")[0] == \
-        "ValidationException"
+    assert (
+        error(client.get_image_set_metadata, datastoreId=datastore_id, imageSetId=image_set_id, versionId="7")[0]
+        == "ResourceNotFoundException"
+    )
+    assert (
+        error(client.get_image_set, datastoreId=datastore_id, imageSetId=image_set_id, versionId="v1")[0]
+        == "ValidationException"
+    )
 
 
 def test_get_image_set_metadata_is_gzip_json_with_the_document_structure(client, sample):
@@ -464,30 +544,51 @@ def test_get_image_frame_returns_bytes_for_a_frame_of_the_metadata(client, sampl
     datastore_id, summaries = sample
     summary = next(s for s in summaries if s["DICOMTags"].get("DICOMPatientId") == "1CT1")
     document = metadata(client, datastore_id, summary["imageSetId"])
-    frame_ids = [f["ID"] for series in document["Study"]["Series"].values() for inst in series["Instances"].values()
-                 for f in inst["ImageFrames"]]
+    frame_ids = [
+        f["ID"]
+        for series in document["Study"]["Series"].values()
+        for inst in series["Instances"].values()
+        for f in inst["ImageFrames"]
+    ]
     assert frame_ids
-    response = client.get_image_frame(datastoreId=datastore_id, imageSetId=summary["imageSetId"],
-                                      imageFrameInformation={"imageFrameId": frame_ids[0]})
+    response = client.get_image_frame(
+        datastoreId=datastore_id, imageSetId=summary["imageSetId"], imageFrameInformation={"imageFrameId": frame_ids[0]}
+    )
     blob = response["imageFrameBlob"].read()
     assert len(blob) > 0 and blob[:4] == b"\xff\x4f\xff\x51"  # a JPEG 2000 codestream starts with SOC, SIZ
     assert response["contentType"] == "application/octet-stream"
 
-    code, status, _ = error(client.get_image_frame, datastoreId=datastore_id, imageSetId=summary["imageSetId"],
-                            imageFrameInformation={"imageFrameId": UNKNOWN_ID})
+    code, status, _ = error(
+        client.get_image_frame,
+        datastoreId=datastore_id,
+        imageSetId=summary["imageSetId"],
+        imageFrameInformation={"imageFrameId": UNKNOWN_ID},
+    )
     assert (code, status) == ("ResourceNotFoundException", 404)
     # a frame of another image set is not in this one
     other = next(s for s in summaries if s["imageSetId"] != summary["imageSetId"])
-    assert error(client.get_image_frame, datastoreId=datastore_id, imageSetId=other["imageSetId"],
-                 imageFrameInformation={"imageFrameId": frame_ids[0]})[0] == "ResourceNotFoundException"
+    assert (
+        error(
+            client.get_image_frame,
+            datastoreId=datastore_id,
+            imageSetId=other["imageSetId"],
+            imageFrameInformation={"imageFrameId": frame_ids[0]},
+        )[0]
+        == "ResourceNotFoundException"
+    )
 
 
 def test_list_image_set_versions_paginates_with_capital_workflow_status(emulator, client):
     datastore_id = emulator.seed("synthetic:1")["datastoreId"]
     image_set_id = ids(search_all(client, datastore_id))[0]
     for latest in ("1", "2"):
-        update(client, datastore_id, image_set_id, latest,
-               updatable={"SchemaVersion": "1.1", "Study": {"DICOM": {"StudyDescription": f"after {latest}"}}})
+        update(
+            client,
+            datastore_id,
+            image_set_id,
+            latest,
+            updatable={"SchemaVersion": "1.1", "Study": {"DICOM": {"StudyDescription": f"after {latest}"}}},
+        )
         wait_image_set(client, datastore_id, image_set_id)
 
     pages, token = [], None
@@ -509,8 +610,10 @@ def test_list_image_set_versions_paginates_with_capital_workflow_status(emulator
     assert all(v["imageSetState"] == "ACTIVE" and v["imageSetId"] == image_set_id for v in versions)
     whole = client.list_image_set_versions(datastoreId=datastore_id, imageSetId=image_set_id)
     assert [v["versionId"] for v in whole["imageSetPropertiesList"]] == ["3", "2", "1"] and "nextToken" not in whole
-    assert error(client.list_image_set_versions, datastoreId=datastore_id, imageSetId=image_set_id,
-                 nextToken="garbage")[0] == "ValidationException"
+    assert (
+        error(client.list_image_set_versions, datastoreId=datastore_id, imageSetId=image_set_id, nextToken="garbage")[0]
+        == "ValidationException"
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -528,8 +631,13 @@ def test_search_without_criteria_returns_every_image_set(emulator, client, synth
         assert summary["DICOMTags"]["DICOMPatientId"].startswith("SYN")
     first = client.search_image_sets(datastoreId=datastore_id)
     assert len(first["imageSetsMetadataSummaries"]) == 50 and first["nextToken"]  # the default page size
-    paginated = [s["imageSetId"] for page in client.get_paginator("search_image_sets").paginate(
-        datastoreId=datastore_id, PaginationConfig={"PageSize": 30}) for s in page["imageSetsMetadataSummaries"]]
+    paginated = [
+        s["imageSetId"]
+        for page in client.get_paginator("search_image_sets").paginate(
+            datastoreId=datastore_id, PaginationConfig={"PageSize": 30}
+        )
+        for s in page["imageSetsMetadataSummaries"]
+    ]
     assert paginated == ids(summaries)
     # an empty criteria object means the same as none
     assert ids(search_all(client, datastore_id, criteria={})) == ids(summaries)
@@ -545,7 +653,9 @@ def _pick(summaries: list[dict], tag: str) -> tuple[Any, set[str]]:
     return value, groups[value]
 
 
-@pytest.mark.parametrize("attribute", ["DICOMPatientId", "DICOMStudyInstanceUID", "DICOMAccessionNumber", "DICOMStudyId"])
+@pytest.mark.parametrize(
+    "attribute", ["DICOMPatientId", "DICOMStudyInstanceUID", "DICOMAccessionNumber", "DICOMStudyId"]
+)
 def test_search_equal_on_study_level_attributes(client, sample, attribute):
     datastore_id, summaries = sample
     value, expected = _pick(summaries, attribute)
@@ -553,7 +663,9 @@ def test_search_equal_on_study_level_attributes(client, sample, attribute):
     found = search_all(client, datastore_id, equal(attribute, value))
     assert set(ids(found)) == expected and len(found) == len(expected)
     assert all(s["DICOMTags"][attribute] == value for s in found)
-    assert search_all(client, datastore_id, equal(attribute, "9.9.9.9" if "UID" in attribute else "no-such-value")) == []
+    assert (
+        search_all(client, datastore_id, equal(attribute, "9.9.9.9" if "UID" in attribute else "no-such-value")) == []
+    )
 
 
 def test_search_equal_on_series_instance_uid_finds_exactly_that_series(client, sample):
@@ -582,19 +694,33 @@ def test_two_filters_are_anded(client, synthetic):
     assert len(in_study) > 1
     member = next(s for s in summaries if s["imageSetId"] in in_study)
     series = member["DICOMTags"]["DICOMSeriesInstanceUID"]
-    both = {"filters": [{"operator": "EQUAL", "values": [{"DICOMStudyInstanceUID": study}]},
-                        {"operator": "EQUAL", "values": [{"DICOMSeriesInstanceUID": series}]}]}
+    both = {
+        "filters": [
+            {"operator": "EQUAL", "values": [{"DICOMStudyInstanceUID": study}]},
+            {"operator": "EQUAL", "values": [{"DICOMSeriesInstanceUID": series}]},
+        ]
+    }
     assert ids(search_all(client, datastore_id, both)) == [member["imageSetId"]]
 
     patient = member["DICOMTags"]["DICOMPatientId"]
     patient_sets = {s["imageSetId"] for s in summaries if s["DICOMTags"]["DICOMPatientId"] == patient}
     non_primary = {s["imageSetId"] for s in summaries if not s["isPrimary"]}
-    with_primary = {"filters": [{"operator": "EQUAL", "values": [{"DICOMPatientId": patient}]},
-                                {"operator": "EQUAL", "values": [{"isPrimary": True}]}]}
+    with_primary = {
+        "filters": [
+            {"operator": "EQUAL", "values": [{"DICOMPatientId": patient}]},
+            {"operator": "EQUAL", "values": [{"isPrimary": True}]},
+        ]
+    }
     assert set(ids(search_all(client, datastore_id, with_primary))) == patient_sets - non_primary
-    other_patient = next(s["DICOMTags"]["DICOMPatientId"] for s in summaries if s["DICOMTags"]["DICOMPatientId"] != patient)
-    disjoint = {"filters": [{"operator": "EQUAL", "values": [{"DICOMPatientId": other_patient}]},
-                            {"operator": "EQUAL", "values": [{"DICOMStudyInstanceUID": study}]}]}
+    other_patient = next(
+        s["DICOMTags"]["DICOMPatientId"] for s in summaries if s["DICOMTags"]["DICOMPatientId"] != patient
+    )
+    disjoint = {
+        "filters": [
+            {"operator": "EQUAL", "values": [{"DICOMPatientId": other_patient}]},
+            {"operator": "EQUAL", "values": [{"DICOMStudyInstanceUID": study}]},
+        ]
+    }
     assert search_all(client, datastore_id, disjoint) == []
 
 
@@ -610,9 +736,17 @@ def test_search_between_on_study_date_and_time(client, synthetic):
     low, high = moments[len(moments) // 4], moments[3 * len(moments) // 4]
     expected = {s["imageSetId"] for s in summaries if low <= _study_date_time(s) <= high}
     assert 1 < len(expected) < len(summaries)
-    criteria = {"filters": [{"operator": "BETWEEN", "values": [
-        {"DICOMStudyDateAndTime": {"DICOMStudyDate": low[:8], "DICOMStudyTime": low[8:]}},
-        {"DICOMStudyDateAndTime": {"DICOMStudyDate": high[:8], "DICOMStudyTime": high[8:]}}]}]}
+    criteria = {
+        "filters": [
+            {
+                "operator": "BETWEEN",
+                "values": [
+                    {"DICOMStudyDateAndTime": {"DICOMStudyDate": low[:8], "DICOMStudyTime": low[8:]}},
+                    {"DICOMStudyDateAndTime": {"DICOMStudyDate": high[:8], "DICOMStudyTime": high[8:]}},
+                ],
+            }
+        ]
+    }
     found = search_all(client, datastore_id, criteria)
     assert set(ids(found)) == expected and len(found) == len(expected)  # the bounds are inclusive
 
@@ -632,11 +766,17 @@ def test_search_between_on_created_and_updated_at(emulator, client, synthetic, t
         path.unlink()
     job = start_import(client, datastore_id, source, tmp_path / "out")
     assert wait_job(client, datastore_id, job["jobId"])["jobStatus"] == "COMPLETED"
-    created_after = search_all(client, datastore_id, {"filters": [{"operator": "BETWEEN", "values": [
-        {"createdAt": mark}, {"createdAt": FAR_FUTURE}]}]})
+    created_after = search_all(
+        client,
+        datastore_id,
+        {"filters": [{"operator": "BETWEEN", "values": [{"createdAt": mark}, {"createdAt": FAR_FUTURE}]}]},
+    )
     assert len(created_after) == 1 and created_after[0]["imageSetId"] not in ids(summaries)
-    created_before = search_all(client, datastore_id, {"filters": [{"operator": "BETWEEN", "values": [
-        {"createdAt": FAR_PAST}, {"createdAt": mark}]}]})
+    created_before = search_all(
+        client,
+        datastore_id,
+        {"filters": [{"operator": "BETWEEN", "values": [{"createdAt": FAR_PAST}, {"createdAt": mark}]}]},
+    )
     assert set(ids(created_before)) == set(ids(summaries))
 
     # updates move updatedAt, not createdAt
@@ -644,20 +784,43 @@ def test_search_between_on_created_and_updated_at(emulator, client, synthetic, t
     mark2 = datetime.datetime.now(UTC)
     touched = ids(summaries)[10:12]
     for image_set_id in touched:
-        update(client, datastore_id, image_set_id, "1",
-               updatable={"SchemaVersion": "1.1", "Study": {"DICOM": {"StudyDescription": "touched"}}})
+        update(
+            client,
+            datastore_id,
+            image_set_id,
+            "1",
+            updatable={"SchemaVersion": "1.1", "Study": {"DICOM": {"StudyDescription": "touched"}}},
+        )
     for image_set_id in touched:
         wait_image_set(client, datastore_id, image_set_id)
-    updated_after = search_all(client, datastore_id, {"filters": [{"operator": "BETWEEN", "values": [
-        {"updatedAt": mark2}, {"updatedAt": FAR_FUTURE}]}]})
+    updated_after = search_all(
+        client,
+        datastore_id,
+        {"filters": [{"operator": "BETWEEN", "values": [{"updatedAt": mark2}, {"updatedAt": FAR_FUTURE}]}]},
+    )
     assert set(ids(updated_after)) == set(touched)
     assert all(s["version"] == 2 for s in updated_after)
-    assert len(search_all(client, datastore_id, {"filters": [{"operator": "BETWEEN", "values": [
-        {"createdAt": mark2}, {"createdAt": FAR_FUTURE}]}]})) == 0
+    assert (
+        len(
+            search_all(
+                client,
+                datastore_id,
+                {"filters": [{"operator": "BETWEEN", "values": [{"createdAt": mark2}, {"createdAt": FAR_FUTURE}]}]},
+            )
+        )
+        == 0
+    )
     # both ranges at once
-    both = search_all(client, datastore_id, {"filters": [
-        {"operator": "BETWEEN", "values": [{"updatedAt": mark2}, {"updatedAt": FAR_FUTURE}]},
-        {"operator": "BETWEEN", "values": [{"createdAt": FAR_PAST}, {"createdAt": mark}]}]})
+    both = search_all(
+        client,
+        datastore_id,
+        {
+            "filters": [
+                {"operator": "BETWEEN", "values": [{"updatedAt": mark2}, {"updatedAt": FAR_FUTURE}]},
+                {"operator": "BETWEEN", "values": [{"createdAt": FAR_PAST}, {"createdAt": mark}]},
+            ]
+        },
+    )
     assert set(ids(both)) == set(touched)
 
 
@@ -667,8 +830,13 @@ def test_search_sorts_by_updated_and_created_at(emulator, client, tmp_path):
     # give three image sets distinct, later updatedAt values, in this order
     order = [seeded[7], seeded[2], seeded[9]]
     for image_set_id in order:
-        update(client, datastore_id, image_set_id, "1",
-               updatable={"SchemaVersion": "1.1", "Patient": {"DICOM": {"PatientComments": "sorted"}}})
+        update(
+            client,
+            datastore_id,
+            image_set_id,
+            "1",
+            updatable={"SchemaVersion": "1.1", "Patient": {"DICOM": {"PatientComments": "sorted"}}},
+        )
         wait_image_set(client, datastore_id, image_set_id)
     # and one image set created later than all others
     source = tmp_path / "in"
@@ -699,26 +867,44 @@ def test_search_sorts_by_updated_and_created_at(emulator, client, tmp_path):
     assert ids(created_asc)[-1] == imported
     assert [s["createdAt"] for s in created_asc] == sorted(s["createdAt"] for s in created_asc)
 
-    response = client.search_image_sets(datastoreId=datastore_id,
-                                        searchCriteria={"sort": {"sortField": "updatedAt", "sortOrder": "DESC"}})
+    response = client.search_image_sets(
+        datastoreId=datastore_id, searchCriteria={"sort": {"sortField": "updatedAt", "sortOrder": "DESC"}}
+    )
     assert response["sort"] == {"sortField": "updatedAt", "sortOrder": "DESC"}
 
 
 INVALID_SEARCHES = {
-    "between-one-value": {"searchCriteria": {"filters": [{"operator": "BETWEEN", "values": [{"createdAt": FAR_PAST}]}]}},
-    "between-on-patient-id": {"searchCriteria": {"filters": [{"operator": "BETWEEN", "values": [
-        {"DICOMPatientId": "A"}, {"DICOMPatientId": "Z"}]}]}},
-    "between-mixed-attributes": {"searchCriteria": {"filters": [{"operator": "BETWEEN", "values": [
-        {"createdAt": FAR_PAST}, {"updatedAt": FAR_FUTURE}]}]}},
-    "equal-two-values": {"searchCriteria": {"filters": [{"operator": "EQUAL", "values": [
-        {"DICOMPatientId": "A"}, {"DICOMPatientId": "B"}]}]}},
-    "three-filters": {"searchCriteria": {"filters": [
-        {"operator": "EQUAL", "values": [{"DICOMPatientId": "A"}]},
-        {"operator": "EQUAL", "values": [{"isPrimary": True}]},
-        {"operator": "EQUAL", "values": [{"DICOMAccessionNumber": "B"}]}]}},
+    "between-one-value": {
+        "searchCriteria": {"filters": [{"operator": "BETWEEN", "values": [{"createdAt": FAR_PAST}]}]}
+    },
+    "between-on-patient-id": {
+        "searchCriteria": {
+            "filters": [{"operator": "BETWEEN", "values": [{"DICOMPatientId": "A"}, {"DICOMPatientId": "Z"}]}]
+        }
+    },
+    "between-mixed-attributes": {
+        "searchCriteria": {
+            "filters": [{"operator": "BETWEEN", "values": [{"createdAt": FAR_PAST}, {"updatedAt": FAR_FUTURE}]}]
+        }
+    },
+    "equal-two-values": {
+        "searchCriteria": {
+            "filters": [{"operator": "EQUAL", "values": [{"DICOMPatientId": "A"}, {"DICOMPatientId": "B"}]}]
+        }
+    },
+    "three-filters": {
+        "searchCriteria": {
+            "filters": [
+                {"operator": "EQUAL", "values": [{"DICOMPatientId": "A"}]},
+                {"operator": "EQUAL", "values": [{"isPrimary": True}]},
+                {"operator": "EQUAL", "values": [{"DICOMAccessionNumber": "B"}]},
+            ]
+        }
+    },
     "unknown-operator": {"searchCriteria": {"filters": [{"operator": "LIKE", "values": [{"DICOMPatientId": "A"}]}]}},
-    "two-union-members": {"searchCriteria": {"filters": [{"operator": "EQUAL", "values": [
-        {"DICOMPatientId": "A", "DICOMStudyId": "B"}]}]}},
+    "two-union-members": {
+        "searchCriteria": {"filters": [{"operator": "EQUAL", "values": [{"DICOMPatientId": "A", "DICOMStudyId": "B"}]}]}
+    },
     "bad-sort-field": {"searchCriteria": {"sort": {"sortField": "patientName", "sortOrder": "ASC"}}},
     "max-results-0": {"maxResults": 0},
     "max-results-51": {"maxResults": 51},
@@ -756,15 +942,25 @@ def test_update_changes_patient_and_study_attributes_in_a_new_version(emulator, 
     image_set_id = ids(search_all(client, datastore_id))[0]
     before = metadata(client, datastore_id, image_set_id)
     emulator.configure(timing={"update_seconds": 0.3})
-    response = update(client, datastore_id, image_set_id, "1", updatable={
-        "SchemaVersion": "1.1",
-        "Patient": {"DICOM": {"PatientName": "RENAMED^PATIENT", "PatientID": "NEWPID42"}},
-        "Study": {"DICOM": {"StudyDescription": "Updated description"}},
-    })
+    response = update(
+        client,
+        datastore_id,
+        image_set_id,
+        "1",
+        updatable={
+            "SchemaVersion": "1.1",
+            "Patient": {"DICOM": {"PatientName": "RENAMED^PATIENT", "PatientID": "NEWPID42"}},
+            "Study": {"DICOM": {"StudyDescription": "Updated description"}},
+        },
+    )
     assert response["latestVersionId"] == "2"
     assert (response["imageSetState"], response["imageSetWorkflowStatus"]) == ("LOCKED", "UPDATING")
     during = image_set(client, datastore_id, image_set_id)
-    assert (during["versionId"], during["imageSetState"], during["imageSetWorkflowStatus"]) == ("2", "LOCKED", "UPDATING")
+    assert (during["versionId"], during["imageSetState"], during["imageSetWorkflowStatus"]) == (
+        "2",
+        "LOCKED",
+        "UPDATING",
+    )
 
     after = wait_image_set(client, datastore_id, image_set_id)
     assert (after["versionId"], after["imageSetWorkflowStatus"]) == ("2", "UPDATED")
@@ -790,18 +986,31 @@ def test_update_removable_attributes_removes_an_instance(emulator, client):
     [(series_uid_, series)] = before["Study"]["Series"].items()
     instances = sorted(series["Instances"])
     assert len(instances) == 3
-    update(client, datastore_id, image_set_id, "1", removable={
-        "SchemaVersion": "1.1", "Study": {"Series": {series_uid_: {"Instances": {instances[0]: {}}}}}})
+    update(
+        client,
+        datastore_id,
+        image_set_id,
+        "1",
+        removable={"SchemaVersion": "1.1", "Study": {"Series": {series_uid_: {"Instances": {instances[0]: {}}}}}},
+    )
     wait_image_set(client, datastore_id, image_set_id)
     after = metadata(client, datastore_id, image_set_id)
     assert sorted(after["Study"]["Series"][series_uid_]["Instances"]) == instances[1:]
-    assert sorted(metadata(client, datastore_id, image_set_id, version="1")["Study"]["Series"][series_uid_]["Instances"]) == instances
+    assert (
+        sorted(metadata(client, datastore_id, image_set_id, version="1")["Study"]["Series"][series_uid_]["Instances"])
+        == instances
+    )
     [summary] = search_all(client, datastore_id)
     assert summary["DICOMTags"]["DICOMNumberOfStudyRelatedInstances"] == 2
 
     # removing an attribute
-    update(client, datastore_id, image_set_id, "2", removable={
-        "SchemaVersion": "1.1", "Study": {"DICOM": {"StudyDescription": ""}}})
+    update(
+        client,
+        datastore_id,
+        image_set_id,
+        "2",
+        removable={"SchemaVersion": "1.1", "Study": {"DICOM": {"StudyDescription": ""}}},
+    )
     wait_image_set(client, datastore_id, image_set_id)
     assert "StudyDescription" not in metadata(client, datastore_id, image_set_id)["Study"]["DICOM"]
 
@@ -810,8 +1019,13 @@ def test_revert_to_version_restores_the_old_document(emulator, client):
     datastore_id = emulator.seed("synthetic:1")["datastoreId"]
     image_set_id = ids(search_all(client, datastore_id))[0]
     original = metadata(client, datastore_id, image_set_id)
-    update(client, datastore_id, image_set_id, "1",
-           updatable={"SchemaVersion": 1.1, "Patient": {"DICOM": {"PatientName": "CHANGED^ONCE"}}})
+    update(
+        client,
+        datastore_id,
+        image_set_id,
+        "1",
+        updatable={"SchemaVersion": 1.1, "Patient": {"DICOM": {"PatientName": "CHANGED^ONCE"}}},
+    )
     wait_image_set(client, datastore_id, image_set_id)
     assert metadata(client, datastore_id, image_set_id) != original
 
@@ -820,11 +1034,21 @@ def test_revert_to_version_restores_the_old_document(emulator, client):
     reverted = wait_image_set(client, datastore_id, image_set_id)
     assert reverted["versionId"] == "3"
     assert metadata(client, datastore_id, image_set_id) == original
-    assert metadata(client, datastore_id, image_set_id, version="2")["Patient"]["DICOM"]["PatientName"] == "CHANGED^ONCE"
+    assert (
+        metadata(client, datastore_id, image_set_id, version="2")["Patient"]["DICOM"]["PatientName"] == "CHANGED^ONCE"
+    )
     [summary] = search_all(client, datastore_id)
     assert summary["DICOMTags"]["DICOMPatientName"] == original["Patient"]["DICOM"]["PatientName"]
-    assert error(client.update_image_set_metadata, datastoreId=datastore_id, imageSetId=image_set_id, latestVersionId="3",
-                 updateImageSetMetadataUpdates={"revertToVersionId": "9"})[0] == "ResourceNotFoundException"
+    assert (
+        error(
+            client.update_image_set_metadata,
+            datastoreId=datastore_id,
+            imageSetId=image_set_id,
+            latestVersionId="3",
+            updateImageSetMetadataUpdates={"revertToVersionId": "9"},
+        )[0]
+        == "ResourceNotFoundException"
+    )
 
 
 def test_update_conflicts_on_a_stale_version_and_while_locked(emulator, client):
@@ -846,21 +1070,38 @@ def test_update_conflicts_on_a_stale_version_and_while_locked(emulator, client):
         with pytest.raises(ClientError) as locked:
             update(client, datastore_id, image_set_id, latest, updatable=change)
         assert locked.value.response["Error"]["Code"] == "ConflictException"
-    assert error(client.delete_image_set, datastoreId=datastore_id, imageSetId=image_set_id)[:2] == ("ConflictException", 409)
+    assert error(client.delete_image_set, datastoreId=datastore_id, imageSetId=image_set_id)[:2] == (
+        "ConflictException",
+        409,
+    )
     # a locked image set is still readable
     assert image_set(client, datastore_id, image_set_id)["imageSetWorkflowStatus"] == "UPDATING"
     assert metadata(client, datastore_id, image_set_id)["ImageSetID"] == image_set_id
 
 
-@pytest.mark.parametrize("blob", [b"{not json", b"[1, 2]", b'{"Patient": {"DICOM": {"PatientName": "X"}}}',
-                                  b'{"SchemaVersion": "1.1", "Study": {"Series": {"1.2.3": {"DICOM": {"Modality": "MR"}}}}}'])
+@pytest.mark.parametrize(
+    "blob",
+    [
+        b"{not json",
+        b"[1, 2]",
+        b'{"Patient": {"DICOM": {"PatientName": "X"}}}',
+        b'{"SchemaVersion": "1.1", "Study": {"Series": {"1.2.3": {"DICOM": {"Modality": "MR"}}}}}',
+    ],
+)
 def test_update_with_a_bad_blob_is_a_validation_error(emulator, client, blob):
     datastore_id = emulator.seed("synthetic:1")["datastoreId"]
     image_set_id = ids(search_all(client, datastore_id))[0]
-    code, status, _ = error(client.update_image_set_metadata, datastoreId=datastore_id, imageSetId=image_set_id,
-                            latestVersionId="1", updateImageSetMetadataUpdates={"DICOMUpdates": {"updatableAttributes": blob}})
+    code, status, _ = error(
+        client.update_image_set_metadata,
+        datastoreId=datastore_id,
+        imageSetId=image_set_id,
+        latestVersionId="1",
+        updateImageSetMetadataUpdates={"DICOMUpdates": {"updatableAttributes": blob}},
+    )
     assert (code, status) == ("ValidationException", 400)
-    versions = client.list_image_set_versions(datastoreId=datastore_id, imageSetId=image_set_id)["imageSetPropertiesList"]
+    versions = client.list_image_set_versions(datastoreId=datastore_id, imageSetId=image_set_id)[
+        "imageSetPropertiesList"
+    ]
     assert [v["versionId"] for v in versions] == ["1"]
     assert image_set(client, datastore_id, image_set_id)["imageSetState"] == "ACTIVE"
 
@@ -870,8 +1111,16 @@ def test_update_needs_exactly_one_kind_of_change(emulator, unvalidated):
     image_set_id = ids(search_all(unvalidated, datastore_id))[0]
     both = {"revertToVersionId": "1", "DICOMUpdates": {"updatableAttributes": b'{"SchemaVersion": "1.1"}'}}
     for updates in (both, {}):
-        assert error(unvalidated.update_image_set_metadata, datastoreId=datastore_id, imageSetId=image_set_id,
-                     latestVersionId="1", updateImageSetMetadataUpdates=updates)[0] == "ValidationException"
+        assert (
+            error(
+                unvalidated.update_image_set_metadata,
+                datastoreId=datastore_id,
+                imageSetId=image_set_id,
+                latestVersionId="1",
+                updateImageSetMetadataUpdates=updates,
+            )[0]
+            == "ValidationException"
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -893,16 +1142,26 @@ def test_delete_image_set_goes_deleting_then_deleted(emulator, client):
     gone = wait_image_set(client, datastore_id, image_set_id, "DELETED")
     assert gone["imageSetWorkflowStatus"] == "DELETED"
     assert isinstance(gone["deletedAt"], datetime.datetime)
-    versions = client.list_image_set_versions(datastoreId=datastore_id, imageSetId=image_set_id)["imageSetPropertiesList"]
+    versions = client.list_image_set_versions(datastoreId=datastore_id, imageSetId=image_set_id)[
+        "imageSetPropertiesList"
+    ]
     assert [(v["versionId"], v["imageSetState"]) for v in versions] == [("1", "DELETED")]
 
     source_only = {"sourceImageSet": {"latestVersionId": "1"}}
-    into_deleted = {"sourceImageSet": {"latestVersionId": "1"},
-                    "destinationImageSet": {"imageSetId": image_set_id, "latestVersionId": "1"}}
+    into_deleted = {
+        "sourceImageSet": {"latestVersionId": "1"},
+        "destinationImageSet": {"imageSetId": image_set_id, "latestVersionId": "1"},
+    }
     for call, kwargs in [
         (client.delete_image_set, {"imageSetId": image_set_id}),
-        (client.update_image_set_metadata, {"imageSetId": image_set_id, "latestVersionId": "1",
-                                            "updateImageSetMetadataUpdates": {"revertToVersionId": "1"}}),
+        (
+            client.update_image_set_metadata,
+            {
+                "imageSetId": image_set_id,
+                "latestVersionId": "1",
+                "updateImageSetMetadataUpdates": {"revertToVersionId": "1"},
+            },
+        ),
         (client.copy_image_set, {"sourceImageSetId": image_set_id, "copyImageSetInformation": source_only}),
         (client.copy_image_set, {"sourceImageSetId": other_id, "copyImageSetInformation": into_deleted}),
     ]:
@@ -910,8 +1169,15 @@ def test_delete_image_set_goes_deleting_then_deleted(emulator, client):
         assert (code, status) == ("ResourceNotFoundException", 404), (call.__name__, kwargs)
     # the other image set is untouched
     assert image_set(client, datastore_id, other_id)["imageSetState"] == "ACTIVE"
-    assert error(client.get_image_frame, datastoreId=datastore_id, imageSetId=image_set_id,
-                 imageFrameInformation={"imageFrameId": UNKNOWN_ID})[0] == "ResourceNotFoundException"
+    assert (
+        error(
+            client.get_image_frame,
+            datastoreId=datastore_id,
+            imageSetId=image_set_id,
+            imageFrameInformation={"imageFrameId": UNKNOWN_ID},
+        )[0]
+        == "ResourceNotFoundException"
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -1037,8 +1303,9 @@ def test_import_from_a_local_folder_creates_one_image_set_per_series(emulator, c
 
     # the reported URIs are accepted back: the same folder again gives non-primary duplicates
     emulator.configure(timing={"import_seconds": 0.05})
-    again = client.start_dicom_import_job(datastoreId=datastore_id, dataAccessRoleArn=ROLE,
-                                          inputS3Uri=done["inputS3Uri"], outputS3Uri=done["outputS3Uri"])
+    again = client.start_dicom_import_job(
+        datastoreId=datastore_id, dataAccessRoleArn=ROLE, inputS3Uri=done["inputS3Uri"], outputS3Uri=done["outputS3Uri"]
+    )
     assert wait_job(client, datastore_id, again["jobId"])["jobStatus"] == "COMPLETED"
     assert (output / f"{datastore_id}-DicomImport-{again['jobId']}" / "job-output-manifest.json").is_file()
     assert len(search_all(client, datastore_id, equal("isPrimary", False))) == 3
@@ -1089,9 +1356,13 @@ def test_import_of_an_empty_folder_fails_with_a_message_and_job_status_filter(em
     assert sorted(listed()) == sorted([ok, bad])
     first_page = client.list_dicom_import_jobs(datastoreId=datastore_id, maxResults=1)
     assert len(first_page["jobSummaries"]) == 1 and first_page["nextToken"]
-    second_page = client.list_dicom_import_jobs(datastoreId=datastore_id, maxResults=1, nextToken=first_page["nextToken"])
+    second_page = client.list_dicom_import_jobs(
+        datastoreId=datastore_id, maxResults=1, nextToken=first_page["nextToken"]
+    )
     assert {first_page["jobSummaries"][0]["jobId"], second_page["jobSummaries"][0]["jobId"]} == {ok, bad}
-    summary = next(j for j in client.list_dicom_import_jobs(datastoreId=datastore_id)["jobSummaries"] if j["jobId"] == bad)
+    summary = next(
+        j for j in client.list_dicom_import_jobs(datastoreId=datastore_id)["jobSummaries"] if j["jobId"] == bad
+    )
     assert summary["message"] == failed["message"]
 
 
@@ -1103,8 +1374,13 @@ def test_import_without_an_s3_root_is_a_validation_error(tmp_path, uri):
     with running_emulator() as emulator:
         client = emulator.client()
         datastore_id = new_datastore(emulator, client)
-        code, status, message = error(client.start_dicom_import_job, datastoreId=datastore_id, dataAccessRoleArn=ROLE,
-                                      inputS3Uri=str(source) if uri == "LOCAL" else uri, outputS3Uri=str(tmp_path))
+        code, status, message = error(
+            client.start_dicom_import_job,
+            datastoreId=datastore_id,
+            dataAccessRoleArn=ROLE,
+            inputS3Uri=str(source) if uri == "LOCAL" else uri,
+            outputS3Uri=str(tmp_path),
+        )
         assert (code, status) == ("ValidationException", 400)
         assert "--s3-root" in message
         assert client.list_dicom_import_jobs(datastoreId=datastore_id)["jobSummaries"] == []
@@ -1142,8 +1418,9 @@ def test_unknown_path_is_a_404_unknown_operation(emulator):
 
 
 def test_malformed_json_body_is_a_400_validation_error(emulator, client):
-    status, headers, body = _raw(emulator, "POST", "/datastore", body=b'{"datastoreName": "x",',
-                                 headers={"Content-Type": "application/json"})
+    status, headers, body = _raw(
+        emulator, "POST", "/datastore", body=b'{"datastoreName": "x",', headers={"Content-Type": "application/json"}
+    )
     assert status == 400
     assert headers["x-amzn-errortype"] == "ValidationException"
     assert "JSON" in json.loads(body)["message"]
@@ -1156,8 +1433,10 @@ def test_oversized_body_is_refused_without_reading_it(emulator):
     # timeout (30 s) closed the connection, and this socket's 20 s timeout would fail the test first; the answer
     # can only name the declared size, since no byte of the body was sent.
     with socket.create_connection((host, int(port)), timeout=20) as sock:
-        sock.sendall(b"POST /datastore HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: " + str(5 * 1024 * 1024).encode() + b"\r\n\r\n")
+        sock.sendall(
+            b"POST /datastore HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: " + str(5 * 1024 * 1024).encode() + b"\r\n\r\n"
+        )
         data = b""
         while b"\r\n\r\n" not in data or not data.rstrip().endswith(b"}"):
             chunk = sock.recv(65536)
@@ -1196,8 +1475,13 @@ def test_host_header_does_not_route(emulator):
     status, _, body = _raw(emulator, "GET", "/datastore", headers={"Host": "runtime-localhost"})
     assert status == 200
     assert [d["datastoreId"] for d in json.loads(body)["datastoreSummaries"]] == [datastore_id]
-    status, _, body = _raw(emulator, "POST", f"/datastore/{datastore_id}/searchImageSets", body=b"{}",
-                           headers={"Host": "runtime-127.0.0.1:443", "Content-Type": "application/json"})
+    status, _, body = _raw(
+        emulator,
+        "POST",
+        f"/datastore/{datastore_id}/searchImageSets",
+        body=b"{}",
+        headers={"Host": "runtime-127.0.0.1:443", "Content-Type": "application/json"},
+    )
     assert status == 200
     assert len(json.loads(body)["imageSetsMetadataSummaries"]) == 2
 
@@ -1207,13 +1491,20 @@ def test_default_host_prefix_injection_sends_data_plane_calls_nowhere(emulator):
     ``http://127.0.0.1:PORT`` becomes ``http://runtime-127.0.0.1:PORT``, which does not resolve.
     Clients of a local emulator must set ``Config(inject_host_prefix=False)``."""
     datastore_id = emulator.seed("synthetic:1")["datastoreId"]
-    default = boto3.client("medical-imaging", endpoint_url=emulator.url, region_name=REGION,
-                           aws_access_key_id="testing", aws_secret_access_key="testing",
-                           config=Config(connect_timeout=1, read_timeout=5, retries={"total_max_attempts": 1}))
+    default = boto3.client(
+        "medical-imaging",
+        endpoint_url=emulator.url,
+        region_name=REGION,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        config=Config(connect_timeout=1, read_timeout=5, retries={"total_max_attempts": 1}),
+    )
     # control plane: no host prefix, works
     assert [d["datastoreId"] for d in default.list_datastores()["datastoreSummaries"]] == [datastore_id]
     emulator.admin("DELETE", "counters")
-    with pytest.raises((botocore.exceptions.EndpointConnectionError, botocore.exceptions.ConnectTimeoutError)) as caught:
+    with pytest.raises(
+        (botocore.exceptions.EndpointConnectionError, botocore.exceptions.ConnectTimeoutError)
+    ) as caught:
         default.search_image_sets(datastoreId=datastore_id)
     assert "runtime-127.0.0.1" in str(caught.value)
     assert "SearchImageSets" not in emulator.counters()  # the call never reached the emulator

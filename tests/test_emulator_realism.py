@@ -60,13 +60,20 @@ def series_uid(client, datastore_id: str, image_set_id: str) -> str:
 
 
 def holders_of_series(client, datastore_id: str, uid: str) -> set[str]:
-    return set(all_image_set_ids(client, datastore_id,
-                                 filters=[{"operator": "EQUAL", "values": [{"DICOMSeriesInstanceUID": uid}]}]))
+    return set(
+        all_image_set_ids(
+            client, datastore_id, filters=[{"operator": "EQUAL", "values": [{"DICOMSeriesInstanceUID": uid}]}]
+        )
+    )
 
 
 def copy_new(client, datastore_id: str, source_id: str, version: str = "1", **kwargs):
-    return client.copy_image_set(datastoreId=datastore_id, sourceImageSetId=source_id,
-                                 copyImageSetInformation={"sourceImageSet": {"latestVersionId": version}}, **kwargs)
+    return client.copy_image_set(
+        datastoreId=datastore_id,
+        sourceImageSetId=source_id,
+        copyImageSetInformation={"sourceImageSet": {"latestVersionId": version}},
+        **kwargs,
+    )
 
 
 def wait_for_state(client, datastore_id: str, image_set_id: str, *, timeout: float = 15.0) -> dict:
@@ -77,7 +84,9 @@ def wait_for_state(client, datastore_id: str, image_set_id: str, *, timeout: flo
         if answer["imageSetState"] != "LOCKED":
             return answer
         if time.monotonic() > deadline:
-            raise AssertionError(f"image set {image_set_id} still LOCKED after {timeout}s: {answer['imageSetWorkflowStatus']}")
+            raise AssertionError(
+                f"image set {image_set_id} still LOCKED after {timeout}s: {answer['imageSetWorkflowStatus']}"
+            )
         time.sleep(0.05)
 
 
@@ -145,7 +154,7 @@ def test_throttling_follows_the_token_bucket(healthimaging_emulator):
             run_start = i + 1
     refill += max(0.0, calls[last][0] - calls[run_start][1])
     low = burst + rate * refill - 1 - 1e-9  # (and a hair for float rounding: the bound itself is exact)
-    assert sum(ok for _, _, ok in calls[:last + 1]) >= low, (succeeded, low, refill)
+    assert sum(ok for _, _, ok in calls[: last + 1]) >= low, (succeeded, low, refill)
 
     counters = handle.counters()["GetImageSet"]
     assert counters["calls"] == succeeded + throttled
@@ -241,8 +250,14 @@ def test_seeded_faults_replay_identically(healthimaging_emulator):
     assert counters["calls"] == 40
     assert counters["succeeded"] == again.count("ok")
     assert counters["throttled"] == again.count("ThrottlingException")
-    assert counters["faults"] == {k: v for k, v in (("throttle", again.count("ThrottlingException")),
-                                                     ("internal_error", again.count("InternalServerException"))) if v}
+    assert counters["faults"] == {
+        k: v
+        for k, v in (
+            ("throttle", again.count("ThrottlingException")),
+            ("internal_error", again.count("InternalServerException")),
+        )
+        if v
+    }
 
 
 def test_lost_response_copy_took_effect(healthimaging_emulator):
@@ -260,7 +275,9 @@ def test_lost_response_copy_took_effect(healthimaging_emulator):
     new = holders_of_series(client, datastore_id, uid) - {ids[0]}
     assert len(new) == 1
     (destination,) = new
-    versions = client.list_image_set_versions(datastoreId=datastore_id, imageSetId=destination)["imageSetPropertiesList"]
+    versions = client.list_image_set_versions(datastoreId=datastore_id, imageSetId=destination)[
+        "imageSetPropertiesList"
+    ]
     assert [v["versionId"] for v in versions] == ["1"]
     final = wait_for_state(client, datastore_id, destination)
     assert (final["imageSetState"], final["imageSetWorkflowStatus"]) == ("ACTIVE", "COPIED")
@@ -336,8 +353,13 @@ def test_internal_error_changes_nothing(healthimaging_emulator):
         assert after[key] == before[key]
     assert handle.backend.next_due() is None  # no job was scheduled
     counters = handle.counters()[COPY_OPERATION]
-    assert counters == {"calls": 1, "succeeded": 0, "throttled": 0, "faults": {"internal_error": 1},
-                        "errors": {"InternalServerException": 1}}
+    assert counters == {
+        "calls": 1,
+        "succeeded": 0,
+        "throttled": 0,
+        "faults": {"internal_error": 1},
+        "errors": {"InternalServerException": 1},
+    }
     copy_new(client, datastore_id, ids[0])  # the script is used up: the next copy is accepted
 
 
@@ -379,10 +401,16 @@ def test_counters_over_http_and_reset(healthimaging_emulator):
     status, counters = raw_admin(handle.url, "GET", "counters")
     assert status == 200
     assert counters["GetImageSet"] == {
-        "calls": 6, "succeeded": 2, "throttled": 1,
+        "calls": 6,
+        "succeeded": 2,
+        "throttled": 1,
         "faults": {"throttle": 1, "internal_error": 1},
-        "errors": {"ThrottlingException": 1, "InternalServerException": 1, "ResourceNotFoundException": 1,
-                   "ValidationException": 1},
+        "errors": {
+            "ThrottlingException": 1,
+            "InternalServerException": 1,
+            "ResourceNotFoundException": 1,
+            "ValidationException": 1,
+        },
     }
     assert counters["SearchImageSets"] == {"calls": 1, "succeeded": 1, "throttled": 0, "faults": {}, "errors": {}}
 
@@ -479,9 +507,14 @@ class EmulatorProcess:
 
     def __init__(self, *args: str, log_path: Path) -> None:
         self.log = open(log_path, "ab")
-        self.process = subprocess.Popen([PYTHON, "-m", "healthimaging_emulator", "--port", "0", *args], cwd=REPO,
-                                        stdout=subprocess.PIPE, stderr=self.log, text=True,
-                                        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        self.process = subprocess.Popen(
+            [PYTHON, "-m", "healthimaging_emulator", "--port", "0", *args],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
         self.lines: list[str] = []
         self._queue: queue.Queue[str | None] = queue.Queue()
         threading.Thread(target=self._drain, daemon=True).start()
@@ -582,14 +615,27 @@ def test_in_memory_state_is_lost_on_restart(tmp_path):
 
 @pytest.mark.slow
 def test_cli_synthetic_seed_and_rate_flag(tmp_path):
-    with EmulatorProcess("--seed", "synthetic:1000", "--rate", "CopyImageSet=5:5", "--rate-profile", "fast",
-                         "--fault", "CopyImageSet:copy_failed=0.25", "--fault-seed", "7",
-                         log_path=tmp_path / "log") as emulator:
+    with EmulatorProcess(
+        "--seed",
+        "synthetic:1000",
+        "--rate",
+        "CopyImageSet=5:5",
+        "--rate-profile",
+        "fast",
+        "--fault",
+        "CopyImageSet:copy_failed=0.25",
+        "--fault-seed",
+        "7",
+        log_path=tmp_path / "log",
+    ) as emulator:
         assert any("with 1000 image sets" in line for line in emulator.lines)
         client = emulator.client()
         (datastore,) = datastores_named(client, "synthetic")
-        pages = list(client.get_paginator("search_image_sets").paginate(datastoreId=datastore["datastoreId"],
-                                                                        PaginationConfig={"PageSize": 50}))
+        pages = list(
+            client.get_paginator("search_image_sets").paginate(
+                datastoreId=datastore["datastoreId"], PaginationConfig={"PageSize": 50}
+            )
+        )
         summaries = [s for page in pages for s in page["imageSetsMetadataSummaries"]]
         assert len(pages) == 20 and len(summaries) == 1000
         assert len({s["imageSetId"] for s in summaries}) == 1000
@@ -615,8 +661,13 @@ def test_cli_synthetic_seed_and_rate_flag(tmp_path):
     ],
 )
 def test_cli_rejects_bad_flags(flags, message):
-    done = subprocess.run([PYTHON, "-m", "healthimaging_emulator", "--port", "0", *flags], cwd=REPO,
-                          capture_output=True, text=True, timeout=30)
+    done = subprocess.run(
+        [PYTHON, "-m", "healthimaging_emulator", "--port", "0", *flags],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert done.returncode == 2
     assert message in done.stderr
     assert "listening on" not in done.stdout
@@ -632,8 +683,10 @@ def test_concurrent_clients_get_no_5xx_and_no_hang(tmp_path):
         # Low enough limits that throttling, conflicts and the copy quota all come into play.
         handle.configure(rates={"CopyImageSet": {"rate": 40, "burst": 10}}, max_concurrent_copies=4)
         threads_n, per_thread = 16, 30
-        clients = [handle.client(retries=1, read_timeout=20, connect_timeout=5, max_pool_connections=2)
-                   for _ in range(threads_n)]
+        clients = [
+            handle.client(retries=1, read_timeout=20, connect_timeout=5, max_pool_connections=2)
+            for _ in range(threads_n)
+        ]
         results: list[list[tuple[str, str]]] = [[] for _ in range(threads_n)]
         copies: list[list[str]] = [[] for _ in range(threads_n)]
 
@@ -666,9 +719,12 @@ def test_concurrent_clients_get_no_5xx_and_no_hang(tmp_path):
 
         outcomes = [outcome for per in results for outcome in per]
         assert len(outcomes) == threads_n * per_thread
-        unexpected = [o for o in outcomes
-                      if o[1] != "ok" and o[1] not in {"429 ThrottlingException", "409 ConflictException",
-                                                       "402 ServiceQuotaExceededException"}]
+        unexpected = [
+            o
+            for o in outcomes
+            if o[1] != "ok"
+            and o[1] not in {"429 ThrottlingException", "409 ConflictException", "402 ServiceQuotaExceededException"}
+        ]
         assert not unexpected, unexpected[:10]
         assert ("GetImageSet", "ok") in outcomes and (COPY_OPERATION, "ok") in outcomes
 

@@ -32,10 +32,19 @@ from healthimaging_emulator.pytest_plugin import EmulatorHandle, running_emulato
 REPO = Path(__file__).resolve().parents[1]
 ROLE = "arn:aws:iam::123456789012:role/ImportRole"
 TOKEN = "correct-horse-battery-staple"
-SIMPLE_TYPES = ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=xyz",
-                "text/plain;charset=UTF-8"]
-ALLOW_HEADERS = ("access-control-allow-origin", "access-control-allow-methods", "access-control-allow-headers",
-                 "access-control-allow-credentials", "access-control-allow-private-network")
+SIMPLE_TYPES = [
+    "text/plain",
+    "application/x-www-form-urlencoded",
+    "multipart/form-data; boundary=xyz",
+    "text/plain;charset=UTF-8",
+]
+ALLOW_HEADERS = (
+    "access-control-allow-origin",
+    "access-control-allow-methods",
+    "access-control-allow-headers",
+    "access-control-allow-credentials",
+    "access-control-allow-private-network",
+)
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -46,8 +55,9 @@ def host_port(url: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def raw(url: str, method: str, path: str, body: bytes | None = None,
-        headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], dict]:
+def raw(
+    url: str, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], dict]:
     """One request exactly as given (http.client adds Host unless ``headers`` has one): status, headers, JSON."""
     connection = http.client.HTTPConnection(*host_port(url), timeout=10)
     try:
@@ -85,16 +95,18 @@ def copy_dicom(folder: Path, *names: str) -> list[Path]:
 def import_error(client, datastore_id: str, input_uri: str, output_uri: str) -> tuple[str, int, str]:
     """(code, status, message) of a StartDICOMImportJob that must be refused."""
     with pytest.raises(ClientError) as caught:
-        client.start_dicom_import_job(datastoreId=datastore_id, dataAccessRoleArn=ROLE, inputS3Uri=input_uri,
-                                      outputS3Uri=output_uri)
+        client.start_dicom_import_job(
+            datastoreId=datastore_id, dataAccessRoleArn=ROLE, inputS3Uri=input_uri, outputS3Uri=output_uri
+        )
     response = caught.value.response
     return response["Error"]["Code"], response["ResponseMetadata"]["HTTPStatusCode"], response["Error"]["Message"]
 
 
 def run_import(client, datastore_id: str, input_uri: str, output_uri: str) -> dict:
     """Start an import and wait until it ends; its job properties."""
-    job_id = client.start_dicom_import_job(datastoreId=datastore_id, dataAccessRoleArn=ROLE, inputS3Uri=input_uri,
-                                           outputS3Uri=output_uri)["jobId"]
+    job_id = client.start_dicom_import_job(
+        datastoreId=datastore_id, dataAccessRoleArn=ROLE, inputS3Uri=input_uri, outputS3Uri=output_uri
+    )["jobId"]
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         job = client.get_dicom_import_job(datastoreId=datastore_id, jobId=job_id)["jobProperties"]
@@ -118,8 +130,15 @@ def emulator(healthimaging_emulator) -> EmulatorHandle:
 
 def foreign_origins(url: str) -> list[str]:
     host, port = host_port(url)
-    return ["http://evil.example", "null", f"https://{host}:{port}", f"http://{host}:{port + 1}",
-            f"http://localhost:{port}", f"http://{host}", f"http://{host}:{port}.evil.example"]
+    return [
+        "http://evil.example",
+        "null",
+        f"https://{host}:{port}",
+        f"http://{host}:{port + 1}",
+        f"http://localhost:{port}",
+        f"http://{host}",
+        f"http://{host}:{port}.evil.example",
+    ]
 
 
 @pytest.mark.parametrize("path", ["/datastore", "/_emulator/health", "/_emulator/config"])
@@ -138,8 +157,13 @@ def test_a_foreign_origin_changes_nothing(emulator):
     path = f"/datastore/{datastore_id}/imageSet/{image_set_id}/deleteImageSet"
     status, _, _ = raw(emulator.url, "POST", path, headers={"Origin": "http://evil.example"})
     assert status == 403
-    status, _, _ = raw(emulator.url, "POST", "/_emulator/config", json.dumps({"timing": {"copy_fixed_seconds": 99}}).encode(),
-                       headers={"Origin": "http://evil.example", "Content-Type": "application/json"})
+    status, _, _ = raw(
+        emulator.url,
+        "POST",
+        "/_emulator/config",
+        json.dumps({"timing": {"copy_fixed_seconds": 99}}).encode(),
+        headers={"Origin": "http://evil.example", "Content-Type": "application/json"},
+    )
     assert status == 403
     assert image_set_state(emulator, datastore_id, image_set_id) == ("ACTIVE", "CREATED")
     assert emulator.admin("GET", "config")["timing"]["copy_fixed_seconds"] != 99
@@ -157,15 +181,29 @@ def test_the_same_origin_is_accepted(emulator):
     for path in ("/datastore", "/_emulator/health"):
         assert raw(emulator.url, "GET", path, headers={"Origin": emulator.url})[0] == 200
         # the origin is the one the request was addressed to, as in its Host header
-        assert raw(emulator.url, "GET", path, headers={"Host": f"localhost:{port}", "Origin": f"http://localhost:{port}"})[0] == 200
-        assert raw(emulator.url, "GET", path, headers={"Host": f"LOCALHOST:{port}", "Origin": f"http://localhost:{port}"})[0] == 200
+        assert (
+            raw(emulator.url, "GET", path, headers={"Host": f"localhost:{port}", "Origin": f"http://localhost:{port}"})[
+                0
+            ]
+            == 200
+        )
+        assert (
+            raw(emulator.url, "GET", path, headers={"Host": f"LOCALHOST:{port}", "Origin": f"http://localhost:{port}"})[
+                0
+            ]
+            == 200
+        )
         assert raw(emulator.url, "GET", path, headers={"Host": f"localhost:{port}", "Origin": emulator.url})[0] == 403
 
 
 @pytest.mark.parametrize("path", ["/datastore", "/_emulator/config"])
 def test_a_foreign_preflight_is_refused_without_cors_headers(emulator, path):
-    preflight = {"Origin": "http://evil.example", "Access-Control-Request-Method": "POST",
-                 "Access-Control-Request-Headers": "content-type", "Access-Control-Request-Private-Network": "true"}
+    preflight = {
+        "Origin": "http://evil.example",
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "content-type",
+        "Access-Control-Request-Private-Network": "true",
+    }
     status, headers, body = raw(emulator.url, "OPTIONS", path, headers=preflight)
     assert status == 403 and "http://evil.example" in body["message"]
     assert not set(ALLOW_HEADERS) & set(headers)
@@ -215,12 +253,17 @@ def test_boto3_still_works_on_every_kind_of_operation(emulator):
     client = emulator.client()
     assert [d["datastoreId"] for d in client.list_datastores()["datastoreSummaries"]] == [datastore_id]
     version = client.get_image_set(datastoreId=datastore_id, imageSetId=image_set_id)["versionId"]
-    copied = client.copy_image_set(datastoreId=datastore_id, sourceImageSetId=image_set_id,
-                                   copyImageSetInformation={"sourceImageSet": {"latestVersionId": version}})
+    copied = client.copy_image_set(
+        datastoreId=datastore_id,
+        sourceImageSetId=image_set_id,
+        copyImageSetInformation={"sourceImageSet": {"latestVersionId": version}},
+    )
     assert copied["destinationImageSetProperties"]["imageSetWorkflowStatus"] == "COPYING"
     client.tag_resource(resourceArn=copied["destinationImageSetProperties"]["imageSetArn"], tags={"k": "v"})
-    found = client.search_image_sets(datastoreId=datastore_id, searchCriteria={
-        "filters": [{"values": [{"DICOMPatientId": "no-such-patient"}], "operator": "EQUAL"}]})
+    found = client.search_image_sets(
+        datastoreId=datastore_id,
+        searchCriteria={"filters": [{"values": [{"DICOMPatientId": "no-such-patient"}], "operator": "EQUAL"}]},
+    )
     assert found["imageSetsMetadataSummaries"] == []
     assert emulator.counters()["CopyImageSet"]["succeeded"] == 1
 
@@ -228,8 +271,10 @@ def test_boto3_still_works_on_every_kind_of_operation(emulator):
 def test_botocore_shows_the_refusal_readably(emulator):
     """A client whose requests carry a foreign Origin gets an AccessDeniedException with the message."""
     client = emulator.client()
-    client.meta.events.register("before-send.medical-imaging.*",
-                                lambda request, **_: request.headers.__setitem__("Origin", "http://evil.example"))
+    client.meta.events.register(
+        "before-send.medical-imaging.*",
+        lambda request, **_: request.headers.__setitem__("Origin", "http://evil.example"),
+    )
     with pytest.raises(ClientError) as caught:
         client.list_datastores()
     error = caught.value.response["Error"]
@@ -259,13 +304,16 @@ def datastore(rooted) -> str:
     return rooted.client().create_datastore(datastoreName="imports")["datastoreId"]
 
 
-@pytest.mark.parametrize(("input_uri", "output_uri"), [
-    ("s3://bucket/../..", "s3://bucket/out"),
-    ("s3://bucket/a/../../x", "s3://bucket/out"),
-    ("s3://bucket/input/..", "s3://bucket/out"),
-    ("s3://bucket/input", "s3://bucket/../../out"),
-    ("LOCAL/bucket/input/../../..", "s3://bucket/out"),
-])
+@pytest.mark.parametrize(
+    ("input_uri", "output_uri"),
+    [
+        ("s3://bucket/../..", "s3://bucket/out"),
+        ("s3://bucket/a/../../x", "s3://bucket/out"),
+        ("s3://bucket/input/..", "s3://bucket/out"),
+        ("s3://bucket/input", "s3://bucket/../../out"),
+        ("LOCAL/bucket/input/../../..", "s3://bucket/out"),
+    ],
+)
 def test_parent_segments_are_refused(rooted, datastore, s3_root, input_uri, output_uri):
     input_uri = input_uri.replace("LOCAL", str(s3_root))
     client = rooted.client()
@@ -345,7 +393,10 @@ def test_a_root_reached_through_a_symlink_works(tmp_path, s3_root):
         client = handle.client()
         datastore_id = client.create_datastore(datastoreName="linked")["datastoreId"]
         assert run_import(client, datastore_id, "s3://bucket/input", "s3://bucket/out")["jobStatus"] == "COMPLETED"
-        assert run_import(client, datastore_id, str(link / "bucket" / "input"), "s3://bucket/out")["jobStatus"] == "COMPLETED"
+        assert (
+            run_import(client, datastore_id, str(link / "bucket" / "input"), "s3://bucket/out")["jobStatus"]
+            == "COMPLETED"
+        )
 
 
 def test_without_a_root_every_import_is_refused(emulator, s3_root):
@@ -368,8 +419,14 @@ def guarded() -> Iterator[EmulatorHandle]:
         yield handle
 
 
-ADMIN_CALLS = [("GET", "health", None), ("GET", "config", None), ("POST", "config", {"timing": {"copy_fixed_seconds": 99}}),
-               ("GET", "counters", None), ("DELETE", "counters", None), ("POST", "seed", {"seed": "synthetic:1"})]
+ADMIN_CALLS = [
+    ("GET", "health", None),
+    ("GET", "config", None),
+    ("POST", "config", {"timing": {"copy_fixed_seconds": 99}}),
+    ("GET", "counters", None),
+    ("DELETE", "counters", None),
+    ("POST", "seed", {"seed": "synthetic:1"}),
+]
 
 
 @pytest.mark.parametrize(("method", "path", "body"), ADMIN_CALLS)
@@ -428,8 +485,14 @@ def cli_emulator(*args: str, env: dict[str, str]) -> Iterator[tuple[str, list[st
     """``python -m healthimaging_emulator --port 0 ARGS`` with exactly ``env`` added to a clean environment:
     (its URL, the lines it printed up to 'listening on')."""
     environ = {k: v for k, v in os.environ.items() if k != ADMIN_TOKEN_ENV} | env | {"PYTHONUNBUFFERED": "1"}
-    process = subprocess.Popen([sys.executable, "-m", "healthimaging_emulator", "--port", "0", *args], cwd=REPO,
-                               env=environ, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "healthimaging_emulator", "--port", "0", *args],
+        cwd=REPO,
+        env=environ,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     lines: queue.Queue[str | None] = queue.Queue()
 
     def drain() -> None:
@@ -451,11 +514,14 @@ def cli_emulator(*args: str, env: dict[str, str]) -> Iterator[tuple[str, list[st
         process.wait(timeout=10)
 
 
-@pytest.mark.parametrize(("args", "env"), [
-    (["--admin-token", TOKEN], {}),
-    ([], {ADMIN_TOKEN_ENV: TOKEN}),
-    (["--admin-token", TOKEN], {ADMIN_TOKEN_ENV: "the-flag-wins"}),
-])
+@pytest.mark.parametrize(
+    ("args", "env"),
+    [
+        (["--admin-token", TOKEN], {}),
+        ([], {ADMIN_TOKEN_ENV: TOKEN}),
+        (["--admin-token", TOKEN], {ADMIN_TOKEN_ENV: "the-flag-wins"}),
+    ],
+)
 def test_the_cli_flag_and_the_environment_set_the_token(args, env):
     with cli_emulator(*args, env=env) as (url, printed):
         assert admin_request(url, "GET", "health", token="")[0] == 401
@@ -469,8 +535,14 @@ def test_the_cli_without_a_token_is_open_and_help_never_prints_the_token():
     with cli_emulator(env={}) as (url, printed):
         assert admin_request(url, "GET", "health", token="")[0] == 200
         assert any("admin API: open" in line for line in printed)
-    shown = subprocess.run([sys.executable, "-m", "healthimaging_emulator", "--help"], cwd=REPO, capture_output=True,
-                           text=True, env={**os.environ, ADMIN_TOKEN_ENV: TOKEN}, check=True).stdout
+    shown = subprocess.run(
+        [sys.executable, "-m", "healthimaging_emulator", "--help"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**os.environ, ADMIN_TOKEN_ENV: TOKEN},
+        check=True,
+    ).stdout
     assert "--admin-token" in shown and ADMIN_TOKEN_ENV in shown.replace("\n", "").replace(" ", "")
     assert TOKEN not in shown
 
@@ -478,14 +550,27 @@ def test_the_cli_without_a_token_is_open_and_help_never_prints_the_token():
 # ---------------------------------------------------------------------------------------------- DNS rebinding
 
 
-@pytest.mark.parametrize("host", ["evil.example", "evil.example:{port}", "127.0.0.1.nip.io:{port}", "localhost.evil.example",
-                                  "runtime-evil.example:{port}"])
+@pytest.mark.parametrize(
+    "host",
+    [
+        "evil.example",
+        "evil.example:{port}",
+        "127.0.0.1.nip.io:{port}",
+        "localhost.evil.example",
+        "runtime-evil.example:{port}",
+    ],
+)
 def test_a_host_name_the_emulator_was_not_told_about_is_refused(emulator, host):
     """A page whose domain was pointed at this machine is same-origin by its Origin: only Host shows it."""
     _, port = host_port(emulator.url)
     named = host.format(port=port)
-    status, _, answer = raw(emulator.url, "POST", "/_emulator/config", b'{"faults": {}}',
-                            {"Host": named, "Origin": f"http://{named}", "Content-Type": "application/json"})
+    status, _, answer = raw(
+        emulator.url,
+        "POST",
+        "/_emulator/config",
+        b'{"faults": {}}',
+        {"Host": named, "Origin": f"http://{named}", "Content-Type": "application/json"},
+    )
     assert status == 403 and "DNS rebinding" in answer["message"] and "--allowed-host" in answer["message"]
     status, _, _ = raw(emulator.url, "DELETE", "/datastore/" + "0" * 32, headers={"Host": named})
     assert status == 403
@@ -505,10 +590,13 @@ def test_allowed_host_names_pass(tmp_path):
         assert raw(handle.url, "GET", "/_emulator/health", headers={"Host": f"other:{port}"})[0] == 403
 
 
-@pytest.mark.parametrize(("args", "env"), [
-    (["--allowed-host", "emulator.internal"], {}),
-    ([], {"HEALTHIMAGING_EMULATOR_ALLOWED_HOSTS": "other.internal, emulator.internal"}),
-])
+@pytest.mark.parametrize(
+    ("args", "env"),
+    [
+        (["--allowed-host", "emulator.internal"], {}),
+        ([], {"HEALTHIMAGING_EMULATOR_ALLOWED_HOSTS": "other.internal, emulator.internal"}),
+    ],
+)
 def test_the_cli_flag_and_the_environment_allow_host_names(args, env):
     with cli_emulator(*args, env=env) as (url, _):
         _, port = host_port(url)

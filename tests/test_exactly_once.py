@@ -28,21 +28,18 @@ import pytest
 import sqlalchemy as sa
 
 from healthimaging.bulk.engine import BatchCopyEngine, BulkCopySettings
-from healthimaging.bulk.run import prepare
 from healthimaging.bulk.ledger import Ledger, copies, leases
+from healthimaging.bulk.run import prepare
 from healthimaging.triggers import HealthImagingBulkCopyTrigger
 from stack.processes import signal_group, spawn
 from tests.airflow_env import REPO_ROOT, airflow_command
-from tests.bulk_helpers import (  # noqa: F401 - bulk_dag, bulk_logs and ledger are fixtures
+from tests.bulk_helpers import (
     BULK_DAG_ID,
     FAST,
     accounted,
     bulk_conf,
-    bulk_dag,
-    bulk_logs,
     copy_calls,
     image_set_ids,
-    ledger,
     run_dag,
     seed,
     series_copies,
@@ -52,8 +49,9 @@ from tests.bulk_helpers import (  # noqa: F401 - bulk_dag, bulk_logs and ledger 
 DAG_ID = "exactly-once-test"
 
 
-def assert_each_row_copied_once(emulator, datastore_id: str, sources: list[str], seeded: int,
-                                rows: list[dict[str, Any]]) -> None:
+def assert_each_row_copied_once(
+    emulator, datastore_id: str, sources: list[str], seeded: int, rows: list[dict[str, Any]]
+) -> None:
     """The emulator holds exactly one new image set per source, and the ledger's succeeded rows name them."""
     client = emulator.client()
     assert len(image_set_ids(client, datastore_id)) == seeded + len(sources)
@@ -62,7 +60,9 @@ def assert_each_row_copied_once(emulator, datastore_id: str, sources: list[str],
     assert sorted(r["source_image_set_id"] for r in succeeded) == sorted(sources)
     for row in succeeded:
         assert series_copies(client, datastore_id, row["source_image_set_id"]) == {
-            row["source_image_set_id"], row["destination_image_set_id"]}, row
+            row["source_image_set_id"],
+            row["destination_image_set_id"],
+        }, row
         assert row["verified"] is True
 
 
@@ -72,8 +72,12 @@ def assert_each_row_copied_once(emulator, datastore_id: str, sources: list[str],
 def batch_of(ledger: Ledger, tmp_path: Path, datastore_id: str, sources: list[str], **params: Any) -> tuple[str, dict]:
     manifest = write_manifest(tmp_path / "copies.csv", [{"source_image_set_id": s} for s in sources])
     run_id = f"run-{time.time_ns()}"
-    prepared = prepare(ledger, dag_id=DAG_ID, run_id=run_id, params={
-        "manifest": str(manifest), "default_datastore_id": datastore_id, "batch_size": 1000, **FAST, **params})
+    prepared = prepare(
+        ledger,
+        dag_id=DAG_ID,
+        run_id=run_id,
+        params={"manifest": str(manifest), "default_datastore_id": datastore_id, "batch_size": 1000, **FAST, **params},
+    )
     assert prepared["batches"] == [0]
     return run_id, prepared
 
@@ -94,15 +98,24 @@ MOMENTS = {
 }
 
 
-def run_two_triggers(ledger: Ledger, first: HealthImagingBulkCopyTrigger, second: HealthImagingBulkCopyTrigger,
-                     run_id: str, moment: str, delay: float) -> list[dict[str, Any]]:
+def run_two_triggers(
+    ledger: Ledger,
+    first: HealthImagingBulkCopyTrigger,
+    second: HealthImagingBulkCopyTrigger,
+    run_id: str,
+    moment: str,
+    delay: float,
+) -> list[dict[str, Any]]:
     async def consume(trigger):
         async for event in trigger.run():
             return event.payload
 
     def reached() -> bool:
         with ledger.engine.connect() as db:
-            return db.execute(sa.select(copies.c.id).where(copies.c.run_id == run_id, MOMENTS[moment]).limit(1)).first() is not None
+            return (
+                db.execute(sa.select(copies.c.id).where(copies.c.run_id == run_id, MOMENTS[moment]).limit(1)).first()
+                is not None
+            )
 
     async def main():
         one = asyncio.create_task(consume(first))
@@ -124,8 +137,13 @@ def test_the_same_trigger_running_twice_copies_each_row_once(ledger, emulator_co
     datastore_id, ids = seed(emulator, 6)
     emulator.configure(timing={"copy_fixed_seconds": 0.3})
     run_id, prepared = batch_of(ledger, tmp_path, datastore_id, ids)
-    first = HealthImagingBulkCopyTrigger(dag_id=DAG_ID, run_id=run_id, manifest_sha256=prepared["manifest_sha256"], batch=0,
-                                         settings=prepared["settings"])
+    first = HealthImagingBulkCopyTrigger(
+        dag_id=DAG_ID,
+        run_id=run_id,
+        manifest_sha256=prepared["manifest_sha256"],
+        batch=0,
+        settings=prepared["settings"],
+    )
     second = from_serialized(first)
 
     events = run_two_triggers(ledger, first, second, run_id, moment, delay)
@@ -136,11 +154,15 @@ def test_the_same_trigger_running_twice_copies_each_row_once(ledger, emulator_co
     assert_each_row_copied_once(emulator, datastore_id, ids, 6, rows)
     assert sum(r["attempts"] for r in rows) == 6
     with ledger.engine.connect() as db:  # both engines ended their leases
-        assert db.execute(sa.select(sa.func.count()).select_from(leases).where(leases.c.run_id == run_id)).scalar_one() == 0
+        assert (
+            db.execute(sa.select(sa.func.count()).select_from(leases).where(leases.c.run_id == run_id)).scalar_one()
+            == 0
+        )
 
 
-def test_an_owner_stalled_past_its_lease_sends_nothing_after_its_rows_were_taken_over(ledger, emulator_connection,
-                                                                                      tmp_path, bulk_logs):
+def test_an_owner_stalled_past_its_lease_sends_nothing_after_its_rows_were_taken_over(
+    ledger, emulator_connection, tmp_path, bulk_logs
+):
     """Engine A claims and plans a row, then stalls (stops stepping) with it ready to send, until its lease
     of 1 s has expired; engine B of the same batch takes the row over and copies everything. When A wakes,
     its lease is gone: it sends nothing and ends."""
@@ -150,8 +172,14 @@ def test_an_owner_stalled_past_its_lease_sends_nothing_after_its_rows_were_taken
     settings = BulkCopySettings(**{**prepared["settings"], "lease_seconds": 1.0})
 
     def engine() -> BatchCopyEngine:
-        return BatchCopyEngine(ledger, dag_id=DAG_ID, run_id=run_id, manifest_sha256=prepared["manifest_sha256"], batch=0,
-                               settings=settings)
+        return BatchCopyEngine(
+            ledger,
+            dag_id=DAG_ID,
+            run_id=run_id,
+            manifest_sha256=prepared["manifest_sha256"],
+            batch=0,
+            settings=settings,
+        )
 
     stalled, taker = engine(), engine()
     while stalled._ready is None:  # the first row is sent at once, the second waits for its token: ready
@@ -178,8 +206,12 @@ def test_an_owner_stalled_past_its_lease_sends_nothing_after_its_rows_were_taken
 def dags_test(tmp_path: Path, conf: dict[str, Any], name: str, **env: str) -> subprocess.Popen:
     """``airflow dags test healthimaging_bulk_copy --conf ...`` as its own process group."""
     log = (tmp_path / f"{name}.log").open("wb")
-    return spawn([*airflow_command(), "dags", "test", BULK_DAG_ID, "--conf", json.dumps(conf)], cwd=REPO_ROOT,
-                 env={**os.environ, "PYTHONPATH": f"{REPO_ROOT}:{REPO_ROOT / 'plugins'}", **env}, log=log)
+    return spawn(
+        [*airflow_command(), "dags", "test", BULK_DAG_ID, "--conf", json.dumps(conf)],
+        cwd=REPO_ROOT,
+        env={**os.environ, "PYTHONPATH": f"{REPO_ROOT}:{REPO_ROOT / 'plugins'}", **env},
+        log=log,
+    )
 
 
 def finished(process: subprocess.Popen, tmp_path: Path, name: str, timeout: float = 180) -> str:
@@ -187,7 +219,9 @@ def finished(process: subprocess.Popen, tmp_path: Path, name: str, timeout: floa
         process.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         signal_group(process, signal.SIGKILL)
-        raise AssertionError(f"{name} did not finish in {timeout:.0f}s:\n{(tmp_path / f'{name}.log').read_text()[-4000:]}")
+        raise AssertionError(
+            f"{name} did not finish in {timeout:.0f}s:\n{(tmp_path / f'{name}.log').read_text()[-4000:]}"
+        )
     output = (tmp_path / f"{name}.log").read_text()
     assert process.returncode == 0, output[-4000:]
     return output
@@ -195,7 +229,9 @@ def finished(process: subprocess.Popen, tmp_path: Path, name: str, timeout: floa
 
 def runs_of(ledger: Ledger) -> dict[str, list[dict[str, Any]]]:
     with ledger.engine.connect() as db:
-        rows = [dict(r) for r in db.execute(sa.select(copies).order_by(copies.c.run_id, copies.c.row_number)).mappings()]
+        rows = [
+            dict(r) for r in db.execute(sa.select(copies).order_by(copies.c.run_id, copies.c.row_number)).mappings()
+        ]
     runs: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
         runs.setdefault(row["run_id"], []).append(row)
@@ -260,7 +296,7 @@ def test_a_run_killed_with_sigkill_is_resumed_by_the_next_run(airflow_db, ledger
         time.sleep(0.02)
     signal_group(doomed, signal.SIGKILL)
     doomed.wait(timeout=10)
-    (dead_run, left), = runs_of(ledger).items()
+    ((dead_run, left),) = runs_of(ledger).items()
     in_flight = [r for r in left if r["status"] in ("submitting", "submitted")]
     assert in_flight and any(r["status"] == "pending" for r in left), [r["status"] for r in left]
     time.sleep(3.5)  # the dead engine's lease runs out
@@ -288,15 +324,19 @@ def test_two_merges_into_one_destination_in_one_run_are_both_verified(bulk_dag, 
 
     def sops(image_set_id: str, version: str | None = None) -> set[str]:
         kwargs = {"versionId": version} if version else {}
-        blob = client.get_image_set_metadata(datastoreId=datastore_id, imageSetId=image_set_id, **kwargs)["imageSetMetadataBlob"]
+        blob = client.get_image_set_metadata(datastoreId=datastore_id, imageSetId=image_set_id, **kwargs)[
+            "imageSetMetadataBlob"
+        ]
         import gzip
 
         doc = json.loads(gzip.decompress(blob.read()))
         return {sop for series in doc["Study"]["Series"].values() for sop in series["Instances"]}
 
     before = sops(destination)
-    rows = [{"source_image_set_id": ids[1], "destination_image_set_id": destination, "force": "true"},
-            {"source_image_set_id": ids[2], "destination_image_set_id": destination, "force": "true"}]
+    rows = [
+        {"source_image_set_id": ids[1], "destination_image_set_id": destination, "force": "true"},
+        {"source_image_set_id": ids[2], "destination_image_set_id": destination, "force": "true"},
+    ]
     manifest = write_manifest(tmp_path / "merges.csv", rows)
 
     run = run_dag(bulk_dag, bulk_conf(tmp_path, manifest, datastore_id), ledger)
@@ -312,8 +352,9 @@ def test_two_merges_into_one_destination_in_one_run_are_both_verified(bulk_dag, 
     assert sops(destination, "2") == before | sops(first["source_image_set_id"])
 
 
-def test_rows_waiting_on_another_owner_name_its_run_and_when_its_lease_ends(ledger, emulator_connection, tmp_path,
-                                                                           bulk_logs):
+def test_rows_waiting_on_another_owner_name_its_run_and_when_its_lease_ends(
+    ledger, emulator_connection, tmp_path, bulk_logs
+):
     """Run B's row waits for the source that run A's live engine is copying: B's progress line says so."""
     emulator = emulator_connection
     datastore_id, ids = seed(emulator, 1)
@@ -322,8 +363,14 @@ def test_rows_waiting_on_another_owner_name_its_run_and_when_its_lease_ends(ledg
     run_b, prepared_b = batch_of(ledger, tmp_path, datastore_id, ids)
 
     def engine(run_id: str, prepared: dict) -> BatchCopyEngine:
-        return BatchCopyEngine(ledger, dag_id=DAG_ID, run_id=run_id, manifest_sha256=prepared["manifest_sha256"], batch=0,
-                               settings=BulkCopySettings(**{**prepared["settings"], "progress_interval_seconds": 0.0}))
+        return BatchCopyEngine(
+            ledger,
+            dag_id=DAG_ID,
+            run_id=run_id,
+            manifest_sha256=prepared["manifest_sha256"],
+            batch=0,
+            settings=BulkCopySettings(**{**prepared["settings"], "progress_interval_seconds": 0.0}),
+        )
 
     first, second = engine(run_a, prepared_a), engine(run_b, prepared_b)
     first.step()

@@ -20,13 +20,13 @@ from typing import Any
 
 import pytest
 
-from healthimaging.operators import medical_imaging as operators
 from healthimaging.copy.plan import MAX_FRAMES_PER_COPY, resolve_plan, uid_digest
 from healthimaging.copy.request import CopyRequest
 from healthimaging.copy.submission import SubmissionPolicy, snapshot_series, submit_copy
 from healthimaging.hooks import HealthImagingHook
 from healthimaging.links import HealthImagingImageSetLink
 from healthimaging.operators import COPY_STATE_KEY, HealthImagingCopyImageSetOperator
+from healthimaging.operators import medical_imaging as operators
 from tests.airflow_env import DAGS_FOLDER
 from tests.healthimaging_helpers import (
     SERIES_MISMATCH,
@@ -47,11 +47,14 @@ CLI_EXAMPLES = Path(__file__).parent / "fixtures" / "awscli" / "copy-image-set.r
 # The --copy-image-set-information arguments of the AWS CLI's three copy-image-set examples, verbatim
 # (the text between the shell's single quotes).
 CLI_EXAMPLE_1 = '{"sourceImageSet": {"latestVersionId": "1" } }'
-CLI_EXAMPLE_2 = ('{"sourceImageSet": {"latestVersionId": "1" }, "destinationImageSet": { "imageSetId": '
-                 '"b9a06fef182a5f992842f77f8e0868e5", "latestVersionId": "1"} }')
+CLI_EXAMPLE_2 = (
+    '{"sourceImageSet": {"latestVersionId": "1" }, "destinationImageSet": { "imageSetId": '
+    '"b9a06fef182a5f992842f77f8e0868e5", "latestVersionId": "1"} }'
+)
 CLI_EXAMPLE_3 = (
     '{"sourceImageSet": {"latestVersionId": "1","DICOMCopies": {"copiableAttributes": "{\\"SchemaVersion\\":\\"1.1\\",'
-    '\\"Study\\":{\\"Series\\":{\\"1.3.6.1.4.1.5962.99.1.3673257865.2104868982.1369432891697.3666.0\\":{\\"Instances\\":'
+    '\\"Study\\":{\\"Series\\":{\\"1.3.6.1.4.1.5962.99.1.3673257865.2104868982.1369432891697.3666.0\\":'
+    '{\\"Instances\\":'
     '{\\"1.3.6.1.4.1.5962.99.1.3673257865.2104868982.1369432891697.3669.0\\":{}}}}}}"}},"destinationImageSet": '
     '{"imageSetId": "b9eb50d8ee682eb9fcf4acbf92f62bb7","latestVersionId": "1"}}'
 )
@@ -128,8 +131,9 @@ def assert_no_copy_sent(sample: Sample) -> None:
 @pytest.mark.parametrize("deferrable", [True, False], ids=["deferrable", "in-worker"])
 def test_copy_to_a_new_image_set_end_to_end_with_every_result_field(sample, run_copy_dag, deferrable):
     source = sample.with_instances(3)
-    body = copy_task("copy", datastore_id=sample.datastore_id, source_image_set_id=source.image_set_id,
-                     deferrable=deferrable)
+    body = copy_task(
+        "copy", datastore_id=sample.datastore_id, source_image_set_id=source.image_set_id, deferrable=deferrable
+    )
     result = run_copy_dag("copy_new", body)
 
     assert result.task_states == {"copy": "success"}, result.errors
@@ -149,7 +153,10 @@ def test_copy_to_a_new_image_set_end_to_end_with_every_result_field(sample, run_
     assert out["submitted_at"] <= out["completed_at"] <= time.time()
     assert out["duration_seconds"] == round(out["completed_at"] - out["submitted_at"], 3) >= 0
     assert out["submitted_at_iso"].endswith("+00:00")
-    assert out["source_image_set_arn"] == f"{ACCOUNT_NAMESPACE}:datastore/{sample.datastore_id}/imageset/{source.image_set_id}"
+    assert (
+        out["source_image_set_arn"]
+        == f"{ACCOUNT_NAMESPACE}:datastore/{sample.datastore_id}/imageset/{source.image_set_id}"
+    )
     assert out["destination_image_set_arn"] == f"{ACCOUNT_NAMESPACE}:datastore/{sample.datastore_id}/imageset/{new}"
 
     done = sample.get(new)
@@ -167,8 +174,9 @@ def test_source_version_latest_by_default_and_pinned_when_current(sample, run_co
     assert update_study_description(sample, source.image_set_id, "second version") == "2"
     body = (
         copy_task("latest", datastore_id=sample.datastore_id, source_image_set_id=source.image_set_id)
-        + copy_task("pinned", datastore_id=sample.datastore_id, source_image_set_id=source.image_set_id,
-                    source_version_id="2")
+        + copy_task(
+            "pinned", datastore_id=sample.datastore_id, source_image_set_id=source.image_set_id, source_version_id="2"
+        )
         + "latest >> pinned\n"
     )
     result = run_copy_dag("copy_versions", body)
@@ -189,11 +197,22 @@ def test_copy_into_a_destination_latest_and_pinned_destination_version(sample, r
     destination = boto_copy(sample, source.image_set_id, selection={source.series_uid: first_three})
     assert sample.sop_uids(destination) == set(first_three)
     body = (
-        copy_task("merge_latest", datastore_id=sample.datastore_id, source_image_set_id=source.image_set_id,
-                  destination_image_set_id=destination, deferrable=deferrable)
-        + copy_task("merge_pinned", datastore_id=sample.datastore_id, source_image_set_id=source.image_set_id,
-                    destination_image_set_id=destination, destination_version_id="2",
-                    sop_instance_uids=[source.instances[-1]], deferrable=deferrable)
+        copy_task(
+            "merge_latest",
+            datastore_id=sample.datastore_id,
+            source_image_set_id=source.image_set_id,
+            destination_image_set_id=destination,
+            deferrable=deferrable,
+        )
+        + copy_task(
+            "merge_pinned",
+            datastore_id=sample.datastore_id,
+            source_image_set_id=source.image_set_id,
+            destination_image_set_id=destination,
+            destination_version_id="2",
+            sop_instance_uids=[source.instances[-1]],
+            deferrable=deferrable,
+        )
         + "merge_latest >> merge_pinned\n"
     )
     result = run_copy_dag("copy_merge", body)
@@ -215,13 +234,26 @@ def test_copy_into_a_destination_latest_and_pinned_destination_version(sample, r
 def test_copiable_attributes_as_dict_and_as_json_string(sample, run_copy_dag):
     source = sample.with_instances(5)
     as_dict = copiable({source.series_uid: source.instances[:2]})
-    as_string = json.dumps({"SchemaVersion": 1.1, "Study": {"Series": {source.series_uid: {"Instances": {
-        uid: {} for uid in source.instances[2:5]}}}}}, separators=(",", ":"))
+    as_string = json.dumps(
+        {
+            "SchemaVersion": 1.1,
+            "Study": {"Series": {source.series_uid: {"Instances": {uid: {} for uid in source.instances[2:5]}}}},
+        },
+        separators=(",", ":"),
+    )
     body = (
-        copy_task("from_dict", datastore_id=sample.datastore_id, source_image_set_id=source.image_set_id,
-                  copiable_attributes=as_dict)
-        + copy_task("from_string", datastore_id=sample.datastore_id, source_image_set_id=source.image_set_id,
-                    copiable_attributes=as_string)
+        copy_task(
+            "from_dict",
+            datastore_id=sample.datastore_id,
+            source_image_set_id=source.image_set_id,
+            copiable_attributes=as_dict,
+        )
+        + copy_task(
+            "from_string",
+            datastore_id=sample.datastore_id,
+            source_image_set_id=source.image_set_id,
+            copiable_attributes=as_string,
+        )
         + "from_dict >> from_string\n"
     )
     result = run_copy_dag("copy_copiable", body)
@@ -238,10 +270,18 @@ def test_series_instance_uids_and_sop_instance_uids_build_the_subset(sample, run
     source = sample.with_instances(4)
     chosen = [source.instances[0], source.instances[3]]
     body = (
-        copy_task("by_series", datastore_id=sample.datastore_id, source_image_set_id=source.image_set_id,
-                  series_instance_uids=[source.series_uid])
-        + copy_task("by_sop", datastore_id=sample.datastore_id, source_image_set_id=source.image_set_id,
-                    sop_instance_uids=chosen)
+        copy_task(
+            "by_series",
+            datastore_id=sample.datastore_id,
+            source_image_set_id=source.image_set_id,
+            series_instance_uids=[source.series_uid],
+        )
+        + copy_task(
+            "by_sop",
+            datastore_id=sample.datastore_id,
+            source_image_set_id=source.image_set_id,
+            sop_instance_uids=chosen,
+        )
         + "by_series >> by_sop\n"
     )
     result = run_copy_dag("copy_uids", body)
@@ -266,11 +306,15 @@ def test_the_three_aws_cli_copy_examples_through_the_operator(sample, run_copy_d
     source = sample.with_instances(3)
     other = sample.other_patient(source)  # example 3's destination: another patient, so force is needed
     series_uid, sop_uid = source.series_uid, source.instances[1]
-    example_3 = (CLI_EXAMPLE_3.replace(CLI_SERIES, series_uid).replace(CLI_SOP, sop_uid)
-                 .replace(CLI_EXAMPLE_3_DESTINATION, other.image_set_id))
+    example_3 = (
+        CLI_EXAMPLE_3.replace(CLI_SERIES, series_uid)
+        .replace(CLI_SOP, sop_uid)
+        .replace(CLI_EXAMPLE_3_DESTINATION, other.image_set_id)
+    )
     # Example 2's destination is example 1's new image set, known only at run time: a Jinja template.
     example_2 = CLI_EXAMPLE_2.replace(
-        CLI_EXAMPLE_2_DESTINATION, "{{ ti.xcom_pull(task_ids='example_1')['destination_image_set_id'] }}")
+        CLI_EXAMPLE_2_DESTINATION, "{{ ti.xcom_pull(task_ids='example_1')['destination_image_set_id'] }}"
+    )
     common = dict(datastore_id=sample.datastore_id, source_image_set_id=source.image_set_id, deferrable=deferrable)
     body = (
         copy_task("example_1", copy_image_set_information=CLI_EXAMPLE_1, **common)
@@ -303,8 +347,9 @@ def test_the_three_aws_cli_copy_examples_through_the_operator(sample, run_copy_d
 
 def test_promote_to_primary_makes_the_destination_primary(sample, run_copy_dag):
     source = sample.with_instances(3)
-    body = copy_task("promote", datastore_id=sample.datastore_id, source_image_set_id=source.image_set_id,
-                     promote_to_primary=True)
+    body = copy_task(
+        "promote", datastore_id=sample.datastore_id, source_image_set_id=source.image_set_id, promote_to_primary=True
+    )
     result = run_copy_dag("copy_promote", body)
 
     assert result.task_states == {"promote": "success"}, result.errors
@@ -312,17 +357,28 @@ def test_promote_to_primary_makes_the_destination_primary(sample, run_copy_dag):
     assert out["is_primary"] is True and out["copy_kind"] == "promote" and out["promote_to_primary"] is True
     (new,) = sample.new_image_set_ids()
     assert out["destination_image_set_id"] == new and sample.get(new)["isPrimary"] is True
-    found = sample.client.search_image_sets(datastoreId=sample.datastore_id, searchCriteria={"filters": [
-        {"operator": "EQUAL", "values": [{"isPrimary": True}]},
-        {"operator": "EQUAL", "values": [{"DICOMSeriesInstanceUID": source.series_uid}]}]})
+    found = sample.client.search_image_sets(
+        datastoreId=sample.datastore_id,
+        searchCriteria={
+            "filters": [
+                {"operator": "EQUAL", "values": [{"isPrimary": True}]},
+                {"operator": "EQUAL", "values": [{"DICOMSeriesInstanceUID": source.series_uid}]},
+            ]
+        },
+    )
     assert new in {s["imageSetId"] for s in found["imageSetsMetadataSummaries"]}
 
 
 def test_wait_for_completion_false_returns_while_copying(sample, run_copy_dag):
     sample.handle.configure(timing={"copy_fixed_seconds": 4})
     source = sample.with_instances(3)
-    body = copy_task("fire_and_forget", datastore_id=sample.datastore_id, source_image_set_id=source.image_set_id,
-                     wait_for_completion=False, deferrable=False)
+    body = copy_task(
+        "fire_and_forget",
+        datastore_id=sample.datastore_id,
+        source_image_set_id=source.image_set_id,
+        wait_for_completion=False,
+        deferrable=False,
+    )
     result = run_copy_dag("copy_no_wait", body)
 
     assert result.task_states == {"fire_and_forget": "success"}, result.errors
@@ -339,8 +395,9 @@ def test_wait_for_completion_false_returns_while_copying(sample, run_copy_dag):
 def test_verify_copy_reads_the_destination_version_only_when_asked(sample, run_copy_dag, verify_copy):
     source = sample.with_instances(3)
     sample.handle.admin("DELETE", "counters")
-    body = copy_task("copy", datastore_id=sample.datastore_id, source_image_set_id=source.image_set_id,
-                     verify_copy=verify_copy)
+    body = copy_task(
+        "copy", datastore_id=sample.datastore_id, source_image_set_id=source.image_set_id, verify_copy=verify_copy
+    )
     result = run_copy_dag("copy_verify", body)
 
     assert result.task_states == {"copy": "success"}, result.errors
@@ -354,18 +411,41 @@ def test_verification_failure_names_the_counts(sample):
     source = sample.with_instances(3)
     new = boto_copy(sample, source.image_set_id, selection={source.series_uid: source.instances[:2]})
     planned = source.instances[:3]  # the earlier try planned three instances; the copy holds two
-    store = FakeTaskStateStore({COPY_STATE_KEY: {"phase": "submitted", "copy": {
-        "datastore_id": sample.datastore_id, "source_image_set_id": source.image_set_id, "source_version_id": "1",
-        "destination_image_set_id": new, "destination_version_id": "1", "copy_kind": "subset", "subset": True,
-        "force": False, "promote_to_primary": False, "previous_destination_version_id": None,
-        "expected_instance_count": 3, "expected_instance_digest": uid_digest(planned)}}})
-    operator = HealthImagingCopyImageSetOperator(task_id="verify", datastore_id=sample.datastore_id,
-                                                 source_image_set_id=source.image_set_id, waiter_delay=1,
-                                                 deferrable=False)
+    store = FakeTaskStateStore(
+        {
+            COPY_STATE_KEY: {
+                "phase": "submitted",
+                "copy": {
+                    "datastore_id": sample.datastore_id,
+                    "source_image_set_id": source.image_set_id,
+                    "source_version_id": "1",
+                    "destination_image_set_id": new,
+                    "destination_version_id": "1",
+                    "copy_kind": "subset",
+                    "subset": True,
+                    "force": False,
+                    "promote_to_primary": False,
+                    "previous_destination_version_id": None,
+                    "expected_instance_count": 3,
+                    "expected_instance_digest": uid_digest(planned),
+                },
+            }
+        }
+    )
+    operator = HealthImagingCopyImageSetOperator(
+        task_id="verify",
+        datastore_id=sample.datastore_id,
+        source_image_set_id=source.image_set_id,
+        waiter_delay=1,
+        deferrable=False,
+    )
     from airflow.providers.common.compat.sdk import AirflowException
 
-    with pytest.raises(AirflowException, match=rf"Copy verification failed: destination image set {new} version 1 "
-                                               r"holds 2 SOP instances, expected 3"):
+    with pytest.raises(
+        AirflowException,
+        match=rf"Copy verification failed: destination image set {new} version 1 "
+        r"holds 2 SOP instances, expected 3",
+    ):
         operator.execute(direct_context(store))
     assert sample.copy_calls() == 1  # only the set-up copy: the resumed task sent nothing
 
@@ -375,9 +455,14 @@ def test_botocore_config_reaches_every_client_and_the_trigger(sample, run_copy_d
 
     source = sample.with_instances(3)
     config = {"read_timeout": 17, "connect_timeout": 4, "retries": {"mode": "standard", "max_attempts": 5}}
-    operator = HealthImagingCopyImageSetOperator(task_id="cfg", datastore_id=sample.datastore_id,
-                                                 source_image_set_id=source.image_set_id, botocore_config=config,
-                                                 deferrable=True, waiter_delay=1)
+    operator = HealthImagingCopyImageSetOperator(
+        task_id="cfg",
+        datastore_id=sample.datastore_id,
+        source_image_set_id=source.image_set_id,
+        botocore_config=config,
+        deferrable=True,
+        waiter_delay=1,
+    )
     client = operator.hook.conn
     assert (client.meta.config.read_timeout, client.meta.config.connect_timeout) == (17, 4)
     assert client.meta.config.retries == {"mode": "standard", "total_max_attempts": 6}  # botocore: 5 retries
@@ -392,8 +477,13 @@ def test_botocore_config_reaches_every_client_and_the_trigger(sample, run_copy_d
     sample.wait_active(deferred.value.trigger.serialized_fields["image_set_id"])
 
     # And a whole deferrable run with it.
-    body = copy_task("copy", datastore_id=sample.datastore_id, source_image_set_id=source.image_set_id,
-                     botocore_config=config, deferrable=True)
+    body = copy_task(
+        "copy",
+        datastore_id=sample.datastore_id,
+        source_image_set_id=source.image_set_id,
+        botocore_config=config,
+        deferrable=True,
+    )
     result = run_copy_dag("copy_botocore_config", body)
     assert result.task_states == {"copy": "success"}, result.errors
     assert sample.sop_uids(result.xcom["copy"]["destination_image_set_id"]) == set(source.instances)
@@ -405,8 +495,13 @@ def test_botocore_config_reaches_every_client_and_the_trigger(sample, run_copy_d
 @pytest.mark.parametrize("deferrable", [True, False], ids=["deferrable", "in-worker"])
 def test_copy_failed_without_force_fails_with_the_services_message(sample, run_copy_dag, deferrable):
     source, destination = sample.same_study_pair()
-    body = copy_task("mismatch", datastore_id=sample.datastore_id, source_image_set_id=source.image_set_id,
-                     destination_image_set_id=destination.image_set_id, deferrable=deferrable)
+    body = copy_task(
+        "mismatch",
+        datastore_id=sample.datastore_id,
+        source_image_set_id=source.image_set_id,
+        destination_image_set_id=destination.image_set_id,
+        deferrable=deferrable,
+    )
     result = run_copy_dag("copy_mismatch", body)
 
     assert result.task_states == {"mismatch": "failed"}
@@ -425,28 +520,43 @@ def test_stale_pinned_versions_fail_naming_the_version(sample, run_copy_dag):
     update_study_description(sample, destination, "moved too")
     before = sample.copy_calls()
     body = (
-        copy_task("pinned_source", datastore_id=sample.datastore_id, source_image_set_id=source.image_set_id,
-                  source_version_id="1")
+        copy_task(
+            "pinned_source",
+            datastore_id=sample.datastore_id,
+            source_image_set_id=source.image_set_id,
+            source_version_id="1",
+        )
         # all_done: runs although the first task fails
-        + copy_task("pinned_destination", datastore_id=sample.datastore_id, source_image_set_id=source.image_set_id,
-                    destination_image_set_id=destination, destination_version_id="1", trigger_rule="all_done")
+        + copy_task(
+            "pinned_destination",
+            datastore_id=sample.datastore_id,
+            source_image_set_id=source.image_set_id,
+            destination_image_set_id=destination,
+            destination_version_id="1",
+            trigger_rule="all_done",
+        )
         + "pinned_source >> pinned_destination\n"
     )
     result = run_copy_dag("copy_stale_pinned", body)
 
     assert result.task_states == {"pinned_source": "failed", "pinned_destination": "failed"}, result.errors
-    assert (f"the pinned source version 1 of image set {source.image_set_id} is no longer the latest (now 2)"
-            in result.error("pinned_source")), result.errors
-    assert (f"the pinned destination version 1 of image set {destination} is no longer the latest (now 2)"
-            in result.error("pinned_destination")), result.errors
+    assert (
+        f"the pinned source version 1 of image set {source.image_set_id} is no longer the latest (now 2)"
+        in result.error("pinned_source")
+    ), result.errors
+    assert (
+        f"the pinned destination version 1 of image set {destination} is no longer the latest (now 2)"
+        in result.error("pinned_destination")
+    ), result.errors
     counters = sample.copy_counters()
     assert counters["calls"] - before == 2 and counters["errors"] == {"ConflictException": 2}, counters
     assert sorted(sample.versions(destination)) == ["1", "2"]  # nothing was copied
     assert sample.new_image_set_ids() == {destination}
 
 
-def test_stale_unpinned_source_is_re_resolved_when_it_moves_between_plan_and_send(sample, run_copy_dag,
-                                                                                   recorded_sleeps):
+def test_stale_unpinned_source_is_re_resolved_when_it_moves_between_plan_and_send(
+    sample, run_copy_dag, recorded_sleeps
+):
     source = sample.with_instances(3)
     moving = '''
 class MovingSourceCopy(HealthImagingCopyImageSetOperator):
@@ -460,13 +570,15 @@ class MovingSourceCopy(HealthImagingCopyImageSetOperator):
         client.update_image_set_metadata(
             datastoreId=plan.datastore_id, imageSetId=plan.source_image_set_id, latestVersionId=plan.source_version_id,
             updateImageSetMetadataUpdates={"DICOMUpdates": {"updatableAttributes": json.dumps(updates).encode()}})
-        while client.get_image_set(datastoreId=plan.datastore_id, imageSetId=plan.source_image_set_id)["imageSetState"] != "ACTIVE":
+        source = {"datastoreId": plan.datastore_id, "imageSetId": plan.source_image_set_id}
+        while client.get_image_set(**source)["imageSetState"] != "ACTIVE":
             time.sleep(0.02)
         return plan
 
 '''
-    body = moving + copy_task("copy", cls="MovingSourceCopy", datastore_id=sample.datastore_id,
-                              source_image_set_id=source.image_set_id)
+    body = moving + copy_task(
+        "copy", cls="MovingSourceCopy", datastore_id=sample.datastore_id, source_image_set_id=source.image_set_id
+    )
     result = run_copy_dag("copy_moving_source", body)
 
     assert result.task_states == {"copy": "success"}, result.errors
@@ -484,8 +596,14 @@ def test_submit_copy_with_an_old_plan_re_resolves_the_unpinned_versions(sample):
     source = sample.with_instances(3)
     destination = boto_copy(sample, source.image_set_id, selection={source.series_uid: source.instances[:1]})
     hook = HealthImagingHook(aws_conn_id="aws_default")
-    plan = resolve_plan(hook, CopyRequest(datastore_id=sample.datastore_id, source_image_set_id=source.image_set_id,
-                                          destination_image_set_id=destination))
+    plan = resolve_plan(
+        hook,
+        CopyRequest(
+            datastore_id=sample.datastore_id,
+            source_image_set_id=source.image_set_id,
+            destination_image_set_id=destination,
+        ),
+    )
     assert (plan.source_version_id, plan.destination_version_id) == ("1", "1")
     update_study_description(sample, source.image_set_id, "newer source")
     sleeps: list[float] = []
@@ -526,7 +644,9 @@ def test_the_throttle_backoff_doubles_from_its_own_base(sample):
         policy = SubmissionPolicy(sleep=sleeps.append)
         if base is not None:
             policy.throttle_backoff_base_seconds = base
-        plan = resolve_plan(hook, CopyRequest(datastore_id=sample.datastore_id, source_image_set_id=source.image_set_id))
+        plan = resolve_plan(
+            hook, CopyRequest(datastore_id=sample.datastore_id, source_image_set_id=source.image_set_id)
+        )
 
         submitted = submit_copy(hook, plan, policy)
 
@@ -550,9 +670,13 @@ def test_throttling_by_a_low_copy_rate_paces_the_copies(sample):
 
     # Planned first (the reads a plan takes), so that the three CopyImageSet calls go out back to back: far less
     # than the bucket's 0.5 s apart, however slow the machine is at planning.
-    plans = [snapshot_series(hook, resolve_plan(hook, CopyRequest(datastore_id=sample.datastore_id,
-                                                                  source_image_set_id=source.image_set_id)))
-             for source in sources]
+    plans = [
+        snapshot_series(
+            hook,
+            resolve_plan(hook, CopyRequest(datastore_id=sample.datastore_id, source_image_set_id=source.image_set_id)),
+        )
+        for source in sources
+    ]
     for plan in plans:
         submit_copy(hook, plan, SubmissionPolicy(sleep=sleep))
     counters = sample.copy_counters()
@@ -567,8 +691,13 @@ def test_lost_response_is_reconciled_into_exactly_one_copy(sample, run_copy_dag,
     sample.handle.configure(script={"CopyImageSet": ["lost_response", "lost_response"]})
     body = (
         copy_task("to_new", datastore_id=sample.datastore_id, source_image_set_id=source.image_set_id, deferrable=True)
-        + copy_task("into_destination", datastore_id=sample.datastore_id, source_image_set_id=source.image_set_id,
-                    destination_image_set_id=destination, deferrable=False)
+        + copy_task(
+            "into_destination",
+            datastore_id=sample.datastore_id,
+            source_image_set_id=source.image_set_id,
+            destination_image_set_id=destination,
+            deferrable=False,
+        )
         + "to_new >> into_destination\n"
     )
     result = run_copy_dag("copy_lost_response", body)
@@ -611,24 +740,34 @@ def test_bad_arguments_fail_before_anything_is_sent(sample, run_copy_dag):
     cases = {
         "bad_json": dict(copiable_attributes='{"SchemaVersion": "1.1", "Study": '),
         # The AWS SDK examples' mistake: Series keyed by an image set id instead of a Series Instance UID.
-        "wrong_schema": dict(copiable_attributes={"SchemaVersion": "1.1", "Study": {"Series": {
-            source.image_set_id: {"Instances": {source.instances[0]: {}}}}}}),
-        "no_instances": dict(copiable_attributes=json.dumps({"SchemaVersion": "1.1", "Study": {"Series": {
-            source.series_uid: {}}}})),
+        "wrong_schema": dict(
+            copiable_attributes={
+                "SchemaVersion": "1.1",
+                "Study": {"Series": {source.image_set_id: {"Instances": {source.instances[0]: {}}}}},
+            }
+        ),
+        "no_instances": dict(
+            copiable_attributes=json.dumps({"SchemaVersion": "1.1", "Study": {"Series": {source.series_uid: {}}}})
+        ),
         "too_long_string": dict(copiable_attributes=too_long),
         "too_long_dict": dict(copiable_attributes=json.loads(too_long)),
-        "information_and_destination": dict(copy_image_set_information=CLI_EXAMPLE_1,
-                                            destination_image_set_id=other.image_set_id),
-        "attributes_and_uids": dict(copiable_attributes=copiable({source.series_uid: source.instances[:1]}),
-                                    series_instance_uids=[source.series_uid]),
+        "information_and_destination": dict(
+            copy_image_set_information=CLI_EXAMPLE_1, destination_image_set_id=other.image_set_id
+        ),
+        "attributes_and_uids": dict(
+            copiable_attributes=copiable({source.series_uid: source.instances[:1]}),
+            series_instance_uids=[source.series_uid],
+        ),
         "version_without_destination": dict(destination_version_id="1"),
         "destination_is_source": dict(destination_image_set_id=source.image_set_id),
         "unknown_series": dict(series_instance_uids=["1.2.3.4.5"]),
         "unknown_sop": dict(sop_instance_uids=["1.2.3.4.6"]),
         "bad_information": dict(copy_image_set_information='{"sourceImageSet": {}}'),
     }
-    body = "".join(copy_task(name, datastore_id=sample.datastore_id, source_image_set_id=source.image_set_id, **kwargs)
-                   for name, kwargs in cases.items())
+    body = "".join(
+        copy_task(name, datastore_id=sample.datastore_id, source_image_set_id=source.image_set_id, **kwargs)
+        for name, kwargs in cases.items()
+    )
     result = run_copy_dag("copy_bad_arguments", body)
 
     assert result.task_states == dict.fromkeys(cases, "failed"), result.errors
@@ -636,14 +775,16 @@ def test_bad_arguments_fail_before_anything_is_sent(sample, run_copy_dag):
         "bad_json": "copiable_attributes is not valid JSON",
         "wrong_schema": "copiable_attributes does not follow the copiableAttributes schema at Study/Series",
         "no_instances": "copiable_attributes does not follow the copiableAttributes schema at Study/Series/",
-        "too_long_string": f"copiable_attributes is {len(too_long):,} characters long; the service accepts at most 260,000",
+        "too_long_string": f"copiable_attributes is {len(too_long):,} characters long; the service accepts at most "
+        "260,000",
         "too_long_dict": "characters long as JSON; the service accepts at most 260,000",
         "information_and_destination": "copy_image_set_information already says what to copy; do not also pass "
-                                       "destination_image_set_id",
+        "destination_image_set_id",
         "attributes_and_uids": "pass either copiable_attributes or series_instance_uids/sop_instance_uids, not both",
         "version_without_destination": "destination_version_id needs destination_image_set_id",
         "destination_is_source": "destination_image_set_id must differ from source_image_set_id",
-        "unknown_series": f"series_instance_uids: 1.2.3.4.5 is not a series of image set {source.image_set_id} version 1",
+        "unknown_series": f"series_instance_uids: 1.2.3.4.5 is not a series of image set {source.image_set_id} "
+        "version 1",
         "unknown_sop": f"sop_instance_uids: 1.2.3.4.6 is not a SOP instance of image set {source.image_set_id}",
         "bad_information": "copy_image_set_information does not match CopyImageSetInformation",
     }
@@ -651,7 +792,7 @@ def test_bad_arguments_fail_before_anything_is_sent(sample, run_copy_dag):
         error = result.error(name)
         assert f"Cannot copy image set {source.image_set_id}: " in error, (name, error)
         assert message in error, (name, error)
-    assert "Expected {\"SchemaVersion\": \"1.1\"" in result.error("wrong_schema")  # says what is expected
+    assert 'Expected {"SchemaVersion": "1.1"' in result.error("wrong_schema")  # says what is expected
     assert_no_copy_sent(sample)
 
 
@@ -661,10 +802,8 @@ def test_a_copy_over_1000_frames_fails_early_naming_the_quota(sample, run_copy_d
     (document,) = dicom_metadata.synthetic_documents(1, instances_per_series=3, frames_per_instance=400)
     (big,) = sample.handle.backend.insert_image_sets(sample.datastore_id, [document.document])
     instances = sorted(dicom_metadata.sop_instance_uids(document.document))
-    body = (
-        copy_task("whole", datastore_id=sample.datastore_id, source_image_set_id=big)
-        + copy_task("two_instances", datastore_id=sample.datastore_id, source_image_set_id=big,
-                    sop_instance_uids=instances[:2])
+    body = copy_task("whole", datastore_id=sample.datastore_id, source_image_set_id=big) + copy_task(
+        "two_instances", datastore_id=sample.datastore_id, source_image_set_id=big, sop_instance_uids=instances[:2]
     )
     result = run_copy_dag("copy_frames", body)
 
@@ -682,27 +821,44 @@ def test_a_copy_over_1000_frames_fails_early_naming_the_quota(sample, run_copy_d
 
 def test_templated_fields_are_rendered_from_params_and_jinja(sample, run_copy_dag):
     source = sample.with_instances(3)
-    params = ('{"datastore_id": Param(type="string"), "source": Param(type="string"), '
-              '"sop": Param(type="string"), "series": Param(type="string")}')
+    params = (
+        '{"datastore_id": Param(type="string"), "source": Param(type="string"), '
+        '"sop": Param(type="string"), "series": Param(type="string")}'
+    )
     body = (
-        copy_task("by_params", datastore_id="{{ params.datastore_id }}", source_image_set_id="{{ params.source }}",
-                  sop_instance_uids=["{{ params.sop }}"])
-        + copy_task("by_jinja_string", datastore_id="{{ params.datastore_id }}", source_image_set_id="{{ params.source }}",
-                    destination_image_set_id="{{ ti.xcom_pull(task_ids='by_params')['destination_image_set_id'] }}",
-                    destination_version_id="{{ ti.xcom_pull(task_ids='by_params')['destination_version_id'] }}",
-                    copiable_attributes='{"SchemaVersion":"1.1","Study":{"Series":{"{{ params.series }}":'
-                                        '{"Instances":{"{{ params.sop }}":{}}}}}}')
+        copy_task(
+            "by_params",
+            datastore_id="{{ params.datastore_id }}",
+            source_image_set_id="{{ params.source }}",
+            sop_instance_uids=["{{ params.sop }}"],
+        )
+        + copy_task(
+            "by_jinja_string",
+            datastore_id="{{ params.datastore_id }}",
+            source_image_set_id="{{ params.source }}",
+            destination_image_set_id="{{ ti.xcom_pull(task_ids='by_params')['destination_image_set_id'] }}",
+            destination_version_id="{{ ti.xcom_pull(task_ids='by_params')['destination_version_id'] }}",
+            copiable_attributes='{"SchemaVersion":"1.1","Study":{"Series":{"{{ params.series }}":'
+            '{"Instances":{"{{ params.sop }}":{}}}}}}',
+        )
         + "by_params >> by_jinja_string\n"
     )
-    conf = {"datastore_id": sample.datastore_id, "source": source.image_set_id, "sop": source.instances[1],
-            "series": source.series_uid}
+    conf = {
+        "datastore_id": sample.datastore_id,
+        "source": source.image_set_id,
+        "sop": source.instances[1],
+        "series": source.series_uid,
+    }
     result = run_copy_dag("copy_templated", body, params=params, run_conf=conf)
 
     assert result.task_states == {"by_params": "success", "by_jinja_string": "success"}, result.errors
     first, second = result.xcom["by_params"], result.xcom["by_jinja_string"]
     assert (first["datastore_id"], first["source_image_set_id"]) == (sample.datastore_id, source.image_set_id)
     assert sample.sop_uids(first["destination_image_set_id"]) == {source.instances[1]}
-    assert (second["destination_image_set_id"], second["destination_version_id"]) == (first["destination_image_set_id"], "2")
+    assert (second["destination_image_set_id"], second["destination_version_id"]) == (
+        first["destination_image_set_id"],
+        "2",
+    )
     assert second["previous_destination_version_id"] == "1"
     assert sample.sop_uids(first["destination_image_set_id"], "2") == {source.instances[1]}
 
@@ -711,13 +867,18 @@ def test_the_repositorys_example_dag_runs_with_params(sample, airflow_db, dag_bu
     """dags/example_healthimaging_copy.py: the CLI's three copies, all fields templated from params."""
     source = sample.with_instances(3)
     destination = boto_copy(sample, source.image_set_id)  # example 2 merges the same series: no force needed
-    conf = {"datastore_id": sample.datastore_id, "source_image_set_id": source.image_set_id,
-            "destination_image_set_id": destination, "series_instance_uid": source.series_uid,
-            "sop_instance_uid": source.instances[2]}
+    conf = {
+        "datastore_id": sample.datastore_id,
+        "source_image_set_id": source.image_set_id,
+        "destination_image_set_id": destination,
+        "series_instance_uid": source.series_uid,
+        "sop_instance_uid": source.instances[2],
+    }
     result = run_dag(dag_bundle, DAGS_FOLDER, "example_healthimaging_copy", run_conf=conf)
 
     assert result.task_states == dict.fromkeys(
-        ("copy_to_new_image_set", "copy_into_destination", "forced_subset_copy"), "success"), result.errors
+        ("copy_to_new_image_set", "copy_into_destination", "forced_subset_copy"), "success"
+    ), result.errors
     assert {t for t, e in result.events if e == "deferred"} == set(result.task_states)
     new = result.xcom["copy_to_new_image_set"]["destination_image_set_id"]
     assert sample.new_image_set_ids() == {destination, new}
@@ -734,8 +895,15 @@ def test_example_dag_rejects_a_bad_id_in_its_params(sample, airflow_db, dag_bund
     dag_bundle(DAGS_FOLDER)
     dag = DagBag(dag_folder=str(DAGS_FOLDER)).get_dag("example_healthimaging_copy")
     with pytest.raises(ParamValidationError):
-        dag.test(run_conf={"datastore_id": "not-an-id", "source_image_set_id": "x", "destination_image_set_id": "y",
-                           "series_instance_uid": "1.2", "sop_instance_uid": "1.3"})
+        dag.test(
+            run_conf={
+                "datastore_id": "not-an-id",
+                "source_image_set_id": "x",
+                "destination_image_set_id": "y",
+                "series_instance_uid": "1.2",
+                "sop_instance_uid": "1.3",
+            }
+        )
     assert_no_copy_sent(sample)
 
 
@@ -745,9 +913,15 @@ def stored_state(dag_id: str, task_id: str) -> dict[str, Any]:
     from airflow.utils.session import create_session
 
     with create_session() as session:
-        (row,) = session.query(TaskStateStoreModel).filter(
-            TaskStateStoreModel.dag_id == dag_id, TaskStateStoreModel.task_id == task_id,
-            TaskStateStoreModel.key == COPY_STATE_KEY).all()
+        (row,) = (
+            session.query(TaskStateStoreModel)
+            .filter(
+                TaskStateStoreModel.dag_id == dag_id,
+                TaskStateStoreModel.task_id == task_id,
+                TaskStateStoreModel.key == COPY_STATE_KEY,
+            )
+            .all()
+        )
         return json.loads(row.value)
 
 
@@ -755,7 +929,7 @@ def test_a_retry_resumes_the_submitted_copy_from_task_state_store(sample, run_co
     """Try 1 sends the copy and dies while waiting; try 2 finds it in task_state_store and waits on it."""
     sample.handle.configure(timing={"copy_fixed_seconds": 2})
     source = sample.with_instances(3)
-    crashing = '''
+    crashing = """
 class CrashWhileWaiting(HealthImagingCopyImageSetOperator):
     def execute(self, context):
         if context["ti"].try_number == 1:
@@ -765,10 +939,16 @@ class CrashWhileWaiting(HealthImagingCopyImageSetOperator):
         self.wait_for_completion = True
         return super().execute(context)
 
-'''
-    body = crashing + copy_task("copy", cls="CrashWhileWaiting", datastore_id=sample.datastore_id,
-                                source_image_set_id=source.image_set_id, deferrable=False, retries=1,
-                                retry_delay=Code("timedelta(0)"))
+"""
+    body = crashing + copy_task(
+        "copy",
+        cls="CrashWhileWaiting",
+        datastore_id=sample.datastore_id,
+        source_image_set_id=source.image_set_id,
+        deferrable=False,
+        retries=1,
+        retry_delay=Code("timedelta(0)"),
+    )
     result = run_copy_dag("copy_resume_submitted", body)
 
     assert result.task_states == {"copy": "success"}, (result.errors, result.events)
@@ -796,8 +976,13 @@ def test_a_retry_after_dying_while_sending_reconciles_instead_of_copying_again(s
         return real_submit(hook, plan, policy, replan)
 
     monkeypatch.setattr(operators, "submit_copy", dies_after_sending)
-    body = copy_task("copy", datastore_id=sample.datastore_id, source_image_set_id=source.image_set_id,
-                     retries=1, retry_delay=Code("timedelta(0)"))
+    body = copy_task(
+        "copy",
+        datastore_id=sample.datastore_id,
+        source_image_set_id=source.image_set_id,
+        retries=1,
+        retry_delay=Code("timedelta(0)"),
+    )
     result = run_copy_dag("copy_resume_submitting", body)
 
     assert result.task_states == {"copy": "success"}, (result.errors, result.events)
@@ -813,19 +998,39 @@ def test_a_stored_copy_that_ended_copy_failed_is_copied_again(sample):
     """Direct execute() with a task_state_store holding a copy that failed: the retry copies anew."""
     source, destination = sample.same_study_pair()
     failed = sample.client.copy_image_set(
-        datastoreId=sample.datastore_id, sourceImageSetId=source.image_set_id,
-        copyImageSetInformation={"sourceImageSet": {"latestVersionId": "1"},
-                                 "destinationImageSet": {"imageSetId": destination.image_set_id, "latestVersionId": "1"}})
+        datastoreId=sample.datastore_id,
+        sourceImageSetId=source.image_set_id,
+        copyImageSetInformation={
+            "sourceImageSet": {"latestVersionId": "1"},
+            "destinationImageSet": {"imageSetId": destination.image_set_id, "latestVersionId": "1"},
+        },
+    )
     sample.wait_active(destination.image_set_id)
     sample.wait_active(source.image_set_id)
     assert sample.get(destination.image_set_id, "2")["imageSetWorkflowStatus"] == "COPY_FAILED"
-    store = FakeTaskStateStore({COPY_STATE_KEY: {"phase": "submitted", "copy": {
-        "datastore_id": sample.datastore_id, "source_image_set_id": source.image_set_id, "source_version_id": "1",
-        "destination_image_set_id": failed["destinationImageSetProperties"]["imageSetId"],
-        "destination_version_id": "2"}}})
+    store = FakeTaskStateStore(
+        {
+            COPY_STATE_KEY: {
+                "phase": "submitted",
+                "copy": {
+                    "datastore_id": sample.datastore_id,
+                    "source_image_set_id": source.image_set_id,
+                    "source_version_id": "1",
+                    "destination_image_set_id": failed["destinationImageSetProperties"]["imageSetId"],
+                    "destination_version_id": "2",
+                },
+            }
+        }
+    )
     operator = HealthImagingCopyImageSetOperator(
-        task_id="retry", datastore_id=sample.datastore_id, source_image_set_id=source.image_set_id,
-        destination_image_set_id=destination.image_set_id, force=True, waiter_delay=1, deferrable=False)
+        task_id="retry",
+        datastore_id=sample.datastore_id,
+        source_image_set_id=source.image_set_id,
+        destination_image_set_id=destination.image_set_id,
+        force=True,
+        waiter_delay=1,
+        deferrable=False,
+    )
 
     out = operator.execute(direct_context(store))
 
@@ -858,9 +1063,14 @@ def test_openlineage_facets_name_the_image_set_versions_and_carry_no_patient_dat
     source = sample.with_instances(3)
     destination = boto_copy(sample, source.image_set_id)
     assert patient_values(source.document), "the source must carry patient data for this test to mean anything"
-    operator = HealthImagingCopyImageSetOperator(task_id="lineage", datastore_id=sample.datastore_id,
-                                                 source_image_set_id=source.image_set_id,
-                                                 destination_image_set_id=destination, deferrable=False, waiter_delay=1)
+    operator = HealthImagingCopyImageSetOperator(
+        task_id="lineage",
+        datastore_id=sample.datastore_id,
+        source_image_set_id=source.image_set_id,
+        destination_image_set_id=destination,
+        deferrable=False,
+        waiter_delay=1,
+    )
     assert operator.get_openlineage_facets_on_start().inputs == []
 
     out = operator.execute(direct_context())
@@ -874,7 +1084,11 @@ def test_openlineage_facets_name_the_image_set_versions_and_carry_no_patient_dat
     assert source_dataset.facets["version"].datasetVersion == "1"
     assert destination_dataset.facets["version"].datasetVersion == out["destination_version_id"] == "2"
     facet = lineage.run_facets["healthImagingCopy"]
-    assert (facet.datastoreId, facet.sourceImageSetId, facet.sourceVersionId) == (sample.datastore_id, source.image_set_id, "1")
+    assert (facet.datastoreId, facet.sourceImageSetId, facet.sourceVersionId) == (
+        sample.datastore_id,
+        source.image_set_id,
+        "1",
+    )
     assert (facet.destinationImageSetId, facet.destinationVersionId, facet.copyKind) == (destination, "2", "merge")
     assert (facet.force, facet.promoteToPrimary, facet.subset, facet.workflowStatus) == (False, False, False, "COPIED")
     text = serialized(lineage)
@@ -886,10 +1100,14 @@ def test_openlineage_facets_name_the_image_set_versions_and_carry_no_patient_dat
 
 def test_openlineage_on_failure_names_both_image_sets_and_no_patient_data(sample):
     source, destination = sample.same_study_pair()
-    operator = HealthImagingCopyImageSetOperator(task_id="lineage_failure", datastore_id=sample.datastore_id,
-                                                 source_image_set_id=source.image_set_id,
-                                                 destination_image_set_id=destination.image_set_id,
-                                                 deferrable=False, waiter_delay=1)
+    operator = HealthImagingCopyImageSetOperator(
+        task_id="lineage_failure",
+        datastore_id=sample.datastore_id,
+        source_image_set_id=source.image_set_id,
+        destination_image_set_id=destination.image_set_id,
+        deferrable=False,
+        waiter_delay=1,
+    )
     from airflow.providers.common.compat.sdk import AirflowException
 
     with pytest.raises(AirflowException, match=re.escape(SERIES_MISMATCH)):
@@ -908,10 +1126,12 @@ def test_openlineage_on_failure_names_both_image_sets_and_no_patient_data(sample
 def test_extra_link_points_at_the_destination_in_the_console(sample, run_copy_dag):
     source = sample.with_instances(3)
     link = HealthImagingImageSetLink()
-    assert link.format_link(region_name="eu-west-1", aws_domain="aws.amazon.com", datastore_id="d" * 32,
-                            image_set_id="e" * 32) == (
+    assert link.format_link(
+        region_name="eu-west-1", aws_domain="aws.amazon.com", datastore_id="d" * 32, image_set_id="e" * 32
+    ) == (
         f"https://console.aws.amazon.com/medical-imaging/home?region=eu-west-1#/data-stores/{'d' * 32}"
-        f"/image-sets/{'e' * 32}")
+        f"/image-sets/{'e' * 32}"
+    )
     assert HealthImagingCopyImageSetOperator.operator_extra_links[0].name == "HealthImaging Image Set"
 
     body = copy_task("copy", datastore_id=sample.datastore_id, source_image_set_id=source.image_set_id)
@@ -926,4 +1146,5 @@ def test_extra_link_points_at_the_destination_in_the_console(sample, run_copy_da
     new = result.xcom["copy"]["destination_image_set_id"]
     assert link.format_link(**stored) == (
         f"https://console.aws.amazon.com/medical-imaging/home?region=us-east-1#/data-stores/{sample.datastore_id}"
-        f"/image-sets/{new}")
+        f"/image-sets/{new}"
+    )

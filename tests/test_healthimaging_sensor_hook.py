@@ -66,9 +66,13 @@ def start_copy(sample: Sample, source: str, destination: str | None = None, **fl
     """Send a copy with a plain boto3 client and return at once (the copy runs on in the emulator)."""
     info: dict[str, Any] = {"sourceImageSet": {"latestVersionId": sample.get(source)["versionId"]}}
     if destination:
-        info["destinationImageSet"] = {"imageSetId": destination, "latestVersionId": sample.get(destination)["versionId"]}
-    response = sample.client.copy_image_set(datastoreId=sample.datastore_id, sourceImageSetId=source,
-                                            copyImageSetInformation=info, **flags)
+        info["destinationImageSet"] = {
+            "imageSetId": destination,
+            "latestVersionId": sample.get(destination)["versionId"],
+        }
+    response = sample.client.copy_image_set(
+        datastoreId=sample.datastore_id, sourceImageSetId=source, copyImageSetInformation=info, **flags
+    )
     return response["destinationImageSetProperties"]
 
 
@@ -80,10 +84,14 @@ def test_sensor_succeeds_when_the_copy_ends_copied(sample, run_sensor_dag, mode)
     sample.handle.configure(timing={"copy_fixed_seconds": 2.5})
     source = sample.with_instances(3)
     body = (
-        copy_task("copy", datastore_id=sample.datastore_id, source_image_set_id=source.image_set_id,
-                  wait_for_completion=False, deferrable=False)
-        + sensor_task("wait", datastore_id=sample.datastore_id, image_set_id=DESTINATION_ID, timeout=60,
-                      **MODES[mode])
+        copy_task(
+            "copy",
+            datastore_id=sample.datastore_id,
+            source_image_set_id=source.image_set_id,
+            wait_for_completion=False,
+            deferrable=False,
+        )
+        + sensor_task("wait", datastore_id=sample.datastore_id, image_set_id=DESTINATION_ID, timeout=60, **MODES[mode])
         + "copy >> wait\n"
     )
     result = run_sensor_dag(f"sensor_copied_{mode}", body)
@@ -112,10 +120,23 @@ def test_sensor_fails_on_copy_failed_with_the_services_message(sample, run_senso
     sample.handle.configure(timing={"copy_fixed_seconds": 1.5})
     source, destination = sample.same_study_pair()
     body = (
-        copy_task("copy", datastore_id=sample.datastore_id, source_image_set_id=source.image_set_id,
-                  destination_image_set_id=destination.image_set_id, wait_for_completion=False, deferrable=False)
-        + sensor_task("wait", datastore_id=sample.datastore_id, image_set_id=DESTINATION_ID,
-                      version_id=DESTINATION_VERSION, timeout=300, max_retries=300, **MODES[mode])
+        copy_task(
+            "copy",
+            datastore_id=sample.datastore_id,
+            source_image_set_id=source.image_set_id,
+            destination_image_set_id=destination.image_set_id,
+            wait_for_completion=False,
+            deferrable=False,
+        )
+        + sensor_task(
+            "wait",
+            datastore_id=sample.datastore_id,
+            image_set_id=DESTINATION_ID,
+            version_id=DESTINATION_VERSION,
+            timeout=300,
+            max_retries=300,
+            **MODES[mode],
+        )
         + "copy >> wait\n"
     )
     result = run_sensor_dag(f"sensor_copy_failed_{mode}", body)
@@ -141,16 +162,20 @@ def test_sensor_watches_the_given_version(sample, run_sensor_dag, deferrable):
     assert sample.get(destination.image_set_id, "2")["imageSetWorkflowStatus"] == "COPY_FAILED"
     mode = dict(deferrable=deferrable, timeout=60, max_retries=60)
     body = (
-        sensor_task("version_2", datastore_id=sample.datastore_id, image_set_id=destination.image_set_id,
-                    version_id="2", **mode)
-        + sensor_task("version_3", datastore_id=sample.datastore_id, image_set_id=destination.image_set_id,
-                      version_id="3", **mode)
+        sensor_task(
+            "version_2", datastore_id=sample.datastore_id, image_set_id=destination.image_set_id, version_id="2", **mode
+        )
+        + sensor_task(
+            "version_3", datastore_id=sample.datastore_id, image_set_id=destination.image_set_id, version_id="3", **mode
+        )
         + sensor_task("latest", datastore_id=sample.datastore_id, image_set_id=destination.image_set_id, **mode)
     )
     result = run_sensor_dag(f"sensor_versions_{deferrable}", body)
 
     assert result.task_states == {"version_2": "failed", "version_3": "success", "latest": "success"}, result.errors
-    assert f"Image set {destination.image_set_id} version 2 ended COPY_FAILED: {SERIES_MISMATCH}" in result.error("version_2")
+    assert f"Image set {destination.image_set_id} version 2 ended COPY_FAILED: {SERIES_MISMATCH}" in result.error(
+        "version_2"
+    )
 
 
 @pytest.mark.parametrize("deferrable", [True, False], ids=["deferrable", "poke"])
@@ -159,29 +184,69 @@ def test_sensor_custom_target_states_and_workflow_statuses(sample, run_sensor_da
     source = sample.with_instances(3)
     copied_only = dict(target_states=["ACTIVE"], target_workflow_statuses=["COPIED"])
     body = (
-        copy_task("copy", datastore_id=sample.datastore_id, source_image_set_id=source.image_set_id,
-                  wait_for_completion=False, deferrable=False)
+        copy_task(
+            "copy",
+            datastore_id=sample.datastore_id,
+            source_image_set_id=source.image_set_id,
+            wait_for_completion=False,
+            deferrable=False,
+        )
         # The source is LOCKED / COPYING_WITH_READ_ONLY_ACCESS only while the copy runs.
-        + sensor_task("source_locked", datastore_id=sample.datastore_id, image_set_id=source.image_set_id,
-                      target_states=["LOCKED"], target_workflow_statuses=["COPYING_WITH_READ_ONLY_ACCESS"],
-                      deferrable=deferrable, timeout=2, max_retries=2)
-        + sensor_task("destination_copied", datastore_id=sample.datastore_id, image_set_id=DESTINATION_ID,
-                      deferrable=deferrable, timeout=60, max_retries=60, **copied_only)
+        + sensor_task(
+            "source_locked",
+            datastore_id=sample.datastore_id,
+            image_set_id=source.image_set_id,
+            target_states=["LOCKED"],
+            target_workflow_statuses=["COPYING_WITH_READ_ONLY_ACCESS"],
+            deferrable=deferrable,
+            timeout=2,
+            max_retries=2,
+        )
+        + sensor_task(
+            "destination_copied",
+            datastore_id=sample.datastore_id,
+            image_set_id=DESTINATION_ID,
+            deferrable=deferrable,
+            timeout=60,
+            max_retries=60,
+            **copied_only,
+        )
         # The source ends ACTIVE with its old workflow status (CREATED): never COPIED.
-        + sensor_task("source_copied", datastore_id=sample.datastore_id, image_set_id=source.image_set_id,
-                      deferrable=deferrable, timeout=4, max_retries=4, **copied_only)
-        + sensor_task("source_default", datastore_id=sample.datastore_id, image_set_id=source.image_set_id,
-                      deferrable=deferrable, timeout=60, max_retries=60, trigger_rule="all_done")
+        + sensor_task(
+            "source_copied",
+            datastore_id=sample.datastore_id,
+            image_set_id=source.image_set_id,
+            deferrable=deferrable,
+            timeout=4,
+            max_retries=4,
+            **copied_only,
+        )
+        + sensor_task(
+            "source_default",
+            datastore_id=sample.datastore_id,
+            image_set_id=source.image_set_id,
+            deferrable=deferrable,
+            timeout=60,
+            max_retries=60,
+            trigger_rule="all_done",
+        )
         + "copy >> source_locked >> destination_copied >> source_copied >> source_default\n"
     )
     result = run_sensor_dag(f"sensor_targets_{deferrable}", body)
 
-    assert result.task_states == {"copy": "success", "source_locked": "success", "destination_copied": "success",
-                                  "source_copied": "failed", "source_default": "success"}, (result.errors, result.events)
+    assert result.task_states == {
+        "copy": "success",
+        "source_locked": "success",
+        "destination_copied": "success",
+        "source_copied": "failed",
+        "source_default": "success",
+    }, (result.errors, result.events)
     copy_ended = sample.get(result.xcom["copy"]["destination_image_set_id"])["updatedAt"].timestamp()
     assert result.ended["source_locked"] < copy_ended <= result.ended["destination_copied"]
-    assert (sample.get(source.image_set_id)["imageSetState"], sample.get(source.image_set_id)["imageSetWorkflowStatus"]) == (
-        "ACTIVE", "CREATED")
+    assert (
+        sample.get(source.image_set_id)["imageSetState"],
+        sample.get(source.image_set_id)["imageSetWorkflowStatus"],
+    ) == ("ACTIVE", "CREATED")
     error = result.error("source_copied")
     assert ("max attempts reached" in error) if deferrable else ("timed out" in error), error
     if deferrable:
@@ -195,17 +260,27 @@ def test_a_deferred_sensors_waiter_delay_is_its_poke_interval_in_whole_seconds_a
 
     image_set_id = sample.image_sets[0].image_set_id  # imported: CREATED, never COPIED
     for poke_interval, expected in ((0.25, 1), (2.5, 3), (30, 30)):
-        sensor = HealthImagingImageSetSensor(task_id="s", datastore_id=sample.datastore_id, image_set_id=image_set_id,
-                                             target_workflow_statuses=["COPIED"], deferrable=True,
-                                             poke_interval=poke_interval)
+        sensor = HealthImagingImageSetSensor(
+            task_id="s",
+            datastore_id=sample.datastore_id,
+            image_set_id=image_set_id,
+            target_workflow_statuses=["COPIED"],
+            deferrable=True,
+            poke_interval=poke_interval,
+        )
         with pytest.raises(TaskDeferred) as deferred:
             sensor.execute({})
         assert deferred.value.trigger.waiter_delay == expected
 
 
 def test_sensor_acceptors_follow_its_targets():
-    sensor = HealthImagingImageSetSensor(task_id="s", datastore_id="d" * 32, image_set_id="e" * 32,
-                                         target_states=["ACTIVE", "LOCKED"], target_workflow_statuses=["COPIED"])
+    sensor = HealthImagingImageSetSensor(
+        task_id="s",
+        datastore_id="d" * 32,
+        image_set_id="e" * 32,
+        target_states=["ACTIVE", "LOCKED"],
+        target_workflow_statuses=["COPIED"],
+    )
     acceptors = sensor.acceptors()
     failures = {a["expected"] for a in acceptors if a["state"] == "failure"}
     assert failures == states.FAILED_WORKFLOW_STATUSES
@@ -214,7 +289,8 @@ def test_sensor_acceptors_follow_its_targets():
     assert acceptors.index(next(a for a in acceptors if a["state"] == "failure")) == 0  # failures are checked first
     default = HealthImagingImageSetSensor(task_id="t", datastore_id="d" * 32, image_set_id="e" * 32)
     assert {tuple(a["expected"]) for a in default.acceptors() if a["state"] == "success"} == {
-        ("ACTIVE", status) for status in states.SETTLED_WORKFLOW_STATUSES}
+        ("ACTIVE", status) for status in states.SETTLED_WORKFLOW_STATUSES
+    }
 
 
 # ----------------------------------------------------------------------------------------- the hook
@@ -249,9 +325,20 @@ def test_endpoint_url_in_the_connection_switches_host_prefix_injection_off(sampl
 
 
 def test_service_config_endpoint_url_also_switches_it_off(sample, monkeypatch):
-    monkeypatch.setenv("AIRFLOW_CONN_HI_SERVICE_CONFIG", json.dumps({
-        "conn_type": "aws", "login": "testing", "password": "testing",
-        "extra": {"region_name": "us-east-1", "service_config": {"medical-imaging": {"endpoint_url": sample.handle.url}}}}))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_HI_SERVICE_CONFIG",
+        json.dumps(
+            {
+                "conn_type": "aws",
+                "login": "testing",
+                "password": "testing",
+                "extra": {
+                    "region_name": "us-east-1",
+                    "service_config": {"medical-imaging": {"endpoint_url": sample.handle.url}},
+                },
+            }
+        ),
+    )
     h = HealthImagingHook(aws_conn_id="hi_service_config")
     assert h.endpoint_url == sample.handle.url and h.config.inject_host_prefix is False
     source = sample.image_sets[0]
@@ -260,8 +347,12 @@ def test_service_config_endpoint_url_also_switches_it_off(sample, monkeypatch):
 
 def test_without_endpoint_url_host_prefix_injection_stays_on(monkeypatch):
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    monkeypatch.setenv("AIRFLOW_CONN_REAL_AWS", json.dumps({
-        "conn_type": "aws", "login": "testing", "password": "testing", "extra": {"region_name": "us-east-1"}}))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_REAL_AWS",
+        json.dumps(
+            {"conn_type": "aws", "login": "testing", "password": "testing", "extra": {"region_name": "us-east-1"}}
+        ),
+    )
     h = HealthImagingHook(aws_conn_id="real_aws")
     assert h.endpoint_url is None
     assert h.config.inject_host_prefix is not False and h.conn.meta.config.inject_host_prefix is True
@@ -270,8 +361,10 @@ def test_without_endpoint_url_host_prefix_injection_stays_on(monkeypatch):
         h.get_image_set("d" * 32, "e" * 32)
     with pytest.raises(Stop):
         h.conn.list_datastores()
-    assert urls == [f"https://runtime-medical-imaging.us-east-1.amazonaws.com/datastore/{'d' * 32}/imageSet/{'e' * 32}"
-                    "/getImageSet", "https://medical-imaging.us-east-1.amazonaws.com/datastore"]
+    assert urls == [
+        f"https://runtime-medical-imaging.us-east-1.amazonaws.com/datastore/{'d' * 32}/imageSet/{'e' * 32}/getImageSet",
+        "https://medical-imaging.us-east-1.amazonaws.com/datastore",
+    ]
     assert h.no_retry_conn.meta.config.inject_host_prefix is True
 
 
@@ -301,8 +394,10 @@ def test_list_image_set_versions_reads_every_page(sample):
         assert update_study_description(sample, source.image_set_id, f"version {number}") == str(number)
     h = hook()
     pages: list[int] = []
-    h.conn.meta.events.register("after-call.medical-imaging.ListImageSetVersions",
-                                lambda parsed, **_: pages.append(len(parsed["imageSetPropertiesList"])))
+    h.conn.meta.events.register(
+        "after-call.medical-imaging.ListImageSetVersions",
+        lambda parsed, **_: pages.append(len(parsed["imageSetPropertiesList"])),
+    )
 
     versions = h.list_image_set_versions(sample.datastore_id, source.image_set_id)
 
@@ -322,8 +417,11 @@ def test_no_retry_conn_makes_exactly_one_attempt(sample):
     sample.handle.configure(script={"CopyImageSet": ["internal_error"], "GetImageSet": ["internal_error"]})
 
     with pytest.raises(ClientError) as error:
-        h.no_retry_conn.copy_image_set(datastoreId=sample.datastore_id, sourceImageSetId=source.image_set_id,
-                                       copyImageSetInformation={"sourceImageSet": {"latestVersionId": "1"}})
+        h.no_retry_conn.copy_image_set(
+            datastoreId=sample.datastore_id,
+            sourceImageSetId=source.image_set_id,
+            copyImageSetInformation={"sourceImageSet": {"latestVersionId": "1"}},
+        )
     assert error.value.response["Error"]["Code"] == "InternalServerException"
     assert sample.handle.counters()["CopyImageSet"]["calls"] == 1  # not repeated by botocore
     assert h.conn.get_image_set(datastoreId=sample.datastore_id, imageSetId=source.image_set_id)["versionId"] == "1"
@@ -332,20 +430,25 @@ def test_no_retry_conn_makes_exactly_one_attempt(sample):
 
 def test_no_retry_conn_serves_only_copy_image_set(sample, monkeypatch):
     """Every call of a copy with a lost response (reconciled) and an internal error (copied again)."""
-    from healthimaging.operators import medical_imaging as operators
     from healthimaging.copy.submission import SubmissionPolicy
+    from healthimaging.operators import medical_imaging as operators
 
     monkeypatch.setattr(operators, "SubmissionPolicy", functools.partial(SubmissionPolicy, sleep=lambda _: None))
     source = sample.with_instances(3)
     sample.handle.configure(script={"CopyImageSet": ["lost_response", "internal_error"]})
     by_client: dict[str, list[str]] = {"conn": [], "no_retry_conn": []}
     for attempt in range(2):
-        operator = HealthImagingCopyImageSetOperator(task_id=f"copy{attempt}", datastore_id=sample.datastore_id,
-                                                     source_image_set_id=source.image_set_id, waiter_delay=1,
-                                                     deferrable=False)
+        operator = HealthImagingCopyImageSetOperator(
+            task_id=f"copy{attempt}",
+            datastore_id=sample.datastore_id,
+            source_image_set_id=source.image_set_id,
+            waiter_delay=1,
+            deferrable=False,
+        )
         for name in by_client:
             getattr(operator.hook, name).meta.events.register(
-                "before-call.medical-imaging", lambda model, name=name, **_: by_client[name].append(model.name))
+                "before-call.medical-imaging", lambda model, name=name, **_: by_client[name].append(model.name)
+            )
         operator.execute({})
     assert by_client["no_retry_conn"] == ["CopyImageSet", "CopyImageSet", "CopyImageSet"]
     assert "CopyImageSet" not in by_client["conn"]
@@ -361,7 +464,11 @@ def test_no_retry_conn_is_used_only_for_copy_image_set_in_the_source():
     for path in sorted((PLUGINS_FOLDER / "healthimaging").rglob("*.py")):
         tree = ast.parse(path.read_text(), filename=str(path))
         for node in ast.walk(tree):
-            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute) and node.value.attr == "no_retry_conn":
+            if (
+                isinstance(node, ast.Attribute)
+                and isinstance(node.value, ast.Attribute)
+                and node.value.attr == "no_retry_conn"
+            ):
                 uses.append((path.name, node.attr))
             elif isinstance(node, ast.Attribute) and node.attr == "no_retry_conn":
                 parent_ok = any(isinstance(p, ast.Attribute) and p.value is node for p in ast.walk(tree))
@@ -380,8 +487,11 @@ def test_waiter_acceptors_agree_with_states():
     assert copied["operation"] == "GetImageSet"
 
     def expected(waiter, state, argument="imageSetWorkflowStatus"):
-        return {a["expected"] for a in waiter["acceptors"] if a["state"] == state and a["matcher"] == "path"
-                and a["argument"] == argument}
+        return {
+            a["expected"]
+            for a in waiter["acceptors"]
+            if a["state"] == state and a["matcher"] == "path" and a["argument"] == argument
+        }
 
     assert expected(copied, "success") == states.COPY_SUCCESS_STATUSES
     assert expected(copied, "retry") == states.COPY_PENDING_STATUSES
@@ -397,7 +507,9 @@ def test_waiter_acceptors_agree_with_states():
     order = [a["state"] for a in settled["acceptors"] if a["matcher"] == "path"]
     assert order.index("success") > max(i for i, s in enumerate(order) if s == "failure")  # failures win over ACTIVE
     assert {a["expected"] for a in settled["acceptors"] if a["matcher"] == "error"} == {
-        "ThrottlingException", "InternalServerException"}
+        "ThrottlingException",
+        "InternalServerException",
+    }
     # Every status the waiters name is one this package knows.
     known = states.IN_PROGRESS_WORKFLOW_STATUSES | states.FAILED_WORKFLOW_STATUSES | states.SETTLED_WORKFLOW_STATUSES
     for waiter in waiters.values():
@@ -414,25 +526,38 @@ def test_image_set_copied_waiter_succeeds_and_fails_against_the_emulator(sample)
 
     new = start_copy(sample, source.image_set_id)
     assert sample.get(new["imageSetId"])["imageSetWorkflowStatus"] == "COPYING"
-    waiter.wait(datastoreId=sample.datastore_id, imageSetId=new["imageSetId"], versionId=new["latestVersionId"],
-                WaiterConfig={"Delay": 1, "MaxAttempts": 10})
+    waiter.wait(
+        datastoreId=sample.datastore_id,
+        imageSetId=new["imageSetId"],
+        versionId=new["latestVersionId"],
+        WaiterConfig={"Delay": 1, "MaxAttempts": 10},
+    )
     assert sample.get(new["imageSetId"])["imageSetWorkflowStatus"] == "COPIED"
     sample.wait_active(source.image_set_id)
 
     other, destination = sample.same_study_pair()
     failed = start_copy(sample, other.image_set_id, destination.image_set_id)
     with pytest.raises(WaiterError) as error:
-        waiter.wait(datastoreId=sample.datastore_id, imageSetId=destination.image_set_id,
-                    versionId=failed["latestVersionId"], WaiterConfig={"Delay": 1, "MaxAttempts": 10})
+        waiter.wait(
+            datastoreId=sample.datastore_id,
+            imageSetId=destination.image_set_id,
+            versionId=failed["latestVersionId"],
+            WaiterConfig={"Delay": 1, "MaxAttempts": 10},
+        )
     assert "terminal failure" in str(error.value)
     assert error.value.last_response["imageSetWorkflowStatus"] == "COPY_FAILED"
     assert error.value.last_response["message"] == SERIES_MISMATCH
 
     settled = hook().get_waiter("image_set_settled")
-    settled.wait(datastoreId=sample.datastore_id, imageSetId=other.image_set_id, WaiterConfig={"Delay": 1, "MaxAttempts": 10})
+    settled.wait(
+        datastoreId=sample.datastore_id, imageSetId=other.image_set_id, WaiterConfig={"Delay": 1, "MaxAttempts": 10}
+    )
     with pytest.raises(WaiterError, match="terminal failure"):
-        settled.wait(datastoreId=sample.datastore_id, imageSetId=destination.image_set_id,
-                     WaiterConfig={"Delay": 1, "MaxAttempts": 10})
+        settled.wait(
+            datastoreId=sample.datastore_id,
+            imageSetId=destination.image_set_id,
+            WaiterConfig={"Delay": 1, "MaxAttempts": 10},
+        )
 
 
 # ----------------------------------------------------------------------------------------- the trigger
@@ -440,20 +565,40 @@ def test_image_set_copied_waiter_succeeds_and_fails_against_the_emulator(sample)
 
 def make_trigger(**overrides: Any) -> HealthImagingImageSetTrigger:
     kwargs: dict[str, Any] = dict(
-        datastore_id="d" * 32, image_set_id="e" * 32, version_id="3", waiter_name="image_set_settled",
+        datastore_id="d" * 32,
+        image_set_id="e" * 32,
+        version_id="3",
+        waiter_name="image_set_settled",
         return_value={"destination_image_set_id": "e" * 32, "nested": {"ids": [1, 2]}},
-        acceptors=HealthImagingImageSetSensor(task_id="s", datastore_id="d", image_set_id="e",
-                                              target_workflow_statuses=["COPIED"]).acceptors(),
-        waiter_delay=1, waiter_max_attempts=7, aws_conn_id="aws_default", region_name="eu-west-1", verify=False,
+        acceptors=HealthImagingImageSetSensor(
+            task_id="s", datastore_id="d", image_set_id="e", target_workflow_statuses=["COPIED"]
+        ).acceptors(),
+        waiter_delay=1,
+        waiter_max_attempts=7,
+        aws_conn_id="aws_default",
+        region_name="eu-west-1",
+        verify=False,
         botocore_config={"read_timeout": 9},
     )
     kwargs.update(overrides)
     return HealthImagingImageSetTrigger(**kwargs)
 
 
-@pytest.mark.parametrize("overrides", [{}, {"version_id": None, "acceptors": None, "botocore_config": None,
-                                            "region_name": None, "verify": None, "return_value": None}],
-                         ids=["every-argument", "defaults"])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        {
+            "version_id": None,
+            "acceptors": None,
+            "botocore_config": None,
+            "region_name": None,
+            "verify": None,
+            "return_value": None,
+        },
+    ],
+    ids=["every-argument", "defaults"],
+)
 def test_trigger_serialization_round_trip(overrides):
     from airflow.sdk._shared.module_loading import import_string
     from airflow.sdk.serde import deserialize, serialize
@@ -483,10 +628,18 @@ def test_trigger_run_yields_success_when_the_copy_ends_copied(sample):
     sample.handle.configure(timing={"copy_fixed_seconds": 1})
     source = sample.with_instances(3)
     new = start_copy(sample, source.image_set_id)
-    trigger = make_trigger(datastore_id=sample.datastore_id, image_set_id=new["imageSetId"],
-                           version_id=new["latestVersionId"], waiter_name="image_set_copied", acceptors=None,
-                           region_name=None, verify=None, botocore_config=None, waiter_max_attempts=20,
-                           return_value={"destination_image_set_id": new["imageSetId"]})
+    trigger = make_trigger(
+        datastore_id=sample.datastore_id,
+        image_set_id=new["imageSetId"],
+        version_id=new["latestVersionId"],
+        waiter_name="image_set_copied",
+        acceptors=None,
+        region_name=None,
+        verify=None,
+        botocore_config=None,
+        waiter_max_attempts=20,
+        return_value={"destination_image_set_id": new["imageSetId"]},
+    )
 
     started = time.monotonic()
     event = asyncio.run(first_event(trigger))
@@ -500,10 +653,18 @@ def test_trigger_run_yields_success_when_the_copy_ends_copied(sample):
 def test_trigger_run_yields_an_error_event_with_the_message_on_copy_failed(sample):
     source, destination = sample.same_study_pair()
     failed = start_copy(sample, source.image_set_id, destination.image_set_id)
-    trigger = make_trigger(datastore_id=sample.datastore_id, image_set_id=destination.image_set_id,
-                           version_id=failed["latestVersionId"], waiter_name="image_set_copied", acceptors=None,
-                           region_name=None, verify=None, botocore_config=None, waiter_max_attempts=20,
-                           return_value={"destination_image_set_id": destination.image_set_id})
+    trigger = make_trigger(
+        datastore_id=sample.datastore_id,
+        image_set_id=destination.image_set_id,
+        version_id=failed["latestVersionId"],
+        waiter_name="image_set_copied",
+        acceptors=None,
+        region_name=None,
+        verify=None,
+        botocore_config=None,
+        waiter_max_attempts=20,
+        return_value={"destination_image_set_id": destination.image_set_id},
+    )
 
     event = asyncio.run(first_event(trigger))
 

@@ -168,15 +168,19 @@ class Deployment:
         """Wait for the scenario's run; returns it and its final state."""
         scenario = self.scenarios[name]
         state = self.stack.wait_for_run(scenario.dag_id, scenario.run_id, timeout=RUN_TIMEOUT)
-        run = self.stack.api("GET", f"/api/v2/dags/{scenario.dag_id}/dagRuns/{urllib.parse.quote(scenario.run_id, safe='')}")
+        run = self.stack.api(
+            "GET", f"/api/v2/dags/{scenario.dag_id}/dagRuns/{urllib.parse.quote(scenario.run_id, safe='')}"
+        )
         with contextlib.suppress(Exception):
             seconds = (parse_time(run["end_date"]) - parse_time(run["start_date"])).total_seconds()
             print(f"\n{name}: {state}, the run took {seconds:.1f}s", file=sys.stderr)
         return scenario, state
 
     def xcom(self, scenario: Scenario, task_id: str, key: str = "return_value") -> Any:
-        path = (f"/api/v2/dags/{scenario.dag_id}/dagRuns/{urllib.parse.quote(scenario.run_id, safe='')}"
-                f"/taskInstances/{task_id}/xcomEntries/{key}")
+        path = (
+            f"/api/v2/dags/{scenario.dag_id}/dagRuns/{urllib.parse.quote(scenario.run_id, safe='')}"
+            f"/taskInstances/{task_id}/xcomEntries/{key}"
+        )
         value = self.stack.api("GET", path)["value"]
         return json.loads(value) if isinstance(value, str) else value
 
@@ -225,7 +229,9 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
             emulator = EmulatorHandle(server)
             datastore_id = emulator.seed("sample")["datastoreId"]
             scenarios[name] = Scenario(
-                name=name, emulator=emulator, datastore_id=datastore_id,
+                name=name,
+                emulator=emulator,
+                datastore_id=datastore_id,
                 source_image_set_id=source_of(emulator, datastore_id, SOURCE_SERIES_UID),
                 before=all_image_set_ids(emulator, datastore_id),
             )
@@ -236,10 +242,12 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
         with AirflowStack(root / "home", dags, PLUGINS_FOLDER, env=env) as stack:
             for scenario in scenarios.values():
                 scenario.emulator.admin("DELETE", "counters")
-                scenario.run_id = stack.trigger(scenario.dag_id, conf={
-                    "datastore_id": scenario.datastore_id, "source_image_set_id": scenario.source_image_set_id})
+                scenario.run_id = stack.trigger(
+                    scenario.dag_id,
+                    conf={"datastore_id": scenario.datastore_id, "source_image_set_id": scenario.source_image_set_id},
+                )
             yield Deployment(stack, scenarios)
-        print(f"\nAirflowStack timings {({k: round(v, 1) for k, v in stack.timings.items()})}", file=sys.stderr)
+        print(f"\nAirflowStack timings { ({k: round(v, 1) for k, v in stack.timings.items()}) }", file=sys.stderr)
     finally:
         for server in servers:
             with contextlib.suppress(Exception):
@@ -257,19 +265,28 @@ def test_deferrable_copy_and_sensor_wait_in_the_triggerer(deployment: Deployment
     stack, dag_id, run_id = deployment.stack, scenario.dag_id, scenario.run_id
     assert state == "success", deployment.diagnostics(scenario)
     assert stack.task_instance_states(dag_id, run_id) == {
-        "copy": "success", "merge_into_copy": "success", "wait_for_destination": "success"}
+        "copy": "success",
+        "merge_into_copy": "success",
+        "wait_for_destination": "success",
+    }
 
     for task_id in ("copy", "wait_for_destination"):
         events = [e["event"] for e in stack.task_events(dag_id, run_id, task_id)]
         assert stack.was_deferred(dag_id, run_id, task_id), (task_id, events)
         assert stack.resumed_after_deferral(dag_id, run_id, task_id), (task_id, events)
         # Only a triggerer process writes the trigger log: the triggerer ran the trigger to its event.
-        assert stack.trigger_fired(dag_id, run_id, task_id), (task_id, stack.trigger_log_events(dag_id, run_id, task_id))
+        assert stack.trigger_fired(dag_id, run_id, task_id), (
+            task_id,
+            stack.trigger_log_events(dag_id, run_id, task_id),
+        )
     assert not stack.was_deferred(dag_id, run_id, "merge_into_copy")
     tis = {ti["task_id"]: ti for ti in stack.task_instances(dag_id, run_id)}
     gap = parse_time(tis["wait_for_destination"]["start_date"]) - parse_time(tis["merge_into_copy"]["end_date"])
-    print(f"\nthe sensor started {gap.total_seconds():.1f}s after the merge was accepted "
-          f"(the merge copy lasts {COPY_SECONDS['deferral']}s)", file=sys.stderr)
+    print(
+        f"\nthe sensor started {gap.total_seconds():.1f}s after the merge was accepted "
+        f"(the merge copy lasts {COPY_SECONDS['deferral']}s)",
+        file=sys.stderr,
+    )
 
     result = deployment.xcom(scenario, "copy")
     (new,) = scenario.new_image_sets()  # exactly one new image set (the merge adds a version to it)
@@ -356,5 +373,8 @@ def test_the_deployment_loads_the_plugin_without_import_errors(deployment: Deplo
     assert errors == [], json.dumps(errors, indent=1)[:3000]
     plugins = {p["name"]: p for p in stack.api("GET", "/api/v2/plugins")["plugins"]}
     assert "healthimaging" in plugins, sorted(plugins)
-    assert any("HealthImaging" in str(link) for link in plugins["healthimaging"]["global_operator_extra_links"]
-               + plugins["healthimaging"]["operator_extra_links"]), plugins["healthimaging"]
+    assert any(
+        "HealthImaging" in str(link)
+        for link in plugins["healthimaging"]["global_operator_extra_links"]
+        + plugins["healthimaging"]["operator_extra_links"]
+    ), plugins["healthimaging"]

@@ -18,12 +18,11 @@ import pytest
 import sqlalchemy as sa
 
 from healthimaging import bounded_json
-
 from healthimaging.bulk import manifest_reader, report
 from healthimaging.bulk.engine import register_manifest
-from healthimaging.bulk.run import BulkCopyRunError, report_folder, safe_name
 from healthimaging.bulk.ledger import Ledger, LedgerConnectionError, engine_for, url_from_connection
 from healthimaging.bulk.manifest import MAX_CELL_CHARACTERS, ManifestError, validate_manifest
+from healthimaging.bulk.run import BulkCopyRunError, report_folder, safe_name
 
 DATASTORE = "d" * 32
 A = "a" * 32
@@ -58,8 +57,13 @@ def any_ledger(request, tmp_path) -> Ledger:
 
 @pytest.mark.parametrize("levels", [40, 1000, 100_000])
 def test_deeply_nested_json_is_a_row_rejection_not_a_recursion_error(levels):
-    line = json.dumps({"source_image_set_id": A, "label": "x"})[:-1] + ', "copiable_attributes": ' + \
-        "[" * levels + "]" * levels + "}"
+    line = (
+        json.dumps({"source_image_set_id": A, "label": "x"})[:-1]
+        + ', "copiable_attributes": '
+        + "[" * levels
+        + "]" * levels
+        + "}"
+    )
     validated = validate_manifest((line + "\n").encode(), "m.jsonl", default_datastore_id=DATASTORE)
     assert validated.total_rows == 1 and not validated.rows
     assert "nests deeper than 32 levels" in only_error(validated)
@@ -67,8 +71,9 @@ def test_deeply_nested_json_is_a_row_rejection_not_a_recursion_error(levels):
 
 def test_deep_json_inside_a_csv_cell_is_rejected_for_its_column():
     cell = '"' + ("[" * 5000 + "]" * 5000) + '"'
-    validated = validate_manifest(csv_manifest([f"{A},{cell}"], "source_image_set_id,copiable_attributes"),
-                                  default_datastore_id=DATASTORE)
+    validated = validate_manifest(
+        csv_manifest([f"{A},{cell}"], "source_image_set_id,copiable_attributes"), default_datastore_id=DATASTORE
+    )
     assert "column copiable_attributes" in only_error(validated) and "nests deeper" in only_error(validated)
 
 
@@ -80,20 +85,27 @@ def test_bounded_json_measures_depth_without_recursing():
     assert bounded_json.depth(nested) == 50_001
 
 
-@pytest.mark.parametrize("label, problem", [
-    ("\\ud800", "holds an unpaired UTF-16 surrogate (U+D800)"),
-    ("ok\\udfffok", "holds an unpaired UTF-16 surrogate (U+DFFF)"),
-    ("a\\u0000b", "holds a NUL character"),
-])
+@pytest.mark.parametrize(
+    "label, problem",
+    [
+        ("\\ud800", "holds an unpaired UTF-16 surrogate (U+D800)"),
+        ("ok\\udfffok", "holds an unpaired UTF-16 surrogate (U+DFFF)"),
+        ("a\\u0000b", "holds a NUL character"),
+    ],
+)
 def test_text_no_ledger_can_store_is_a_row_rejection(any_ledger, label, problem):
     line = '{"source_image_set_id": "%s", "label": "%s"}\n' % (A, label)
-    validated = validate_manifest(line.encode() + b'{"source_image_set_id": "%s"}\n' % ids(1)[0].encode(), "m.jsonl",
-                                  default_datastore_id=DATASTORE)
+    validated = validate_manifest(
+        line.encode() + b'{"source_image_set_id": "%s"}\n' % ids(1)[0].encode(),
+        "m.jsonl",
+        default_datastore_id=DATASTORE,
+    )
     assert [r.row for r in validated.rows] == [2]
     assert f"row 1, column label: {problem}" in only_error(validated)
     run_id = uuid.uuid4().hex
-    registered = register_manifest(any_ledger, dag_id="hostile", run_id=run_id, manifest_uri="m.jsonl",
-                                   validated=validated, batch_size=10)
+    registered = register_manifest(
+        any_ledger, dag_id="hostile", run_id=run_id, manifest_uri="m.jsonl", validated=validated, batch_size=10
+    )
     assert (registered.total_rows, registered.pending, registered.rejected) == (2, 1, 1)
     stored = {r["row_number"]: r for r in any_ledger.run_rows("hostile", run_id, validated.sha256)}
     assert stored[1]["status"] == "rejected" and "\ufffd" in stored[1]["label"]
@@ -105,8 +117,13 @@ def test_a_nul_in_a_csv_line_rejects_that_row_only(any_ledger):
     assert [r.row for r in validated.rows] == [2]
     assert only_error(validated).startswith("row 1: line 2 holds a NUL character")
     run_id = uuid.uuid4().hex
-    register_manifest(any_ledger, dag_id="hostile", run_id=run_id, manifest_uri="m.csv", validated=validated, batch_size=10)
-    assert sorted(r["status"] for r in any_ledger.run_rows("hostile", run_id, validated.sha256)) == ["pending", "rejected"]
+    register_manifest(
+        any_ledger, dag_id="hostile", run_id=run_id, manifest_uri="m.csv", validated=validated, batch_size=10
+    )
+    assert sorted(r["status"] for r in any_ledger.run_rows("hostile", run_id, validated.sha256)) == [
+        "pending",
+        "rejected",
+    ]
 
 
 def test_a_field_over_16_mib_is_a_row_rejection_naming_its_line():
@@ -118,8 +135,9 @@ def test_a_field_over_16_mib_is_a_row_rejection_naming_its_line():
 
 def test_a_cell_over_the_cell_limit_is_rejected_for_its_column():
     label = "y" * (MAX_CELL_CHARACTERS + 1)
-    validated = validate_manifest(json.dumps({"source_image_set_id": A, "label": label}).encode(), "m.jsonl",
-                                  default_datastore_id=DATASTORE)
+    validated = validate_manifest(
+        json.dumps({"source_image_set_id": A, "label": label}).encode(), "m.jsonl", default_datastore_id=DATASTORE
+    )
     assert f"column label: is {MAX_CELL_CHARACTERS + 1:,} characters long" in only_error(validated)
 
 
@@ -128,8 +146,11 @@ def test_json_lines_that_are_not_objects_are_rejected_each():
     validated = validate_manifest(data, "m.jsonl", default_datastore_id=DATASTORE)
     assert validated.total_rows == 5 and [r.row for r in validated.rows] == [5]
     assert [str(errors[0]).split(";")[0] for _, _, errors in validated.rejected] == [
-        "row 1: a JSON list, not an object", "row 2: a JSON str, not an object", "row 3: a JSON int, not an object",
-        "row 4: a JSON NoneType, not an object"]
+        "row 1: a JSON list, not an object",
+        "row 2: a JSON str, not an object",
+        "row 3: a JSON int, not an object",
+        "row 4: a JSON NoneType, not an object",
+    ]
 
 
 # ------------------------------------------------------------------------------------------ rows that vanished
@@ -146,20 +167,31 @@ def test_a_stray_quote_refuses_the_manifest_naming_its_line():
 
 
 def test_a_quoted_field_may_span_lines_only_in_a_json_column_holding_json():
-    document = json.dumps({"SchemaVersion": "1.1", "Study": {"Series": {"1.2.3": {"Instances": {"1.2.3.4": {}}}}}}, indent=2)
+    document = json.dumps(
+        {"SchemaVersion": "1.1", "Study": {"Series": {"1.2.3": {"Instances": {"1.2.3.4": {}}}}}}, indent=2
+    )
     cell = '"' + document.replace('"', '""') + '"'
-    validated = validate_manifest(csv_manifest([f"{A},{cell}", f"{ids(1)[0]},"], "source_image_set_id,copiable_attributes"),
-                                  default_datastore_id=DATASTORE)
+    validated = validate_manifest(
+        csv_manifest([f"{A},{cell}", f"{ids(1)[0]},"], "source_image_set_id,copiable_attributes"),
+        default_datastore_id=DATASTORE,
+    )
     assert validated.total_rows == 2 and not validated.rejected
     broken = '"{\n""SchemaVersion"": \n' + f"{ids(2)[1]},\n"
-    with pytest.raises(ManifestError, match=r"^line 2: a quoted field \(column copiable_attributes\) opens on this line"):
-        validate_manifest(csv_manifest([f"{A},{broken}"], "source_image_set_id,copiable_attributes"),
-                          default_datastore_id=DATASTORE)
+    with pytest.raises(
+        ManifestError, match=r"^line 2: a quoted field \(column copiable_attributes\) opens on this line"
+    ):
+        validate_manifest(
+            csv_manifest([f"{A},{broken}"], "source_image_set_id,copiable_attributes"), default_datastore_id=DATASTORE
+        )
 
 
 def test_a_quote_left_open_at_the_end_refuses_the_manifest():
-    with pytest.raises(ManifestError, match=r"^line 3: a quoted field \(column label\) opens on this line and runs to line 4"):
-        validate_manifest(csv_manifest([f"{A},ok", f'{ids(1)[0]},"open', "more"]), "m.csv", default_datastore_id=DATASTORE)
+    with pytest.raises(
+        ManifestError, match=r"^line 3: a quoted field \(column label\) opens on this line and runs to line 4"
+    ):
+        validate_manifest(
+            csv_manifest([f"{A},ok", f'{ids(1)[0]},"open', "more"]), "m.csv", default_datastore_id=DATASTORE
+        )
 
 
 def test_a_quoted_field_larger_than_the_parser_limit_is_one_error_naming_the_line():
@@ -207,7 +239,9 @@ def test_an_unknown_header_costs_memory_in_proportion_to_the_file():
 
 def test_size_row_and_line_limits_are_errors_naming_what_to_do(monkeypatch):
     monkeypatch.setattr(manifest_reader, "MAX_MANIFEST_BYTES", 100)
-    with pytest.raises(ManifestError, match=r"the manifest is 1,0\d\d bytes; a manifest holds at most 100 bytes\. Split it"):
+    with pytest.raises(
+        ManifestError, match=r"the manifest is 1,0\d\d bytes; a manifest holds at most 100 bytes\. Split it"
+    ):
         validate_manifest(csv_manifest([A] * 30, "source_image_set_id"), "m.csv")
     monkeypatch.setattr(manifest_reader, "MAX_MANIFEST_BYTES", 10**9)
     monkeypatch.setattr(manifest_reader, "MAX_ROWS", 5)
@@ -231,20 +265,31 @@ def test_a_manifest_file_over_the_limit_is_refused_before_it_is_read(tmp_path, m
 # ------------------------------------------------------------------------------------------ reports
 
 
-@pytest.mark.parametrize("value", ["=HYPERLINK(\"http://x\",\"y\")", "+1+1", "-2+3", "@SUM(A1)", "\tx", "\rx"])
+@pytest.mark.parametrize("value", ['=HYPERLINK("http://x","y")', "+1+1", "-2+3", "@SUM(A1)", "\tx", "\rx"])
 def test_report_csv_cells_that_start_a_formula_get_an_apostrophe(value):
-    row = {"row_number": 3, "label": value, "source_image_set_id": value, "status": "rejected", "message": value,
-           "attempts": 0}
+    row = {
+        "row_number": 3,
+        "label": value,
+        "source_image_set_id": value,
+        "status": "rejected",
+        "message": value,
+        "attempts": 0,
+    }
     (parsed,) = list(csv.DictReader(io.StringIO(report.to_csv([row]), newline="")))
     assert parsed["label"] == parsed["source_image_set_id"] == parsed["message"] == "'" + value
     assert parsed["row_number"] == "3" and parsed["attempts"] == "0"  # numbers are left as they are
-    summary = report.summarize([{**row, "error_code": value}], dag_id="d", run_id="r", manifest_uri="m",
-                               manifest_sha256="s", total_rows=1)
+    summary = report.summarize(
+        [{**row, "error_code": value}], dag_id="d", run_id="r", manifest_uri="m", manifest_sha256="s", total_rows=1
+    )
     assert json.loads(report.report_files([row], summary)["report.json"])["errors"] == {value: 1}  # JSON stays exact
 
 
 def test_report_csv_keeps_line_breaks_inside_their_cell():
-    rows = [{"row_number": 1, "message": "a\rb"}, {"row_number": 2, "message": "c\nd"}, {"row_number": 3, "message": "e\r\nf"}]
+    rows = [
+        {"row_number": 1, "message": "a\rb"},
+        {"row_number": 2, "message": "c\nd"},
+        {"row_number": 3, "message": "e\r\nf"},
+    ]
     parsed = list(csv.DictReader(io.StringIO(report.to_csv(rows), newline="")))
     assert [(r["row_number"], r["message"]) for r in parsed] == [("1", "a\rb"), ("2", "c\nd"), ("3", "e\r\nf")]
 
@@ -265,25 +310,31 @@ def airflow_connection(value: str):
     return Connection(conn_id="healthimaging_ledger", uri=value)
 
 
-@pytest.mark.parametrize("value", [
-    "sqlite:////var/ledgers/ledger.sqlite3",
-    "sqlite://%2Fvar%2Fledgers%2Fledger.sqlite3",
-    "sqlite://localhost/var/ledgers/ledger.sqlite3",
-    '{"conn_type": "sqlite", "host": "/var/ledgers/ledger.sqlite3"}',
-    '{"conn_type": "sqlite", "schema": "/var/ledgers/ledger.sqlite3"}',
-])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "sqlite:////var/ledgers/ledger.sqlite3",
+        "sqlite://%2Fvar%2Fledgers%2Fledger.sqlite3",
+        "sqlite://localhost/var/ledgers/ledger.sqlite3",
+        '{"conn_type": "sqlite", "host": "/var/ledgers/ledger.sqlite3"}',
+        '{"conn_type": "sqlite", "schema": "/var/ledgers/ledger.sqlite3"}',
+    ],
+)
 def test_every_sqlite_form_airflow_accepts_names_the_same_file(value):
     assert str(url_from_connection(airflow_connection(value))) == "sqlite:////var/ledgers/ledger.sqlite3"
 
 
-@pytest.mark.parametrize("value, problem", [
-    ("sqlite://", "names no SQLite file"),
-    ("sqlite:///:memory:", "names no SQLite file"),
-    ("sqlite:///ledger.sqlite3", "relative to each worker's directory"),
-    ('{"conn_type": "sqlite", "host": "/a.db", "schema": "b.db"}', "gives the SQLite file twice"),
-    ("postgres://user:secret@db.example:5432", "names no database"),
-    ("mysql://db.example/ledger", "has type 'mysql'; use postgres or sqlite"),
-])
+@pytest.mark.parametrize(
+    "value, problem",
+    [
+        ("sqlite://", "names no SQLite file"),
+        ("sqlite:///:memory:", "names no SQLite file"),
+        ("sqlite:///ledger.sqlite3", "relative to each worker's directory"),
+        ('{"conn_type": "sqlite", "host": "/a.db", "schema": "b.db"}', "gives the SQLite file twice"),
+        ("postgres://user:secret@db.example:5432", "names no database"),
+        ("mysql://db.example/ledger", "has type 'mysql'; use postgres or sqlite"),
+    ],
+)
 def test_a_ledger_connection_that_cannot_be_used_is_an_error_naming_it(value, problem):
     with pytest.raises(LedgerConnectionError) as excinfo:
         url_from_connection(airflow_connection(value))
@@ -305,10 +356,19 @@ def test_a_sqlite_uri_ledger_is_a_file_not_memory(tmp_path):
 # ------------------------------------------------------------------------------------------ report paths
 
 
-@pytest.mark.parametrize("run_id, expected", [
-    ("..", "_.."), (".", "_."), ("", "_"), ("manual__2026-12-04T01:00:00+00:00", "manual__2026-12-04T01_00_00+00_00"),
-    ("../../etc", "_.._.._etc"), ("a/b\\c", "a_b_c"), ("ünï", "_n_"), (".hidden", "_.hidden"),
-])
+@pytest.mark.parametrize(
+    "run_id, expected",
+    [
+        ("..", "_.."),
+        (".", "_."),
+        ("", "_"),
+        ("manual__2026-12-04T01:00:00+00:00", "manual__2026-12-04T01_00_00+00_00"),
+        ("../../etc", "_.._.._etc"),
+        ("a/b\\c", "a_b_c"),
+        ("ünï", "_n_"),
+        (".hidden", "_.hidden"),
+    ],
+)
 def test_run_ids_become_one_harmless_path_segment(run_id, expected):
     assert safe_name(run_id) == expected
 
@@ -327,7 +387,9 @@ def test_report_folders_stay_inside_the_root(report_root, run_id):
 
 @pytest.mark.parametrize("chosen", ["/tmp", "../elsewhere", "sub/../../.."])
 def test_a_report_folder_param_outside_the_root_is_refused(report_root, chosen):
-    with pytest.raises(BulkCopyRunError, match=r"report_folder .* is outside the report folder .*\[healthimaging\] report_folder"):
+    with pytest.raises(
+        BulkCopyRunError, match=r"report_folder .* is outside the report folder .*\[healthimaging\] report_folder"
+    ):
         report_folder({"report_folder": chosen}, "d", "r")
 
 

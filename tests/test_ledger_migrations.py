@@ -71,14 +71,31 @@ def test_a_new_ledger_is_migrated_to_the_tables_the_code_declares(fresh_url):
 def test_a_ledger_created_by_release_0_1_0_is_upgraded_and_keeps_its_rows(fresh_url):
     old = sa.create_engine(fresh_url)
     release.metadata.create_all(old)
-    row = {"dag_id": "d", "run_id": "r", "manifest_uri": "m.csv", "manifest_sha256": "a" * 64, "row_number": 1,
-           "source_image_set_id": "b" * 32, "status": "submitted", "claim": "engine-of-0.1.0", "force": False,
-           "promote_to_primary": False, "attempts": 1, "updated_at": 1.0, "destination_image_set_id": "c" * 32,
-           "destination_version_id": "1", "plan_json": "{}", "copy_key": "k"}
+    row = {
+        "dag_id": "d",
+        "run_id": "r",
+        "manifest_uri": "m.csv",
+        "manifest_sha256": "a" * 64,
+        "row_number": 1,
+        "source_image_set_id": "b" * 32,
+        "status": "submitted",
+        "claim": "engine-of-0.1.0",
+        "force": False,
+        "promote_to_primary": False,
+        "attempts": 1,
+        "updated_at": 1.0,
+        "destination_image_set_id": "c" * 32,
+        "destination_version_id": "1",
+        "plan_json": "{}",
+        "copy_key": "k",
+    }
     with old.begin() as db:
         db.execute(release.copies.insert(), [row, {**row, "row_number": 2, "status": "succeeded", "claim": None}])
-        db.execute(release.manifests.insert().values(manifest_uri="m.csv", manifest_sha256="a" * 64, dag_id="d",
-                                                     run_id="r", taken_at=1.0))
+        db.execute(
+            release.manifests.insert().values(
+                manifest_uri="m.csv", manifest_sha256="a" * 64, dag_id="d", run_id="r", taken_at=1.0
+            )
+        )
         db.execute(release.buckets.insert().values(name="CopyImageSet", tokens=1.0, stamp=1.0, rate=0.25, burst=1.0))
     old.dispose()
 
@@ -88,8 +105,12 @@ def test_a_ledger_created_by_release_0_1_0_is_upgraded_and_keeps_its_rows(fresh_
     assert schema_differences(ledger.engine) == []
     rows = ledger.run_rows("d", "r")
     assert [(r["row_number"], r["status"], r["destination_image_set_id"], r["sent_at"]) for r in rows] == [
-        (1, "submitted", "c" * 32, None), (2, "succeeded", "c" * 32, None)]
-    assert ledger.take_manifest("m.csv", "a" * 64, "d", "r") and not ledger.take_manifest("m.csv", "a" * 64, "d", "other")
+        (1, "submitted", "c" * 32, None),
+        (2, "succeeded", "c" * 32, None),
+    ]
+    assert ledger.take_manifest("m.csv", "a" * 64, "d", "r") and not ledger.take_manifest(
+        "m.csv", "a" * 64, "d", "other"
+    )
     # The row the 0.1.0 engine held has no lease in the new schema: it is an orphan, taken over and reconciled.
     ledger.acquire_lease("new-engine")
     assert ledger.take_over(rows[0], "new-engine")["claim"] == "new-engine"
@@ -132,7 +153,9 @@ def test_the_migrations_can_be_undone_to_the_release_0_1_0_schema(fresh_url):
     assert current_revision(engine) == "0001"
     assert "healthimaging_engine_leases" not in sa.inspect(engine).get_table_names()
     assert "sent_at" not in {c["name"] for c in sa.inspect(engine).get_columns("healthimaging_copy_ledger")}
-    missing = {d[1].name if hasattr(d[1], "name") else str(d) for d in schema_differences(engine) if isinstance(d, tuple)}
+    missing = {
+        d[1].name if hasattr(d[1], "name") else str(d) for d in schema_differences(engine) if isinstance(d, tuple)
+    }
     assert "healthimaging_engine_leases" in missing  # the comparison sees what 0002 adds
     upgrade(engine)
     assert schema_differences(engine) == []

@@ -26,9 +26,12 @@ from healthimaging.bulk.ledger import Ledger, engine_for
 from healthimaging.bulk.manifest import COLUMNS, JSON_COLUMNS, ManifestError, validate_manifest
 
 EXAMPLES = int(os.environ.get("HEALTHIMAGING_FUZZ_EXAMPLES", "150"))
-FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                       HealthCheck.function_scoped_fixture])
+FUZZ = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture],
+)
 POSTGRES_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
 DATASTORE = "d" * 32
 #: Where a ManifestError may say the problem is.
@@ -36,11 +39,38 @@ WHERE = re.compile(r"^(line [\d,]+|row [\d,]+|the manifest)")
 
 ids = st.text("0123456789abcdefghijklmnopqrstuvwxyz", min_size=32, max_size=32)
 #: Characters that break parsers: quotes, separators, line breaks, NUL, formula starts, surrogates, BOM.
-nasty = st.sampled_from(['"', "'", ",", ";", "\n", "\r", "\r\n", "\x00", "\t", "=", "+", "-", "@", "\\", "{", "}", "[",
-                         "]", "\ud800", "\udfff", "\ufeff", "\u2028", "é", "𝄞", " "])
+nasty = st.sampled_from(
+    [
+        '"',
+        "'",
+        ",",
+        ";",
+        "\n",
+        "\r",
+        "\r\n",
+        "\x00",
+        "\t",
+        "=",
+        "+",
+        "-",
+        "@",
+        "\\",
+        "{",
+        "}",
+        "[",
+        "]",
+        "\ud800",
+        "\udfff",
+        "\ufeff",
+        "\u2028",
+        "é",
+        "𝄞",
+        " ",
+    ]
+)
 chaos_text = st.lists(st.one_of(nasty, st.text(max_size=8), ids), max_size=12).map("".join)
-formulas = st.sampled_from(["=HYPERLINK(\"http://x\",\"y\")", "+1", "-1+2", "@SUM(A1)", "\t=1", "\r=1"])
-cells = st.one_of(ids, chaos_text, formulas, st.sampled_from(["", "true", "1", "2", "1.2.3;4.5", "[\"1.2\"]"]))
+formulas = st.sampled_from(['=HYPERLINK("http://x","y")', "+1", "-1+2", "@SUM(A1)", "\t=1", "\r=1"])
+cells = st.one_of(ids, chaos_text, formulas, st.sampled_from(["", "true", "1", "2", "1.2.3;4.5", '["1.2"]']))
 
 
 def deep(levels: int) -> str:
@@ -96,9 +126,13 @@ def jsonl_manifests(draw) -> bytes:
 
 
 random_bytes = st.binary(max_size=2048)
-manifests = st.one_of(random_bytes, csv_manifests(), jsonl_manifests(),
-                      st.tuples(csv_manifests(), random_bytes).map(b"".join),
-                      st.tuples(jsonl_manifests(), random_bytes).map(b"\n".join))
+manifests = st.one_of(
+    random_bytes,
+    csv_manifests(),
+    jsonl_manifests(),
+    st.tuples(csv_manifests(), random_bytes).map(b"".join),
+    st.tuples(jsonl_manifests(), random_bytes).map(b"\n".join),
+)
 
 
 def validate(data: bytes, name: str):
@@ -116,13 +150,20 @@ def validate(data: bytes, name: str):
 def record_and_report(ledger: Ledger, validated, name: str) -> None:
     """Register in the ledger and build the report: every row stored once, accounted for, no live formula."""
     run_id = uuid.uuid4().hex
-    registered = register_manifest(ledger, dag_id="fuzz", run_id=run_id, manifest_uri=name, validated=validated,
-                                   batch_size=5)
+    registered = register_manifest(
+        ledger, dag_id="fuzz", run_id=run_id, manifest_uri=name, validated=validated, batch_size=5
+    )
     assert registered.pending + registered.rejected + registered.skipped == validated.total_rows
     rows = ledger.run_rows("fuzz", run_id, validated.sha256)
     assert len(rows) == validated.total_rows
-    summary = report.summarize(rows, dag_id="fuzz", run_id=run_id, manifest_uri=name, manifest_sha256=validated.sha256,
-                               total_rows=validated.total_rows)
+    summary = report.summarize(
+        rows,
+        dag_id="fuzz",
+        run_id=run_id,
+        manifest_uri=name,
+        manifest_sha256=validated.sha256,
+        total_rows=validated.total_rows,
+    )
     assert summary["counts"]["unfinished"] == registered.pending
     files = report.report_files(rows, summary)
     json.loads(files["report.json"])
@@ -186,13 +227,16 @@ def test_every_csv_line_is_one_row_or_the_manifest_is_refused(data):
 LINE_LIMIT = "(at most 2,097,152)"
 HUGE = {  # (size, kind): the one outcome, a ManifestError's start or the rejected rows' messages' starts
     (3 * 1024 * 1024, "line"): ["row 1: line 2 is 3,145,761 bytes long " + LINE_LIMIT],
-    (3 * 1024 * 1024, "quoted"): ("line 2: field larger than field limit (2097152); "
-                                  "a quoted field probably opens on this line and never closes"),
+    (3 * 1024 * 1024, "quoted"): (
+        "line 2: field larger than field limit (2097152); a quoted field probably opens on this line and never closes"
+    ),
     (3 * 1024 * 1024, "jsonl"): ["row 1: line 1 is 3,145,800 bytes long " + LINE_LIMIT],
     (17 * 1024 * 1024, "line"): ["row 1: line 2 is 17,825,825 bytes long " + LINE_LIMIT],
     # Each half of the quoted field is a line over the limit: the quote never opens a field across them.
-    (17 * 1024 * 1024, "quoted"): ["row 1: line 2 is 8,912,930 bytes long " + LINE_LIMIT,
-                                   "row 2: line 3 is 8,912,897 bytes long " + LINE_LIMIT],
+    (17 * 1024 * 1024, "quoted"): [
+        "row 1: line 2 is 8,912,930 bytes long " + LINE_LIMIT,
+        "row 2: line 3 is 8,912,897 bytes long " + LINE_LIMIT,
+    ],
     (17 * 1024 * 1024, "jsonl"): ["row 1: line 1 is 17,825,864 bytes long " + LINE_LIMIT],
 }
 
@@ -205,7 +249,7 @@ def test_huge_fields_and_lines_are_bounded(size, kind):
     big = "x" * size
     data = {
         "line": f"source_image_set_id,label\n{'a' * 32},{big}\n",
-        "quoted": f'source_image_set_id,label\n{"a" * 32},"{big[:size // 2]}\n{big[:size // 2]}"\n',
+        "quoted": f'source_image_set_id,label\n{"a" * 32},"{big[: size // 2]}\n{big[: size // 2]}"\n',
         "jsonl": json.dumps({"source_image_set_id": "a" * 32, "label": big}) + "\n",
     }[kind].encode()
     expected = HUGE[(size, kind)]
@@ -220,5 +264,5 @@ def test_huge_fields_and_lines_are_bounded(size, kind):
     assert validated is not None and not validated.rows
     assert validated.total_rows == len(expected)
     messages = [str(error) for _, _, errors in validated.rejected for error in errors]
-    assert [m[:len(e)] for m, e in zip(messages, expected)] == expected and len(messages) == len(expected), messages
+    assert [m[: len(e)] for m, e in zip(messages, expected)] == expected and len(messages) == len(expected), messages
     assert all(len(m) < 1000 for m in messages)

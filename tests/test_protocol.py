@@ -81,7 +81,9 @@ def _sample_label(operation: OperationModel, label: str) -> str:
 def test_every_operation_routes_to_itself(name: str) -> None:
     operation = operation_model(name)
     template = operation.http["requestUri"]
-    labels = {label.rstrip("+"): _sample_label(operation, label.rstrip("+")) for label in re.findall(r"{(.*?)}", template)}
+    labels = {
+        label.rstrip("+"): _sample_label(operation, label.rstrip("+")) for label in re.findall(r"{(.*?)}", template)
+    }
     path = re.sub(r"{(.*?)\+?}", lambda m: quote(labels[m.group(1).rstrip("+")], safe=""), template)
     found = protocol.match_route(operation.http["method"], path)
     assert found is not None, path
@@ -120,7 +122,9 @@ def test_arn_label_is_decoded_and_a_raw_slash_does_not_match() -> None:
 
 
 def test_greedy_label_spans_slashes() -> None:
-    fake = OperationModel({"name": "GetThing", "http": {"method": "GET", "requestUri": "/things/{Key+}/meta?x-id=1"}}, service_model())
+    fake = OperationModel(
+        {"name": "GetThing", "http": {"method": "GET", "requestUri": "/things/{Key+}/meta?x-id=1"}}, service_model()
+    )
     route = protocol._compile_route(fake)
     match = route.regex.fullmatch("/things/a/b%20c/meta")
     assert route.labels == ("Key",) and match and match.group(1) == "a/b%20c"
@@ -146,7 +150,11 @@ def test_copy_image_set_round_trip() -> None:
         "copyImageSetInformation": {
             "sourceImageSet": {
                 "latestVersionId": "3",
-                "DICOMCopies": {"copiableAttributes": json.dumps({"SchemaVersion": "1.1", "Study": {"Series": {"1.2.3": {"Instances": {"1.2.3.4": {}}}}}})},
+                "DICOMCopies": {
+                    "copiableAttributes": json.dumps(
+                        {"SchemaVersion": "1.1", "Study": {"Series": {"1.2.3": {"Instances": {"1.2.3.4": {}}}}}}
+                    )
+                },
             },
             "destinationImageSet": {"imageSetId": IS2, "latestVersionId": "1"},
         },
@@ -190,7 +198,9 @@ def test_update_image_set_metadata_round_trip_with_blobs() -> None:
         "imageSetId": IS,
         "latestVersionId": "7",
         "force": True,
-        "updateImageSetMetadataUpdates": {"DICOMUpdates": {"updatableAttributes": updates, "removableAttributes": b"\x00\xff"}},
+        "updateImageSetMetadataUpdates": {
+            "DICOMUpdates": {"updatableAttributes": updates, "removableAttributes": b"\x00\xff"}
+        },
     }
     assert round_trip("UpdateImageSetMetadata", params) == params
 
@@ -237,7 +247,10 @@ def copy_body(**source: Any) -> bytes:
 def test_bad_id_pattern() -> None:
     message = parse_error(
         ["1 validation error detected", "Value 'xyz' at 'datastoreId'", "regular expression pattern: [0-9a-z]{32}"],
-        "POST", f"/datastore/xyz/imageSet/{IS}/copyImageSet", {}, copy_body(),
+        "POST",
+        f"/datastore/xyz/imageSet/{IS}/copyImageSet",
+        {},
+        copy_body(),
     )
     assert message.startswith("1 validation error detected: Value 'xyz' at 'datastoreId' failed to satisfy constraint")
 
@@ -245,23 +258,38 @@ def test_bad_id_pattern() -> None:
 def test_oversize_copiable_attributes_is_rejected_without_echoing_it() -> None:
     huge = "x" * 260_001
     message = parse_error(
-        ["copyImageSetInformation.sourceImageSet.DICOMCopies.copiableAttributes", "length less than or equal to 260000"],
-        "POST", COPY_PATH, {}, copy_body(DICOMCopies={"copiableAttributes": huge}),
+        [
+            "copyImageSetInformation.sourceImageSet.DICOMCopies.copiableAttributes",
+            "length less than or equal to 260000",
+        ],
+        "POST",
+        COPY_PATH,
+        {},
+        copy_body(DICOMCopies={"copiableAttributes": huge}),
     )
     assert "xxxxxxxx" not in message  # the member is sensitive
 
 
 def test_copiable_attributes_at_the_limit_is_fine() -> None:
-    _, parsed = protocol.parse_request("POST", COPY_PATH, {}, copy_body(DICOMCopies={"copiableAttributes": "x" * 260_000}))
+    _, parsed = protocol.parse_request(
+        "POST", COPY_PATH, {}, copy_body(DICOMCopies={"copiableAttributes": "x" * 260_000})
+    )
     assert len(parsed["copyImageSetInformation"]["sourceImageSet"]["DICOMCopies"]["copiableAttributes"]) == 260_000
 
 
 def test_missing_required_member_names_its_path() -> None:
     body = json.dumps({"sourceImageSet": {}, "destinationImageSet": {"imageSetId": IS2}}).encode()
     message = parse_error(
-        ["2 validation errors detected", "Value null at 'copyImageSetInformation.sourceImageSet.latestVersionId'", "must not be null",
-         "'copyImageSetInformation.destinationImageSet.latestVersionId'"],
-        "POST", COPY_PATH, {}, body,
+        [
+            "2 validation errors detected",
+            "Value null at 'copyImageSetInformation.sourceImageSet.latestVersionId'",
+            "must not be null",
+            "'copyImageSetInformation.destinationImageSet.latestVersionId'",
+        ],
+        "POST",
+        COPY_PATH,
+        {},
+        body,
     )
     assert message.count("must not be null") == 2
 
@@ -272,20 +300,42 @@ def test_missing_payload_member() -> None:
 
 def test_bad_enum() -> None:
     body = json.dumps({"sort": {"sortOrder": "UP", "sortField": "createdAt"}}).encode()
-    parse_error(["Value 'UP' at 'searchCriteria.sort.sortOrder'", "enum value set: [ASC, DESC]"],
-                "POST", f"/datastore/{DS}/searchImageSets", {}, body)
+    parse_error(
+        ["Value 'UP' at 'searchCriteria.sort.sortOrder'", "enum value set: [ASC, DESC]"],
+        "POST",
+        f"/datastore/{DS}/searchImageSets",
+        {},
+        body,
+    )
 
 
 def test_unknown_member_in_body() -> None:
-    parse_error(["'copyImageSetInformation.sourceImageSet.latestVersion'", "unknown member 'latestVersion'"],
-                "POST", COPY_PATH, {}, copy_body(latestVersion="1"))
+    parse_error(
+        ["'copyImageSetInformation.sourceImageSet.latestVersion'", "unknown member 'latestVersion'"],
+        "POST",
+        COPY_PATH,
+        {},
+        copy_body(latestVersion="1"),
+    )
 
 
 def test_located_member_sent_in_the_body_is_reported() -> None:
-    body = json.dumps({"dataAccessRoleArn": "arn:aws:iam::123456789012:role/import", "clientToken": "t",
-                       "inputS3Uri": "s3://bucket/in/", "outputS3Uri": "s3://bucket/out/", "datastoreId": DS}).encode()
-    message = parse_error(["Value at 'datastoreId'", "belongs in the uri, not in the body"],
-                          "POST", f"/startDICOMImportJob/datastore/{DS}", {}, body)
+    body = json.dumps(
+        {
+            "dataAccessRoleArn": "arn:aws:iam::123456789012:role/import",
+            "clientToken": "t",
+            "inputS3Uri": "s3://bucket/in/",
+            "outputS3Uri": "s3://bucket/out/",
+            "datastoreId": DS,
+        }
+    ).encode()
+    message = parse_error(
+        ["Value at 'datastoreId'", "belongs in the uri, not in the body"],
+        "POST",
+        f"/startDICOMImportJob/datastore/{DS}",
+        {},
+        body,
+    )
     assert message.startswith("1 validation error detected")
     good = json.loads(body)
     del good["datastoreId"]
@@ -300,7 +350,7 @@ def test_malformed_json(body: bytes) -> None:
     parse_error(["Could not parse the request body as JSON"], "POST", COPY_PATH, {}, body)
 
 
-@pytest.mark.parametrize("body", [b"[]", b"\"x\"", b"3"])
+@pytest.mark.parametrize("body", [b"[]", b'"x"', b"3"])
 def test_non_object_json(body: bytes) -> None:
     parse_error(["must be a JSON object"], "POST", COPY_PATH, {}, body)
     parse_error(["must be a JSON object"], "POST", "/datastore", {}, body)
@@ -308,19 +358,34 @@ def test_non_object_json(body: bytes) -> None:
 
 def test_union_with_two_members() -> None:
     body = json.dumps({"DICOMUpdates": {"updatableAttributes": "e30="}, "revertToVersionId": "1"}).encode()
-    parse_error(["'updateImageSetMetadataUpdates'", "exactly one member set", "found 2"],
-                "POST", f"/datastore/{DS}/imageSet/{IS}/updateImageSetMetadata?latestVersion=2", {}, body)
+    parse_error(
+        ["'updateImageSetMetadataUpdates'", "exactly one member set", "found 2"],
+        "POST",
+        f"/datastore/{DS}/imageSet/{IS}/updateImageSetMetadata?latestVersion=2",
+        {},
+        body,
+    )
 
 
 def test_union_with_no_member() -> None:
-    parse_error(["exactly one member set", "found 0"],
-                "POST", f"/datastore/{DS}/imageSet/{IS}/updateImageSetMetadata?latestVersion=2", {}, b"{}")
+    parse_error(
+        ["exactly one member set", "found 0"],
+        "POST",
+        f"/datastore/{DS}/imageSet/{IS}/updateImageSetMetadata?latestVersion=2",
+        {},
+        b"{}",
+    )
 
 
 def test_blob_must_be_base64() -> None:
     body = json.dumps({"DICOMUpdates": {"updatableAttributes": "not base64!"}}).encode()
-    parse_error(["'updateImageSetMetadataUpdates.DICOMUpdates.updatableAttributes'", "valid base64"],
-                "POST", f"/datastore/{DS}/imageSet/{IS}/updateImageSetMetadata?latestVersion=2", {}, body)
+    parse_error(
+        ["'updateImageSetMetadataUpdates.DICOMUpdates.updatableAttributes'", "valid base64"],
+        "POST",
+        f"/datastore/{DS}/imageSet/{IS}/updateImageSetMetadata?latestVersion=2",
+        {},
+        body,
+    )
 
 
 @pytest.mark.parametrize(
@@ -344,8 +409,13 @@ def test_query_booleans_are_true_or_false() -> None:
 
 
 def test_several_problems_are_all_reported() -> None:
-    message = parse_error(["3 validation errors detected"], "POST",
-                          "/datastore/bad/imageSet/BAD/copyImageSet?promoteToPrimary=1", {}, copy_body())
+    message = parse_error(
+        ["3 validation errors detected"],
+        "POST",
+        "/datastore/bad/imageSet/BAD/copyImageSet?promoteToPrimary=1",
+        {},
+        copy_body(),
+    )
     assert message.count("failed to satisfy constraint") == 3
 
 
@@ -354,8 +424,16 @@ def test_several_problems_are_all_reported() -> None:
 
 def test_validator_types() -> None:
     shape = operation_model("GetImageSet").output_shape
-    good = {"datastoreId": DS, "imageSetId": IS, "versionId": "1", "imageSetState": "ACTIVE", "createdAt": T0,
-            "updatedAt": 1.5, "isPrimary": True, "overrides": {"forced": False}}
+    good = {
+        "datastoreId": DS,
+        "imageSetId": IS,
+        "versionId": "1",
+        "imageSetState": "ACTIVE",
+        "createdAt": T0,
+        "updatedAt": 1.5,
+        "isPrimary": True,
+        "overrides": {"forced": False},
+    }
     assert validate(shape, good) == []
     bad = dict(good, isPrimary="true", createdAt=True, versionId=1, overrides=[])
     problems = validate(shape, bad)
@@ -380,7 +458,10 @@ def test_validator_list_lengths() -> None:
     problems = validate(criteria, {"filters": [filt] * 3}, "searchCriteria")
     assert len(problems) == 1 and "at 'searchCriteria.filters'" in problems[0]
     assert "length less than or equal to 2" in problems[0]
-    assert "[0].values[0].isPrimary" in validate(criteria, {"filters": [{"values": [{"isPrimary": "no"}], "operator": "EQUAL"}]})[0]
+    assert (
+        "[0].values[0].isPrimary"
+        in validate(criteria, {"filters": [{"values": [{"isPrimary": "no"}], "operator": "EQUAL"}]})[0]
+    )
 
 
 def test_catastrophic_pattern_is_linear_and_equivalent() -> None:
@@ -391,7 +472,9 @@ def test_catastrophic_pattern_is_linear_and_equivalent() -> None:
     original = re.compile(shape.metadata["pattern"])
     samples = ["a", "a b", " a", "a ", "a  b~!", "x/y z.json", "", "a\tb", "ab  ", "!", "~ ~"]
     for sample in samples:
-        assert bool(compiled_pattern(shape.metadata["pattern"]).fullmatch(sample)) == bool(original.fullmatch(sample)), sample
+        assert bool(compiled_pattern(shape.metadata["pattern"]).fullmatch(sample)) == bool(
+            original.fullmatch(sample)
+        ), sample
 
 
 def test_java_ascii_class_is_translated() -> None:
@@ -413,9 +496,19 @@ def test_validate_input_on_parsed_params() -> None:
 
 def test_get_image_set_response_round_trip() -> None:
     operation = operation_model("GetImageSet")
-    output = {"datastoreId": DS, "imageSetId": IS, "versionId": "2", "imageSetState": "LOCKED",
-              "imageSetWorkflowStatus": "COPYING", "createdAt": T0, "updatedAt": T1.timestamp(),
-              "imageSetArn": ARN, "overrides": {"forced": True}, "isPrimary": True, "message": None}
+    output = {
+        "datastoreId": DS,
+        "imageSetId": IS,
+        "versionId": "2",
+        "imageSetState": "LOCKED",
+        "imageSetWorkflowStatus": "COPYING",
+        "createdAt": T0,
+        "updatedAt": T1.timestamp(),
+        "imageSetArn": ARN,
+        "overrides": {"forced": True},
+        "isPrimary": True,
+        "message": None,
+    }
     status, headers, body = protocol.serialize_response(operation, output, strict=True)
     assert status == 200 and headers["Content-Type"] == "application/json"
     assert b"message" not in body
@@ -423,7 +516,11 @@ def test_get_image_set_response_round_trip() -> None:
     parsed = botocore_parse(operation, status, headers, body)
     assert parsed["createdAt"] == T0 and parsed["updatedAt"] == T1
     assert {k: parsed[k] for k in ("versionId", "imageSetWorkflowStatus", "overrides", "isPrimary")} == {
-        "versionId": "2", "imageSetWorkflowStatus": "COPYING", "overrides": {"forced": True}, "isPrimary": True}
+        "versionId": "2",
+        "imageSetWorkflowStatus": "COPYING",
+        "overrides": {"forced": True},
+        "isPrimary": True,
+    }
 
 
 def test_get_image_set_metadata_response_is_raw_gzip() -> None:
@@ -449,16 +546,26 @@ def test_streaming_output_requires_its_payload() -> None:
 
 def test_list_image_set_versions_uses_capital_workflow_status() -> None:
     operation = operation_model("ListImageSetVersions")
-    item = {"imageSetId": IS, "versionId": "1", "imageSetState": "ACTIVE", "ImageSetWorkflowStatus": "COPY_FAILED",
-            "message": "INVALID_REQUEST: Series of SourceImageSet and DestinationImageSet don't match.",
-            "createdAt": T0, "overrides": {"forced": False}}
+    item = {
+        "imageSetId": IS,
+        "versionId": "1",
+        "imageSetState": "ACTIVE",
+        "ImageSetWorkflowStatus": "COPY_FAILED",
+        "message": "INVALID_REQUEST: Series of SourceImageSet and DestinationImageSet don't match.",
+        "createdAt": T0,
+        "overrides": {"forced": False},
+    }
     output = {"imageSetPropertiesList": [item], "nextToken": "t"}
     status, headers, body = protocol.serialize_response(operation, output, strict=True)
     parsed = botocore_parse(operation, status, headers, body)
     assert parsed["imageSetPropertiesList"][0]["ImageSetWorkflowStatus"] == "COPY_FAILED"
     assert parsed["imageSetPropertiesList"][0]["createdAt"] == T0
 
-    wrong = {"imageSetPropertiesList": [dict(imageSetId=IS, versionId="1", imageSetState="ACTIVE", imageSetWorkflowStatus="COPIED")]}
+    wrong = {
+        "imageSetPropertiesList": [
+            dict(imageSetId=IS, versionId="1", imageSetState="ACTIVE", imageSetWorkflowStatus="COPIED")
+        ]
+    }
     problems = validate_output(operation, wrong)
     assert problems == [
         "Value at 'imageSetPropertiesList[0].imageSetWorkflowStatus' failed to satisfy constraint: unknown member "
@@ -470,8 +577,16 @@ def test_list_image_set_versions_uses_capital_workflow_status() -> None:
 
 def test_search_summaries_carry_an_integer_version() -> None:
     operation = operation_model("SearchImageSets")
-    output = {"imageSetsMetadataSummaries": [{"imageSetId": IS, "version": 4, "createdAt": T0,
-                                              "DICOMTags": {"DICOMPatientId": "P", "DICOMSeriesNumber": 3}}]}
+    output = {
+        "imageSetsMetadataSummaries": [
+            {
+                "imageSetId": IS,
+                "version": 4,
+                "createdAt": T0,
+                "DICOMTags": {"DICOMPatientId": "P", "DICOMSeriesNumber": 3},
+            }
+        ]
+    }
     status, headers, body = protocol.serialize_response(operation, output, strict=True)
     assert botocore_parse(operation, status, headers, body)["imageSetsMetadataSummaries"][0]["version"] == 4
     assert validate_output(operation, {"imageSetsMetadataSummaries": [{"imageSetId": IS, "version": "4"}]}) != []
@@ -481,10 +596,20 @@ def test_copy_image_set_response_round_trip() -> None:
     operation = operation_model("CopyImageSet")
     output = {
         "datastoreId": DS,
-        "sourceImageSetProperties": {"imageSetId": IS, "latestVersionId": "3", "imageSetState": "LOCKED",
-                                     "imageSetWorkflowStatus": "COPYING_WITH_READ_ONLY_ACCESS", "imageSetArn": ARN},
-        "destinationImageSetProperties": {"imageSetId": IS2, "latestVersionId": "1", "imageSetState": "LOCKED",
-                                          "imageSetWorkflowStatus": "COPYING", "createdAt": T0},
+        "sourceImageSetProperties": {
+            "imageSetId": IS,
+            "latestVersionId": "3",
+            "imageSetState": "LOCKED",
+            "imageSetWorkflowStatus": "COPYING_WITH_READ_ONLY_ACCESS",
+            "imageSetArn": ARN,
+        },
+        "destinationImageSetProperties": {
+            "imageSetId": IS2,
+            "latestVersionId": "1",
+            "imageSetState": "LOCKED",
+            "imageSetWorkflowStatus": "COPYING",
+            "createdAt": T0,
+        },
     }
     parsed = botocore_parse(operation, *protocol.serialize_response(operation, output, strict=True))
     assert parsed["destinationImageSetProperties"]["createdAt"] == T0
@@ -559,8 +684,11 @@ def client_and_calls():
         return AWSResponse(request.url, status, headers, _Raw(payload))
 
     client = boto3.client(
-        "medical-imaging", region_name="us-east-1", endpoint_url="http://127.0.0.1:1",
-        aws_access_key_id="testing", aws_secret_access_key="testing",
+        "medical-imaging",
+        region_name="us-east-1",
+        endpoint_url="http://127.0.0.1:1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
         config=Config(inject_host_prefix=False, retries={"total_max_attempts": 1}),
     )
     client.meta.events.register("before-send.medical-imaging.*", answer)
@@ -574,13 +702,28 @@ def test_boto3_copy_and_metadata(client_and_calls) -> None:
         "sourceImageSetProperties": {"imageSetId": IS, "latestVersionId": "1"},
         "destinationImageSetProperties": {"imageSetId": IS2, "latestVersionId": "1", "createdAt": T0},
     }
-    result = client.copy_image_set(datastoreId=DS, sourceImageSetId=IS, force=True,
-                                   copyImageSetInformation={"sourceImageSet": {"latestVersionId": "1"}})
+    result = client.copy_image_set(
+        datastoreId=DS,
+        sourceImageSetId=IS,
+        force=True,
+        copyImageSetInformation={"sourceImageSet": {"latestVersionId": "1"}},
+    )
     assert result["destinationImageSetProperties"]["createdAt"] == T0
-    assert calls[-1] == ("CopyImageSet", {"datastoreId": DS, "sourceImageSetId": IS, "force": True,
-                                          "copyImageSetInformation": {"sourceImageSet": {"latestVersionId": "1"}}})
+    assert calls[-1] == (
+        "CopyImageSet",
+        {
+            "datastoreId": DS,
+            "sourceImageSetId": IS,
+            "force": True,
+            "copyImageSetInformation": {"sourceImageSet": {"latestVersionId": "1"}},
+        },
+    )
     document = gzip.compress(b'{"SchemaVersion":"1.1"}')
-    outputs["GetImageSetMetadata"] = {"imageSetMetadataBlob": document, "contentType": "application/json", "contentEncoding": "gzip"}
+    outputs["GetImageSetMetadata"] = {
+        "imageSetMetadataBlob": document,
+        "contentType": "application/json",
+        "contentEncoding": "gzip",
+    }
     result = client.get_image_set_metadata(datastoreId=DS, imageSetId=IS, versionId="1")
     assert result["contentEncoding"] == "gzip" and result["imageSetMetadataBlob"].read() == document
     outputs["ListTagsForResource"] = {"tags": {"a": "b"}}
@@ -592,7 +735,9 @@ def test_boto3_sees_modeled_errors(client_and_calls) -> None:
     client, _, outputs = client_and_calls
     outputs["CopyImageSet"] = exceptions.ServiceQuotaExceededException("quota")
     with pytest.raises(client.exceptions.ServiceQuotaExceededException) as caught:
-        client.copy_image_set(datastoreId=DS, sourceImageSetId=IS, copyImageSetInformation={"sourceImageSet": {"latestVersionId": "1"}})
+        client.copy_image_set(
+            datastoreId=DS, sourceImageSetId=IS, copyImageSetInformation={"sourceImageSet": {"latestVersionId": "1"}}
+        )
     assert caught.value.response["ResponseMetadata"]["HTTPStatusCode"] == 402
     # botocore sends a bad id pattern; the server answers ValidationException
     with pytest.raises(client.exceptions.ValidationException, match="at 'datastoreId'"):
@@ -603,7 +748,9 @@ def test_boto3_sees_modeled_errors(client_and_calls) -> None:
 
 
 def test_unknown_operation_is_a_client_error() -> None:
-    status, headers, body = protocol.serialize_error(exceptions.UnknownOperationException("No operation matches PATCH /x"))
+    status, headers, body = protocol.serialize_error(
+        exceptions.UnknownOperationException("No operation matches PATCH /x")
+    )
     response = {"status_code": status, "headers": HeadersDict(headers), "body": body}
     parsed = create_parser("rest-json").parse(response, None)
     error = botocore.exceptions.ClientError(parsed, "Nothing")

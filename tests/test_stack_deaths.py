@@ -49,8 +49,18 @@ OVERRIDES = {
     "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "5",
     "AIRFLOW__SCHEDULER__ORPHANED_TASKS_CHECK_INTERVAL": "10",
 }
-EMULATOR_ARGS = ["--rate", f"CopyImageSet={COPIES_PER_SECOND:g}:1", "--copy-seconds", "2", "--copy-seconds-per-instance", "0",
-                 "--fault-seed", "11", "--log-level", "WARNING"]
+EMULATOR_ARGS = [
+    "--rate",
+    f"CopyImageSet={COPIES_PER_SECOND:g}:1",
+    "--copy-seconds",
+    "2",
+    "--copy-seconds-per-instance",
+    "0",
+    "--fault-seed",
+    "11",
+    "--log-level",
+    "WARNING",
+]
 
 
 @dataclass
@@ -72,8 +82,15 @@ class Sources:
 def stack(tmp_path_factory) -> Iterator[ProcessStack]:
     environ = shell_environ()
     environ["HEALTHIMAGING_EMULATOR_SYNTHETIC_IMAGE_SETS"] = str(SYNTHETIC_IMAGE_SETS)
-    stack = ProcessStack(tmp_path_factory.mktemp("deaths") / "home", workers=2, worker_concurrency=4,
-                         env_file=ENV_EXAMPLE, environ=environ, emulator_args=EMULATOR_ARGS, overrides=OVERRIDES)
+    stack = ProcessStack(
+        tmp_path_factory.mktemp("deaths") / "home",
+        workers=2,
+        worker_concurrency=4,
+        env_file=ENV_EXAMPLE,
+        environ=environ,
+        emulator_args=EMULATOR_ARGS,
+        overrides=OVERRIDES,
+    )
     with stack:
         yield stack
 
@@ -97,9 +114,16 @@ def ledger_rows(stack: ProcessStack, run_id: str) -> list[dict[str, Any]]:
     engine = sa.create_engine(stack.ledger_url())
     try:
         with engine.connect() as db:
-            return [dict(r) for r in db.execute(sa.text(
-                "SELECT * FROM healthimaging_copy_ledger WHERE dag_id = :dag AND run_id = :run ORDER BY row_number"),
-                {"dag": DAG_ID, "run": run_id}).mappings()]
+            return [
+                dict(r)
+                for r in db.execute(
+                    sa.text(
+                        "SELECT * FROM healthimaging_copy_ledger WHERE dag_id = :dag AND run_id = :run ORDER BY "
+                        "row_number"
+                    ),
+                    {"dag": DAG_ID, "run": run_id},
+                ).mappings()
+            ]
     finally:
         engine.dispose()
 
@@ -125,22 +149,40 @@ class Outcome:
         return collections.Counter(r["status"] for r in self.rows)
 
 
-def copy_run(stack: ProcessStack, api: StackClient, sources: Sources, name: str, copied: list[str], *,
-             extra_rows: list[dict[str, str]] = (), during: Callable[[str], None] | None = None, timeout: float = 600,
-             **conf: Any) -> Outcome:
+def copy_run(
+    stack: ProcessStack,
+    api: StackClient,
+    sources: Sources,
+    name: str,
+    copied: list[str],
+    *,
+    extra_rows: list[dict[str, str]] = (),
+    during: Callable[[str], None] | None = None,
+    timeout: float = 600,
+    **conf: Any,
+) -> Outcome:
     """Trigger a bulk copy of ``copied`` (plus ``extra_rows``), do ``during(run_id)`` while it runs, wait for
     its end; returns the ledger's rows and what the emulator's series gained."""
     manifest = stack.home / "manifests" / f"{name}.csv"
     with manifest.open("w", newline="") as stream:
         writer = csv.DictWriter(stream, fieldnames=["datastore_id", "source_image_set_id", "label"])
         writer.writeheader()
-        writer.writerows({"datastore_id": sources.datastore_id, "source_image_set_id": s, "label": f"{name}-{n}"}
-                         for n, s in enumerate(copied, 1))
+        writer.writerows(
+            {"datastore_id": sources.datastore_id, "source_image_set_id": s, "label": f"{name}-{n}"}
+            for n, s in enumerate(copied, 1)
+        )
         writer.writerows(extra_rows)
     admin(stack, "DELETE", "counters")
-    settings = {"manifest": str(manifest), "copies_per_second": COPIES_PER_SECOND, "burst": 1, "batch_size": 50,
-                "poll_interval_seconds": 1, "progress_interval_seconds": 10,
-                "report_folder": "reports", **conf}
+    settings = {
+        "manifest": str(manifest),
+        "copies_per_second": COPIES_PER_SECOND,
+        "burst": 1,
+        "batch_size": 50,
+        "poll_interval_seconds": 1,
+        "progress_interval_seconds": 10,
+        "report_folder": "reports",
+        **conf,
+    }
     started = time.monotonic()
     run_id = api.trigger(DAG_ID, conf=settings, wait_for_dag_timeout=120)
     if during is not None:
@@ -150,9 +192,13 @@ def copy_run(stack: ProcessStack, api: StackClient, sources: Sources, name: str,
     client = emulator_client(stack.emulator_url)
     after = image_sets_by_series(client, sources.datastore_id)
     new_by_source = {s: after[sources.series_of[s]] - sources.before[sources.series_of[s]] for s in copied}
-    outcome = Outcome(run_id, state, ledger_rows(stack, run_id), new_by_source, seconds, admin(stack, "GET", "counters"))
-    print(f"\n{name}: {json.dumps({'state': state, 'seconds': round(seconds, 1), 'rows': dict(outcome.by_status())})}",
-          file=sys.stderr)
+    outcome = Outcome(
+        run_id, state, ledger_rows(stack, run_id), new_by_source, seconds, admin(stack, "GET", "counters")
+    )
+    print(
+        f"\n{name}: {json.dumps({'state': state, 'seconds': round(seconds, 1), 'rows': dict(outcome.by_status())})}",
+        file=sys.stderr,
+    )
     return outcome
 
 
@@ -163,7 +209,8 @@ def assert_each_copied_once(outcome: Outcome, api: StackClient) -> None:
     assert not duplicates, duplicates
     by_source = {r["source_image_set_id"]: r for r in outcome.rows if r["status"] == "succeeded"}
     assert by_source.keys() == outcome.new_by_source.keys(), collections.Counter(
-        (r["status"], r["error_code"]) for r in outcome.rows)
+        (r["status"], r["error_code"]) for r in outcome.rows
+    )
     for source, ids in outcome.new_by_source.items():
         assert ids == {by_source[source]["destination_image_set_id"]}, source
         assert by_source[source]["verified"] is True
@@ -213,8 +260,11 @@ def test_two_triggerers_for_the_whole_run(stack, api, sources):
     stack.add_process("airflow-triggerer-2", like="airflow-triggerer")
     stack.start_process("airflow-triggerer-2")
     try:
-        wait_until(lambda: "Starting the triggerer" in stack.log_path("airflow-triggerer-2").read_text(errors="replace"),
-                   "the second triggerer", timeout=60)
+        wait_until(
+            lambda: "Starting the triggerer" in stack.log_path("airflow-triggerer-2").read_text(errors="replace"),
+            "the second triggerer",
+            timeout=60,
+        )
         outcome = copy_run(stack, api, sources, "two-triggerers", copied)
     finally:
         stack.kill("airflow-triggerer-2")
@@ -248,8 +298,10 @@ def test_sigkill_of_a_celery_worker_running_prepare_manifest(stack, api, sources
     assert_each_copied_once(outcome, api)
     prepare = [ti for ti in api.task_instances(DAG_ID, outcome.run_id) if ti["task_id"] == "prepare_manifest"]
     assert prepare[0]["try_number"] >= 2, prepare  # the killed try did not finish; a retry prepared the run
-    print(f"killed {victim['worker']} (pids {victim['killed']}) while it ran prepare_manifest try "
-          f"{victim['try_number']}", file=sys.stderr)
+    print(
+        f"killed {victim['worker']} (pids {victim['killed']}) while it ran prepare_manifest try {victim['try_number']}",
+        file=sys.stderr,
+    )
 
 
 def test_the_scheduler_killed_and_started_again_mid_run(stack, api, sources):
@@ -269,8 +321,10 @@ def test_the_scheduler_killed_and_started_again_mid_run(stack, api, sources):
 # ------------------------------------------------------------------------------------------ the chaos run
 
 CHAOS_ROWS = 2000
-CHAOS_FAULTS = {"CopyImageSet": {"throttle": 0.10, "internal_error": 0.02, "lost_response": 0.01, "copy_failed": 0.02},
-                "GetImageSet": {"throttle": 0.10}}
+CHAOS_FAULTS = {
+    "CopyImageSet": {"throttle": 0.10, "internal_error": 0.02, "lost_response": 0.01, "copy_failed": 0.02},
+    "GetImageSet": {"throttle": 0.10},
+}
 
 
 def test_chaos_run(stack, api, sources, tmp_path):
@@ -278,10 +332,18 @@ def test_chaos_run(stack, api, sources, tmp_path):
     injected on every call, two triggerer kills and one worker kill during the run."""
     copied = sources.take(CHAOS_ROWS)
     earlier = [r for r in ledger_rows_any(stack) if r["status"] == "succeeded"][:20]
-    extra = [{"datastore_id": sources.datastore_id, "source_image_set_id": r["source_image_set_id"], "label": "copied before"}
-             for r in earlier]
-    extra += [{"datastore_id": sources.datastore_id, "source_image_set_id": f"not-an-id-{n}", "label": "bad id"}
-              for n in range(10)]
+    extra = [
+        {
+            "datastore_id": sources.datastore_id,
+            "source_image_set_id": r["source_image_set_id"],
+            "label": "copied before",
+        }
+        for r in earlier
+    ]
+    extra += [
+        {"datastore_id": sources.datastore_id, "source_image_set_id": f"not-an-id-{n}", "label": "bad id"}
+        for n in range(10)
+    ]
     stack.add_process("airflow-triggerer-chaos", like="airflow-triggerer")
     stack.start_process("airflow-triggerer-chaos")
     admin_config(stack, {"faults": CHAOS_FAULTS, "seed": 2026})
@@ -296,8 +358,19 @@ def test_chaos_run(stack, api, sources, tmp_path):
             stack.start_process(name)
 
     try:
-        outcome = copy_run(stack, api, sources, "chaos", copied, extra_rows=extra, during=chaos, timeout=900,
-                           batch_size=250, max_copies_in_flight=100, tolerated_failure_percent=10)
+        outcome = copy_run(
+            stack,
+            api,
+            sources,
+            "chaos",
+            copied,
+            extra_rows=extra,
+            during=chaos,
+            timeout=900,
+            batch_size=250,
+            max_copies_in_flight=100,
+            tolerated_failure_percent=10,
+        )
     finally:
         admin_config(stack, {"faults": {}})
     counts = outcome.by_status()
@@ -310,12 +383,18 @@ def test_chaos_run(stack, api, sources, tmp_path):
             if found["imageSetWorkflowStatus"] == "COPY_FAILED":
                 failed_in_service[source] = found.get("message")
     report = {
-        "rows": len(outcome.rows), "succeeded": counts["succeeded"], "failed": counts["failed"],
-        "rejected": counts["rejected"], "skipped": counts["skipped"],
+        "rows": len(outcome.rows),
+        "succeeded": counts["succeeded"],
+        "failed": counts["failed"],
+        "rejected": counts["rejected"],
+        "skipped": counts["skipped"],
         "duplicates": sum(len(ids) - 1 for ids in outcome.new_by_source.values() if len(ids) > 1),
         "copy_image_set_calls_per_row": round(copy["calls"] / CHAOS_ROWS, 3),
-        "injected": copy.get("faults", {}), "throttled": copy.get("throttled"),
-        "makespan_s": makespan(outcome.rows), "run_s": round(outcome.seconds, 1), "kills": kills,
+        "injected": copy.get("faults", {}),
+        "throttled": copy.get("throttled"),
+        "makespan_s": makespan(outcome.rows),
+        "run_s": round(outcome.seconds, 1),
+        "kills": kills,
     }
     print("\nCHAOS RUN " + json.dumps(report, indent=1), file=sys.stderr)
     (tmp_path / "chaos.json").write_text(json.dumps(report, indent=1))
@@ -344,7 +423,9 @@ def ledger_rows_any(stack: ProcessStack) -> list[dict[str, Any]]:
     engine = sa.create_engine(stack.ledger_url())
     try:
         with engine.connect() as db:
-            return [dict(r) for r in db.execute(sa.text("SELECT * FROM healthimaging_copy_ledger ORDER BY id")).mappings()]
+            return [
+                dict(r) for r in db.execute(sa.text("SELECT * FROM healthimaging_copy_ledger ORDER BY id")).mappings()
+            ]
     finally:
         engine.dispose()
 
@@ -353,4 +434,3 @@ def makespan(rows: list[dict[str, Any]]) -> float | None:
     sent = [r["submitted_at"] for r in rows if r.get("submitted_at")]
     done = [r["completed_at"] for r in rows if r.get("completed_at") and r["status"] in ("succeeded", "failed")]
     return round(max(done) - min(sent), 1) if sent and done else None
-

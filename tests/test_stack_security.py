@@ -54,9 +54,14 @@ def raw() -> dict:
 def dotenv(tmp_path_factory) -> Path:
     """What `make .env` writes, with the login password and the Fernet key left to airflow-init."""
     path = write_dotenv(tmp_path_factory.mktemp("dotenv") / ".env")
-    lines = ["_AIRFLOW_WWW_USER_PASSWORD=" if line.startswith("_AIRFLOW_WWW_USER_PASSWORD=") else
-             "AIRFLOW_FERNET_KEY=" if line.startswith("AIRFLOW_FERNET_KEY=") else line
-             for line in path.read_text().splitlines()]
+    lines = [
+        "_AIRFLOW_WWW_USER_PASSWORD="
+        if line.startswith("_AIRFLOW_WWW_USER_PASSWORD=")
+        else "AIRFLOW_FERNET_KEY="
+        if line.startswith("AIRFLOW_FERNET_KEY=")
+        else line
+        for line in path.read_text().splitlines()
+    ]
     path.write_text("\n".join(lines) + "\n")
     assert read_dotenv(path)["_AIRFLOW_WWW_USER_PASSWORD"] == "" and read_dotenv(path)["AIRFLOW_FERNET_KEY"] == ""
     return path
@@ -121,7 +126,7 @@ def test_compose_gives_the_emulator_the_admin_token_from_dotenv(raw, dotenv):
     assert compose.environment(raw, "healthimaging-emulator", variables)[ADMIN_TOKEN_ENV] == variables[ADMIN_TOKEN_ENV]
     # Its health check sends it (expanded by the container's shell, not written into the compose config).
     check = compose.service(raw, "healthimaging-emulator", variables)["healthcheck"]["test"]
-    assert 'Authorization: Bearer ${HEALTHIMAGING_EMULATOR_ADMIN_TOKEN}' in check[1]
+    assert "Authorization: Bearer ${HEALTHIMAGING_EMULATOR_ADMIN_TOKEN}" in check[1]
     with pytest.raises(compose.InterpolationError, match=f"{ADMIN_TOKEN_ENV}: set {ADMIN_TOKEN_ENV} in .env"):
         compose.service(raw, "healthimaging-emulator", {k: v for k, v in variables.items() if k != ADMIN_TOKEN_ENV})
 
@@ -147,8 +152,11 @@ def listening_addresses(pid: int, timeout: float = 60) -> set[tuple[str, int]]:
     while time.monotonic() < deadline:
         parent = psutil.Process(pid)
         pids = {pid} | {child.pid for child in parent.children(recursive=True)}
-        found = {(c.laddr.ip, c.laddr.port) for c in psutil.net_connections(kind="tcp")
-                 if c.status == psutil.CONN_LISTEN and c.pid in pids}
+        found = {
+            (c.laddr.ip, c.laddr.port)
+            for c in psutil.net_connections(kind="tcp")
+            if c.status == psutil.CONN_LISTEN and c.pid in pids
+        }
         if found:
             return found
         time.sleep(0.2)
@@ -159,8 +167,11 @@ def health_status(stack: ProcessStack, host_name: str, token: str) -> int:
     """The emulator's answer to GET /_emulator/health sent with ``Host: <host_name>:<port>``."""
     connection = http.client.HTTPConnection(stack.local.emulator_connect_host, stack.local.emulator_port, timeout=10)
     try:
-        connection.request("GET", "/_emulator/health", headers={"Host": f"{host_name}:{stack.local.emulator_port}",
-                                                                 "Authorization": f"Bearer {token}"})
+        connection.request(
+            "GET",
+            "/_emulator/health",
+            headers={"Host": f"{host_name}:{stack.local.emulator_port}", "Authorization": f"Bearer {token}"},
+        )
         return connection.getresponse().status
     finally:
         connection.close()
@@ -170,8 +181,9 @@ def test_compose_services_call_the_emulator_by_a_name_it_answers_to(raw, dotenv)
     from airflow.models.connection import Connection
 
     variables = compose.compose_variables(dotenv, environ={})
-    endpoint = Connection(conn_id="aws_default",
-                          uri=compose.common_environment(raw, variables)["AIRFLOW_CONN_AWS_DEFAULT"]).extra_dejson["endpoint_url"]
+    endpoint = Connection(
+        conn_id="aws_default", uri=compose.common_environment(raw, variables)["AIRFLOW_CONN_AWS_DEFAULT"]
+    ).extra_dejson["endpoint_url"]
     args = compose.command(raw, "healthimaging-emulator", variables)
     allowed = [args[i + 1] for i, arg in enumerate(args) if arg == "--allowed-host"]
     assert urllib.parse.urlsplit(endpoint).hostname in allowed
@@ -179,23 +191,33 @@ def test_compose_services_call_the_emulator_by_a_name_it_answers_to(raw, dotenv)
 
 def test_the_emulator_listens_on_the_given_address_only(dotenv, tmp_path):
     """The emulator process as the process stack runs it, with HEALTHIMAGING_PUBLISH_ADDRESS=127.0.0.2."""
-    stack = ProcessStack(tmp_path / "home", workers=1, env_file=dotenv,
-                         environ={**SHELL, ADDRESS_VARIABLE: "127.0.0.2", "HEALTHIMAGING_EMULATOR_SYNTHETIC_IMAGE_SETS": "1"})
+    stack = ProcessStack(
+        tmp_path / "home",
+        workers=1,
+        env_file=dotenv,
+        environ={**SHELL, ADDRESS_VARIABLE: "127.0.0.2", "HEALTHIMAGING_EMULATOR_SYNTHETIC_IMAGE_SETS": "1"},
+    )
     process = stack.plan()["healthimaging-emulator"]
     (tmp_path / "home").mkdir()
     with (tmp_path / "emulator.log").open("ab") as log:
         popen = spawn(process.argv, cwd=tmp_path / "home", env=process.env, log=log)
         try:
-            assert listening_addresses(popen.pid) == {("127.0.0.2", stack.local.emulator_port)}, \
-                (tmp_path / "emulator.log").read_text()
+            assert listening_addresses(popen.pid) == {("127.0.0.2", stack.local.emulator_port)}, (
+                tmp_path / "emulator.log"
+            ).read_text()
             assert stack.emulator_admin("GET", "health")
             # The compose services' name for it passes its DNS-rebinding check; another name does not.
             token = stack.emulator_admin_token
             assert health_status(stack, "healthimaging-emulator", token) == 200
             assert health_status(stack, "rebound.example", token) == 403
             with pytest.raises(urllib.error.URLError):
-                admin_request(f"http://127.0.0.1:{stack.local.emulator_port}", "GET", "health",
-                              token=stack.emulator_admin_token, timeout=5)
+                admin_request(
+                    f"http://127.0.0.1:{stack.local.emulator_port}",
+                    "GET",
+                    "health",
+                    token=stack.emulator_admin_token,
+                    timeout=5,
+                )
         finally:
             stop_all([popen], 10)
 
@@ -222,8 +244,15 @@ def init_environment(home: Path, dotenv: Path, metadata_db: str, **variables: st
 def run_init(env: Mapping[str, str], *, check: bool = True) -> subprocess.CompletedProcess:
     home = Path(env["AIRFLOW_HOME"])
     home.mkdir(parents=True, exist_ok=True)
-    result = subprocess.run([sys.executable, "-m", "stack.init"], env=dict(env), cwd=home, capture_output=True,
-                            text=True, timeout=300, check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "stack.init"],
+        env=dict(env),
+        cwd=home,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     if check:
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
@@ -301,8 +330,13 @@ def test_init_keeps_what_the_user_gives(tmp_path, dotenv, metadata_db):
     from cryptography.fernet import Fernet
 
     given_key = Fernet.generate_key().decode()
-    env = init_environment(tmp_path / "home", dotenv, metadata_db, _AIRFLOW_WWW_USER_PASSWORD="correct-horse-42",
-                           AIRFLOW_FERNET_KEY=given_key)
+    env = init_environment(
+        tmp_path / "home",
+        dotenv,
+        metadata_db,
+        _AIRFLOW_WWW_USER_PASSWORD="correct-horse-42",
+        AIRFLOW_FERNET_KEY=given_key,
+    )
     result = run_init(env)
     assert login_password(env) == "correct-horse-42" and key_file(env).read_text() == given_key
     assert mode(passwords_file(env)) == 0o600 and mode(key_file(env)) == 0o600
@@ -337,9 +371,14 @@ def stored_connection(metadata_db: str, conn_id: str) -> tuple[str, bool]:
 
 def add_connection(env: Mapping[str, str], conn_id: str, password: str) -> None:
     airflow = Path(sys.executable).with_name("airflow")
-    result = subprocess.run([str(airflow), "connections", "add", conn_id, "--conn-type", "postgres",
-                             "--conn-password", password], env=dict(env), capture_output=True, text=True, timeout=180,
-                            check=False)
+    result = subprocess.run(
+        [str(airflow), "connections", "add", conn_id, "--conn-type", "postgres", "--conn-password", password],
+        env=dict(env),
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
 
 
@@ -364,16 +403,20 @@ def test_connection_passwords_are_encrypted_with_the_generated_key(first_init, m
 def stack(tmp_path_factory, dotenv) -> Iterator[ProcessStack]:
     environ = shell_environ()
     environ["HEALTHIMAGING_EMULATOR_SYNTHETIC_IMAGE_SETS"] = "10"
-    stack = ProcessStack(tmp_path_factory.mktemp("secure") / "home", workers=1, worker_concurrency=1, env_file=dotenv,
-                         environ=environ)
+    stack = ProcessStack(
+        tmp_path_factory.mktemp("secure") / "home", workers=1, worker_concurrency=1, env_file=dotenv, environ=environ
+    )
     with stack:
         yield stack
 
 
 def post_token(stack: ProcessStack, username: str, password: str) -> int:
-    request = urllib.request.Request(f"{stack.api_url}/auth/token", method="POST",
-                                     data=json.dumps({"username": username, "password": password}).encode(),
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        f"{stack.api_url}/auth/token",
+        method="POST",
+        data=json.dumps({"username": username, "password": password}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             assert json.loads(response.read())["access_token"]
@@ -402,21 +445,30 @@ def test_every_component_uses_the_generated_fernet_key(stack):
 
     api = StackClient(stack, stack.token())
     conn_id = f"probe_{uuid.uuid4().hex[:8]}"
-    api.api("POST", "/api/v2/connections", {"connection_id": conn_id, "conn_type": "postgres",
-                                            "password": "plain-secret"})
+    api.api(
+        "POST", "/api/v2/connections", {"connection_id": conn_id, "conn_type": "postgres", "password": "plain-secret"}
+    )
     engine = sa.create_engine(stack.sql_alchemy_conn)
     try:
         with engine.connect() as db:
-            stored, encrypted = db.execute(sa.text("SELECT password, is_encrypted FROM connection WHERE conn_id = :c"),
-                                           {"c": conn_id}).one()
+            stored, encrypted = db.execute(
+                sa.text("SELECT password, is_encrypted FROM connection WHERE conn_id = :c"), {"c": conn_id}
+            ).one()
     finally:
         engine.dispose()
     assert encrypted and stored != "plain-secret"
     assert Fernet(stack.fernet_key_file.read_text().encode()).decrypt(stored.encode()) == b"plain-secret"
     worker = stack.processes[stack.worker_names[0]].env
     airflow = Path(sys.executable).with_name("airflow")
-    result = subprocess.run([str(airflow), "connections", "get", conn_id, "-o", "json"], env=worker, cwd=stack.home,
-                            capture_output=True, text=True, timeout=180, check=False)
+    result = subprocess.run(
+        [str(airflow), "connections", "get", conn_id, "-o", "json"],
+        env=worker,
+        cwd=stack.home,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.loads(result.stdout)[0]["password"] == "plain-secret"
 
@@ -436,17 +488,23 @@ def test_the_stack_listens_on_loopback_only(stack):
     import psutil
 
     pids = set(stack.pids())
-    listening = {(c.laddr.ip, c.laddr.port) for c in psutil.net_connections(kind="tcp")
-                 if c.status == psutil.CONN_LISTEN and c.pid in pids}
+    listening = {
+        (c.laddr.ip, c.laddr.port)
+        for c in psutil.net_connections(kind="tcp")
+        if c.status == psutil.CONN_LISTEN and c.pid in pids
+    }
     ports = {port for _, port in listening}
     assert {stack.local.api_port, stack.local.emulator_port} <= ports
     scheduler = stack.processes["airflow-scheduler"].env
     assert ("127.0.0.1", int(scheduler["AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_PORT"])) in listening
     # Airflow's log servers bind every interface (airflow.utils.serve_logs: host=""), not configurable; they
     # serve nothing without a JWT signed with the stack's secret.
-    log_servers = {int(p.env[key]) for p in stack.processes.values()
-                   for key in ("AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT", "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT")
-                   if key in p.env}
+    log_servers = {
+        int(p.env[key])
+        for p in stack.processes.values()
+        for key in ("AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT", "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT")
+        if key in p.env
+    }
     assert log_servers and log_servers <= ports
     elsewhere = {(ip, port) for ip, port in listening if ip != "127.0.0.1"}
     assert {port for _, port in elsewhere} <= log_servers, elsewhere
@@ -464,7 +522,10 @@ def test_every_compose_health_check_passes_on_the_process_stack(stack):
     Redis) exits 0."""
     checks = stack.health_checks()
     assert {stack.processes[name].service if name in stack.processes else name for name in checks} == {
-        *compose.AIRFLOW_SERVICES, compose.EMULATOR_SERVICE, *compose.INFRASTRUCTURE_SERVICES}
+        *compose.AIRFLOW_SERVICES,
+        compose.EMULATOR_SERVICE,
+        *compose.INFRASTRUCTURE_SERVICES,
+    }
     failed = {}
     for name, check in checks.items():
         result = check.run(stack.home)

@@ -11,8 +11,8 @@ One module per resource, each a mixin over ``core.BackendCore`` (the shared stat
 them, dispatches ``call`` and runs the due jobs.
 """
 
-from healthimaging_emulator.backend.core import DEFAULT_PAGE_SIZE, compress, decompress, new_id
 from healthimaging_emulator.backend.copies import INJECTED_COPY_FAILURE
+from healthimaging_emulator.backend.core import DEFAULT_PAGE_SIZE, compress, decompress, new_id
 from healthimaging_emulator.backend.image_set_reads import STORAGE_TIER
 from healthimaging_emulator.backend.image_set_writes import apply_dicom_updates
 from healthimaging_emulator.backend.service import HealthImagingBackend

@@ -38,8 +38,15 @@ class BackendCore:
     """The state every resource's operations share: the :class:`Store`, the :class:`Realism` settings, the
     account and region of the ARNs, the import root; and the helpers more than one resource uses."""
 
-    def __init__(self, store: Store, realism: Realism, *, account_id: str = "123456789012", region: str = "us-east-1",
-                 s3_root: str | Path | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        realism: Realism,
+        *,
+        account_id: str = "123456789012",
+        region: str = "us-east-1",
+        s3_root: str | Path | None = None,
+    ) -> None:
         self.store = store
         self.realism = realism
         self.account_id = account_id
@@ -66,8 +73,9 @@ class BackendCore:
             raise ConflictException(f"Datastore {datastore_id} is {row['status']}, not ACTIVE.")
         return row
 
-    def _image_set(self, db: sqlite3.Connection, datastore_id: str, image_set_id: str, *,
-                   allow_deleted: bool = False) -> sqlite3.Row:
+    def _image_set(
+        self, db: sqlite3.Connection, datastore_id: str, image_set_id: str, *, allow_deleted: bool = False
+    ) -> sqlite3.Row:
         """The image set joined with its latest version."""
         self._datastore(db, datastore_id)
         row = db.execute(
@@ -82,16 +90,21 @@ class BackendCore:
             raise ResourceNotFoundException(f"Image set {image_set_id} has been deleted.")
         return row
 
-    def _version(self, db: sqlite3.Connection, datastore_id: str, image_set_id: str,
-                 version: str | None) -> tuple[sqlite3.Row, sqlite3.Row]:
+    def _version(
+        self, db: sqlite3.Connection, datastore_id: str, image_set_id: str, version: str | None
+    ) -> tuple[sqlite3.Row, sqlite3.Row]:
         """The image set and one row of ``versions``: the given version, or the latest."""
         image_set = self._image_set(db, datastore_id, image_set_id, allow_deleted=True)
         number = image_set["latest_version"] if version is None else int(version)
         # a \d+ id beyond SQLite's 64-bit integers names no version (and must not crash the query)
-        row = None if number >= 2**63 else db.execute(
-            "SELECT * FROM versions WHERE datastore_id = ? AND image_set_id = ? AND version = ?",
-            (datastore_id, image_set_id, number),
-        ).fetchone()
+        row = (
+            None
+            if number >= 2**63
+            else db.execute(
+                "SELECT * FROM versions WHERE datastore_id = ? AND image_set_id = ? AND version = ?",
+                (datastore_id, image_set_id, number),
+            ).fetchone()
+        )
         if row is None:
             raise ResourceNotFoundException(f"Version {version} of image set {image_set_id} does not exist.")
         return image_set, row
@@ -114,7 +127,9 @@ class BackendCore:
 
     # ------------------------------------------------------------------ pagination
 
-    def _page(self, sql: str, args: list[Any], token: str | None, max_results: int | None, scope: tuple) -> tuple[list, str | None]:
+    def _page(
+        self, sql: str, args: list[Any], token: str | None, max_results: int | None, scope: tuple
+    ) -> tuple[list, str | None]:
         size = max_results or DEFAULT_PAGE_SIZE
         fingerprint = hashlib.sha256(json.dumps(scope).encode()).hexdigest()[:16]
         offset = 0
@@ -125,7 +140,9 @@ class BackendCore:
             except (ValueError, KeyError, TypeError):
                 raise ValidationException("nextToken is not a token this operation returned.") from None
             if token_scope != fingerprint or offset < 0:
-                raise ValidationException("nextToken belongs to a different request; repeat the request that returned it.")
+                raise ValidationException(
+                    "nextToken belongs to a different request; repeat the request that returned it."
+                )
         with self.store.reading() as db:
             rows = db.execute(f"{sql} LIMIT ? OFFSET ?", [*args, size + 1, offset]).fetchall()
         next_token = None
@@ -136,15 +153,41 @@ class BackendCore:
 
     # ------------------------------------------------------------------ image set rows
 
-    def _insert_image_set(self, db: sqlite3.Connection, datastore_id: str, image_set_id: str, document: dict[str, Any],
-                          *, state: str, workflow_status: str, is_primary: bool, now: float, level: int = 6) -> None:
+    def _insert_image_set(
+        self,
+        db: sqlite3.Connection,
+        datastore_id: str,
+        image_set_id: str,
+        document: dict[str, Any],
+        *,
+        state: str,
+        workflow_status: str,
+        is_primary: bool,
+        now: float,
+        level: int = 6,
+    ) -> None:
         document = {**document, "DatastoreID": datastore_id, "ImageSetID": image_set_id}
         db.execute(
             "INSERT INTO image_sets (datastore_id, image_set_id, latest_version, is_primary, created_at, updated_at)"
-            " VALUES (?,?,?,?,?,?)", (datastore_id, image_set_id, 1, int(is_primary), now, now))
-        db.execute("INSERT INTO versions VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                   (datastore_id, image_set_id, 1, state, workflow_status, None, None, now, now, None,
-                    compress(document, level)))
+            " VALUES (?,?,?,?,?,?)",
+            (datastore_id, image_set_id, 1, int(is_primary), now, now),
+        )
+        db.execute(
+            "INSERT INTO versions VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                datastore_id,
+                image_set_id,
+                1,
+                state,
+                workflow_status,
+                None,
+                None,
+                now,
+                now,
+                None,
+                compress(document, level),
+            ),
+        )
         self._index(db, datastore_id, image_set_id, document)
 
     def _index(self, db: sqlite3.Connection, datastore_id: str, image_set_id: str, document: dict[str, Any]) -> None:
@@ -155,19 +198,42 @@ class BackendCore:
         db.execute(
             "UPDATE image_sets SET patient_id = ?, accession_number = ?, study_id = ?, study_instance_uid = ?,"
             " series_instance_uid = ?, study_date_time = ?, dicom_tags = ? WHERE datastore_id = ? AND image_set_id = ?",
-            (tags.get("DICOMPatientId"), tags.get("DICOMAccessionNumber"), tags.get("DICOMStudyId"),
-             tags.get("DICOMStudyInstanceUID"), "|" + "|".join(dicom_metadata.series_uids(document)) + "|",
-             study_date_time or None, json.dumps(tags), datastore_id, image_set_id))
+            (
+                tags.get("DICOMPatientId"),
+                tags.get("DICOMAccessionNumber"),
+                tags.get("DICOMStudyId"),
+                tags.get("DICOMStudyInstanceUID"),
+                "|" + "|".join(dicom_metadata.series_uids(document)) + "|",
+                study_date_time or None,
+                json.dumps(tags),
+                datastore_id,
+                image_set_id,
+            ),
+        )
 
-    def _finish_version(self, db: sqlite3.Connection, datastore_id: str, image_set_id: str, version: int, status: str,
-                        result: bytes | None, now: float, message: str | None = None, forced: bool | None = None) -> None:
+    def _finish_version(
+        self,
+        db: sqlite3.Connection,
+        datastore_id: str,
+        image_set_id: str,
+        version: int,
+        status: str,
+        result: bytes | None,
+        now: float,
+        message: str | None = None,
+        forced: bool | None = None,
+    ) -> None:
         """The end of a copy or update: the version is ACTIVE with ``status``, and ``result`` its document if given."""
-        db.execute("UPDATE versions SET state = 'ACTIVE', workflow_status = ?, message = ?, updated_at = ?,"
-                   " forced = COALESCE(?, forced), metadata = COALESCE(?, metadata)"
-                   " WHERE datastore_id = ? AND image_set_id = ? AND version = ?",
-                   (status, message, now, 1 if forced else None, result, datastore_id, image_set_id, version))
-        db.execute("UPDATE image_sets SET updated_at = ? WHERE datastore_id = ? AND image_set_id = ?",
-                   (now, datastore_id, image_set_id))
+        db.execute(
+            "UPDATE versions SET state = 'ACTIVE', workflow_status = ?, message = ?, updated_at = ?,"
+            " forced = COALESCE(?, forced), metadata = COALESCE(?, metadata)"
+            " WHERE datastore_id = ? AND image_set_id = ? AND version = ?",
+            (status, message, now, 1 if forced else None, result, datastore_id, image_set_id, version),
+        )
+        db.execute(
+            "UPDATE image_sets SET updated_at = ? WHERE datastore_id = ? AND image_set_id = ?",
+            (now, datastore_id, image_set_id),
+        )
         if result is not None:
             self._index(db, datastore_id, image_set_id, decompress(result))
 
@@ -179,7 +245,16 @@ class BackendCore:
 
     # ------------------------------------------------------------------ asynchronous work
 
-    def _schedule(self, db: sqlite3.Connection, kind: str, datastore_id: str, delay: float, payload: dict[str, Any],
-                  result: bytes | None = None) -> None:
-        db.execute("INSERT INTO jobs (kind, datastore_id, due_at, payload, result) VALUES (?,?,?,?,?)",
-                   (kind, datastore_id, time.time() + delay, json.dumps(payload), result))
+    def _schedule(
+        self,
+        db: sqlite3.Connection,
+        kind: str,
+        datastore_id: str,
+        delay: float,
+        payload: dict[str, Any],
+        result: bytes | None = None,
+    ) -> None:
+        db.execute(
+            "INSERT INTO jobs (kind, datastore_id, due_at, payload, result) VALUES (?,?,?,?,?)",
+            (kind, datastore_id, time.time() + delay, json.dumps(payload), result),
+        )

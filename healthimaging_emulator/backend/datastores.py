@@ -13,9 +13,15 @@ from healthimaging_emulator.exceptions import ConflictException, ResourceNotFoun
 class DatastoresMixin(BackendCore):
     """The data store operations; creating and deleting one ends in a ``datastore_status`` job."""
 
-    def create_datastore(self, clientToken: str, datastoreName: str | None = None, tags: dict | None = None,
-                         kmsKeyArn: str | None = None, lambdaAuthorizerArn: str | None = None,
-                         losslessStorageFormat: str | None = None) -> dict[str, Any]:
+    def create_datastore(
+        self,
+        clientToken: str,
+        datastoreName: str | None = None,
+        tags: dict | None = None,
+        kmsKeyArn: str | None = None,
+        lambdaAuthorizerArn: str | None = None,
+        losslessStorageFormat: str | None = None,
+    ) -> dict[str, Any]:
         with self.store.transaction() as db:
             existing = db.execute("SELECT * FROM datastores WHERE client_token = ?", (clientToken,)).fetchone()
             if existing is not None:
@@ -27,12 +33,23 @@ class DatastoresMixin(BackendCore):
             status = "ACTIVE" if immediate else "CREATING"
             db.execute(
                 "INSERT INTO datastores VALUES (?,?,?,?,?,?,?,?,?)",
-                (datastore_id, name, status, kmsKeyArn, lambdaAuthorizerArn, losslessStorageFormat or "HTJ2K",
-                 clientToken, now, now),
+                (
+                    datastore_id,
+                    name,
+                    status,
+                    kmsKeyArn,
+                    lambdaAuthorizerArn,
+                    losslessStorageFormat or "HTJ2K",
+                    clientToken,
+                    now,
+                    now,
+                ),
             )
             self._put_tags(db, self.datastore_arn(datastore_id), tags or {})
             if not immediate:
-                self._schedule(db, "datastore_status", datastore_id, self.realism.timing.datastore_seconds, {"status": "ACTIVE"})
+                self._schedule(
+                    db, "datastore_status", datastore_id, self.realism.timing.datastore_seconds, {"status": "ACTIVE"}
+                )
         return {"datastoreId": datastore_id, "datastoreStatus": status}
 
     def create_datastore_now(self, name: str) -> str:
@@ -40,8 +57,10 @@ class DatastoresMixin(BackendCore):
         with self.store.transaction() as db:
             datastore_id = new_id()
             now = time.time()
-            db.execute("INSERT INTO datastores VALUES (?,?,?,?,?,?,?,?,?)",
-                       (datastore_id, name, "ACTIVE", None, None, "HTJ2K", f"seed-{datastore_id}", now, now))
+            db.execute(
+                "INSERT INTO datastores VALUES (?,?,?,?,?,?,?,?,?)",
+                (datastore_id, name, "ACTIVE", None, None, "HTJ2K", f"seed-{datastore_id}", now, now),
+            )
         return datastore_id
 
     def _datastore_properties(self, row) -> dict[str, Any]:
@@ -64,34 +83,59 @@ class DatastoresMixin(BackendCore):
             raise ResourceNotFoundException(f"Datastore {datastoreId} does not exist.")
         return {"datastoreProperties": self._datastore_properties(row)}
 
-    def list_datastores(self, datastoreStatus: str | None = None, nextToken: str | None = None,
-                        maxResults: int | None = None) -> dict[str, Any]:
+    def list_datastores(
+        self, datastoreStatus: str | None = None, nextToken: str | None = None, maxResults: int | None = None
+    ) -> dict[str, Any]:
         sql, args = "SELECT * FROM datastores", []
         if datastoreStatus:
             sql, args = sql + " WHERE status = ?", [datastoreStatus]
-        page, token = self._page(sql + " ORDER BY created_at, datastore_id", args, nextToken, maxResults,
-                                 ("ListDatastores", datastoreStatus))
+        page, token = self._page(
+            sql + " ORDER BY created_at, datastore_id", args, nextToken, maxResults, ("ListDatastores", datastoreStatus)
+        )
         summaries = []
         for row in page:
             props = self._datastore_properties(row)
-            summaries.append({k: props[k] for k in ("datastoreId", "datastoreName", "datastoreStatus", "datastoreArn",
-                                                    "createdAt", "updatedAt")})
+            summaries.append(
+                {
+                    k: props[k]
+                    for k in (
+                        "datastoreId",
+                        "datastoreName",
+                        "datastoreStatus",
+                        "datastoreArn",
+                        "createdAt",
+                        "updatedAt",
+                    )
+                }
+            )
         return {"datastoreSummaries": summaries, "nextToken": token}
 
     def delete_datastore(self, datastoreId: str) -> dict[str, Any]:
         with self.store.transaction() as db:
             row = self._datastore(db, datastoreId, active=False)
             if row["status"] != "ACTIVE":
-                raise ConflictException(f"Datastore {datastoreId} is {row['status']}; only an ACTIVE datastore can be deleted.")
-            (live,) = db.execute("SELECT COUNT(*) FROM image_sets WHERE datastore_id = ? AND deleted_at IS NULL",
-                                 (datastoreId,)).fetchone()
+                raise ConflictException(
+                    f"Datastore {datastoreId} is {row['status']}; only an ACTIVE datastore can be deleted."
+                )
+            (live,) = db.execute(
+                "SELECT COUNT(*) FROM image_sets WHERE datastore_id = ? AND deleted_at IS NULL", (datastoreId,)
+            ).fetchone()
             if live:
                 raise ConflictException(f"Datastore {datastoreId} still holds {live} image sets; delete them first.")
-            db.execute("UPDATE datastores SET status = 'DELETING', updated_at = ? WHERE datastore_id = ?", (time.time(), datastoreId))
-            self._schedule(db, "datastore_status", datastoreId, self.realism.timing.datastore_seconds, {"status": "DELETED"})
+            db.execute(
+                "UPDATE datastores SET status = 'DELETING', updated_at = ? WHERE datastore_id = ?",
+                (time.time(), datastoreId),
+            )
+            self._schedule(
+                db, "datastore_status", datastoreId, self.realism.timing.datastore_seconds, {"status": "DELETED"}
+            )
         return {"datastoreId": datastoreId, "datastoreStatus": "DELETING"}
 
-    def _finish_datastore_status(self, db: sqlite3.Connection, datastore_id: str, payload: dict[str, Any], now: float) -> None:
+    def _finish_datastore_status(
+        self, db: sqlite3.Connection, datastore_id: str, payload: dict[str, Any], now: float
+    ) -> None:
         """A ``datastore_status`` job: the data store takes the status the job carries."""
-        db.execute("UPDATE datastores SET status = ?, updated_at = ? WHERE datastore_id = ?",
-                   (payload["status"], now, datastore_id))
+        db.execute(
+            "UPDATE datastores SET status = ?, updated_at = ? WHERE datastore_id = ?",
+            (payload["status"], now, datastore_id),
+        )

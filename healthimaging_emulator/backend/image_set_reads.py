@@ -43,9 +43,15 @@ class ImageSetReadsMixin(BackendCore):
     def get_image_set_metadata(self, datastoreId: str, imageSetId: str, versionId: str | None = None) -> dict[str, Any]:
         with self.store.reading() as db:
             _, version = self._version(db, datastoreId, imageSetId, versionId)
-        return {"imageSetMetadataBlob": version["metadata"], "contentType": "application/json", "contentEncoding": "gzip"}
+        return {
+            "imageSetMetadataBlob": version["metadata"],
+            "contentType": "application/json",
+            "contentEncoding": "gzip",
+        }
 
-    def get_image_frame(self, datastoreId: str, imageSetId: str, imageFrameInformation: dict[str, str]) -> dict[str, Any]:
+    def get_image_frame(
+        self, datastoreId: str, imageSetId: str, imageFrameInformation: dict[str, str]
+    ) -> dict[str, Any]:
         frame_id = imageFrameInformation["imageFrameId"]
         with self.store.reading() as db:
             image_set = self._image_set(db, datastoreId, imageSetId)
@@ -55,32 +61,41 @@ class ImageSetReadsMixin(BackendCore):
                 for frame in instance.get("ImageFrames", []):
                     if frame.get("ID") == frame_id:
                         # [I] No pixel data is kept: a deterministic stand-in for the HTJ2K frame.
-                        return {"imageFrameBlob": b"\xffO\xffQ" + hashlib.sha256(frame_id.encode()).digest(),
-                                "contentType": "application/octet-stream"}
+                        return {
+                            "imageFrameBlob": b"\xffO\xffQ" + hashlib.sha256(frame_id.encode()).digest(),
+                            "contentType": "application/octet-stream",
+                        }
         raise ResourceNotFoundException(f"Image frame {frame_id} does not exist in image set {imageSetId}.")
 
-    def list_image_set_versions(self, datastoreId: str, imageSetId: str, nextToken: str | None = None,
-                                maxResults: int | None = None) -> dict[str, Any]:
+    def list_image_set_versions(
+        self, datastoreId: str, imageSetId: str, nextToken: str | None = None, maxResults: int | None = None
+    ) -> dict[str, Any]:
         with self.store.reading() as db:
             image_set = self._image_set(db, datastoreId, imageSetId, allow_deleted=True)
         page, token = self._page(
             "SELECT version, state, workflow_status, message, forced, created_at, updated_at, deleted_at FROM versions"
             " WHERE datastore_id = ? AND image_set_id = ? ORDER BY version DESC",
-            [datastoreId, imageSetId], nextToken, maxResults, ("ListImageSetVersions", datastoreId, imageSetId))
+            [datastoreId, imageSetId],
+            nextToken,
+            maxResults,
+            ("ListImageSetVersions", datastoreId, imageSetId),
+        )
         items = []
         for row in page:
-            items.append({
-                "imageSetId": imageSetId,
-                "versionId": str(row["version"]),
-                "imageSetState": row["state"],
-                "ImageSetWorkflowStatus": row["workflow_status"],
-                "createdAt": row["created_at"],
-                "updatedAt": row["updated_at"],
-                "deletedAt": row["deleted_at"],
-                "message": row["message"],
-                "overrides": {"forced": True} if row["forced"] else None,
-                "isPrimary": bool(image_set["is_primary"]),
-            })
+            items.append(
+                {
+                    "imageSetId": imageSetId,
+                    "versionId": str(row["version"]),
+                    "imageSetState": row["state"],
+                    "ImageSetWorkflowStatus": row["workflow_status"],
+                    "createdAt": row["created_at"],
+                    "updatedAt": row["updated_at"],
+                    "deletedAt": row["deleted_at"],
+                    "message": row["message"],
+                    "overrides": {"forced": True} if row["forced"] else None,
+                    "isPrimary": bool(image_set["is_primary"]),
+                }
+            )
         return {"imageSetPropertiesList": items, "nextToken": token}
 
     _SEARCH_COLUMNS = {
@@ -104,8 +119,13 @@ class ImageSetReadsMixin(BackendCore):
             return int(bool(value))
         return value
 
-    def search_image_sets(self, datastoreId: str, searchCriteria: dict | None = None, maxResults: int | None = None,
-                          nextToken: str | None = None) -> dict[str, Any]:
+    def search_image_sets(
+        self,
+        datastoreId: str,
+        searchCriteria: dict | None = None,
+        maxResults: int | None = None,
+        nextToken: str | None = None,
+    ) -> dict[str, Any]:
         with self.store.reading() as db:
             self._datastore(db, datastoreId)
         criteria = searchCriteria or {}
@@ -116,13 +136,19 @@ class ImageSetReadsMixin(BackendCore):
             where_path = f"searchCriteria.filters[{index}]"
             if operator == "EQUAL":
                 if len(values) != 1:
-                    raise ValidationException(f"{where_path}: the EQUAL operator takes exactly one value, got {len(values)}.")
+                    raise ValidationException(
+                        f"{where_path}: the EQUAL operator takes exactly one value, got {len(values)}."
+                    )
             else:
                 if len(values) != 2 or attributes[0] != attributes[1]:
-                    raise ValidationException(f"{where_path}: the BETWEEN operator takes two values of the same attribute.")
+                    raise ValidationException(
+                        f"{where_path}: the BETWEEN operator takes two values of the same attribute."
+                    )
                 if attributes[0] not in self._RANGE_ATTRIBUTES:
-                    raise ValidationException(f"{where_path}: BETWEEN applies to {', '.join(self._RANGE_ATTRIBUTES)} only, "
-                                              f"not {attributes[0]}.")
+                    raise ValidationException(
+                        f"{where_path}: BETWEEN applies to {', '.join(self._RANGE_ATTRIBUTES)} only, "
+                        f"not {attributes[0]}."
+                    )
             attribute = attributes[0]
             bounds = [self._search_value(attribute, v[attribute]) for v in values]
             if attribute == "DICOMSeriesInstanceUID":
@@ -138,16 +164,23 @@ class ImageSetReadsMixin(BackendCore):
         order = "created_at ASC, image_set_id ASC"  # [I] AWS documents no default order
         if sort:
             order = f"{self._SORT_COLUMNS[sort['sortField']]} {sort['sortOrder']}, image_set_id {sort['sortOrder']}"
-        sql = (f"SELECT image_set_id, latest_version, created_at, updated_at, dicom_tags, is_primary FROM image_sets"
-               f" WHERE {' AND '.join(where)} ORDER BY {order}")
-        page, token = self._page(sql, args, nextToken, maxResults, ("SearchImageSets", datastoreId, json.dumps(criteria, sort_keys=True)))
-        summaries = [{
-            "imageSetId": row["image_set_id"],
-            "version": row["latest_version"],
-            "createdAt": row["created_at"],
-            "updatedAt": row["updated_at"],
-            "storageTier": STORAGE_TIER,
-            "DICOMTags": json.loads(row["dicom_tags"]),
-            "isPrimary": bool(row["is_primary"]),
-        } for row in page]
+        sql = (
+            f"SELECT image_set_id, latest_version, created_at, updated_at, dicom_tags, is_primary FROM image_sets"
+            f" WHERE {' AND '.join(where)} ORDER BY {order}"
+        )
+        page, token = self._page(
+            sql, args, nextToken, maxResults, ("SearchImageSets", datastoreId, json.dumps(criteria, sort_keys=True))
+        )
+        summaries = [
+            {
+                "imageSetId": row["image_set_id"],
+                "version": row["latest_version"],
+                "createdAt": row["created_at"],
+                "updatedAt": row["updated_at"],
+                "storageTier": STORAGE_TIER,
+                "DICOMTags": json.loads(row["dicom_tags"]),
+                "isPrimary": bool(row["is_primary"]),
+            }
+            for row in page
+        ]
         return {"imageSetsMetadataSummaries": summaries, "sort": sort, "nextToken": token}

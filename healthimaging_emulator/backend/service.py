@@ -21,8 +21,9 @@ from healthimaging_emulator.backend.tags import TagsMixin
 log = logging.getLogger(__name__)
 
 
-class HealthImagingBackend(DatastoresMixin, ImageSetReadsMixin, CopiesMixin, ImageSetWritesMixin, ImportsMixin,
-                           TagsMixin):
+class HealthImagingBackend(
+    DatastoresMixin, ImageSetReadsMixin, CopiesMixin, ImageSetWritesMixin, ImportsMixin, TagsMixin
+):
     """All operations of the service over a :class:`Store`, with the :class:`Realism` settings.
 
     ``call`` finds an operation's method by its botocore name (``CopyImageSet`` -> ``copy_image_set``)."""
@@ -43,7 +44,9 @@ class HealthImagingBackend(DatastoresMixin, ImageSetReadsMixin, CopiesMixin, Ima
         """Complete every job whose time has come; returns how many ran."""
         now = time.time() if now is None else now
         with self.store.reading() as db:
-            due = db.execute("SELECT * FROM jobs WHERE done = 0 AND due_at <= ? ORDER BY due_at, job_id", (now,)).fetchall()
+            due = db.execute(
+                "SELECT * FROM jobs WHERE done = 0 AND due_at <= ? ORDER BY due_at, job_id", (now,)
+            ).fetchall()
         for job in due:
             try:
                 self._complete(job)

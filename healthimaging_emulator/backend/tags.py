@@ -15,12 +15,17 @@ class TagsMixin(BackendCore):
         prefix = f"arn:aws:medical-imaging:{self.region}:{self.account_id}:datastore/"
         if not arn.startswith(prefix):
             raise ResourceNotFoundException(f"Resource {arn} does not exist in this account and region.")
-        parts = arn[len(prefix):].split("/")
+        parts = arn[len(prefix) :].split("/")
         # Any data store that is not DELETED is taggable: the tagging operations declare no
         # ConflictException, so a CREATING or DELETING data store must not answer one.
         self._datastore(db, parts[0], active=False)
-        if len(parts) > 1 and db.execute("SELECT 1 FROM image_sets WHERE datastore_id = ? AND image_set_id = ?",
-                                         (parts[0], parts[2])).fetchone() is None:
+        if (
+            len(parts) > 1
+            and db.execute(
+                "SELECT 1 FROM image_sets WHERE datastore_id = ? AND image_set_id = ?", (parts[0], parts[2])
+            ).fetchone()
+            is None
+        ):
             raise ResourceNotFoundException(f"Image set {parts[2]} does not exist in datastore {parts[0]}.")
 
     def tag_resource(self, resourceArn: str, tags: dict[str, str]) -> dict[str, Any]:
@@ -38,5 +43,7 @@ class TagsMixin(BackendCore):
     def list_tags_for_resource(self, resourceArn: str) -> dict[str, Any]:
         with self.store.reading() as db:
             self._resource(db, resourceArn)
-            rows = db.execute("SELECT key, value FROM tags WHERE resource_arn = ? ORDER BY key", (resourceArn,)).fetchall()
+            rows = db.execute(
+                "SELECT key, value FROM tags WHERE resource_arn = ? ORDER BY key", (resourceArn,)
+            ).fetchall()
         return {"tags": {r["key"]: r["value"] for r in rows}}

@@ -73,6 +73,7 @@ PACE_MARGIN = 0.99
 #: takes a few milliseconds, and a send that starts late loses that time from the quota for good.
 SEND_GUARD_SECONDS = 0.005
 
+
 def state_line(event: str, row: dict[str, Any], **fields: Any) -> str:
     """One structured JSON log line for a row's state change: ids, statuses and codes, no patient data."""
     payload = {
@@ -108,8 +109,9 @@ class BatchCopyEngine:
         self.dag_id, self.run_id, self.manifest_sha256, self.batch = dag_id, run_id, manifest_sha256, batch
         self.settings = settings
         self.hook = hook or HealthImagingHook(aws_conn_id=settings.aws_conn_id, region_name=settings.region_name)
-        self.bucket = SharedTokenBucket(ledger.engine, settings.rate_limit_name, settings.copies_per_second * PACE_MARGIN,
-                                        settings.burst)
+        self.bucket = SharedTokenBucket(
+            ledger.engine, settings.rate_limit_name, settings.copies_per_second * PACE_MARGIN, settings.burst
+        )
         self.clock = clock
         self.started = clock()
         self.owner = ""  # this engine's id in the ledger (its lease and its claims); set by _new_identity
@@ -136,8 +138,13 @@ class BatchCopyEngine:
         """Hold the lease: start it, renew it every quarter of its length; after losing it, start over."""
         now = self.clock()
         if not self._lease_started:
-            self.ledger.acquire_lease(self.owner, dag_id=self.dag_id, run_id=self.run_id, batch=self.batch,
-                                      seconds=self.settings.lease_seconds)
+            self.ledger.acquire_lease(
+                self.owner,
+                dag_id=self.dag_id,
+                run_id=self.run_id,
+                batch=self.batch,
+                seconds=self.settings.lease_seconds,
+            )
             self._lease_started, self._renew_at = True, now + self.settings.lease_seconds / 4
         elif now >= self._renew_at:
             if self.ledger.renew_lease(self.owner, self.settings.lease_seconds):
@@ -146,8 +153,13 @@ class BatchCopyEngine:
                 self._lost_lease()
 
     def _lost_lease(self) -> None:
-        log.warning("batch %d: engine %s lost its lease (not renewed for %.0f s); its rows may have been taken over, "
-                    "starting again as a new owner", self.batch, self.owner, self.settings.lease_seconds)
+        log.warning(
+            "batch %d: engine %s lost its lease (not renewed for %.0f s); its rows may have been taken over, "
+            "starting again as a new owner",
+            self.batch,
+            self.owner,
+            self.settings.lease_seconds,
+        )
         self._new_identity()
         self._keep_lease()
 
@@ -174,8 +186,16 @@ class BatchCopyEngine:
             return False
         row.update(changes)
         if status is not None:
-            log.info(state_line("copy_state", row, status=status, destination_image_set_id=row.get("destination_image_set_id"),
-                                destination_version_id=row.get("destination_version_id"), error_code=row.get("error_code")))
+            log.info(
+                state_line(
+                    "copy_state",
+                    row,
+                    status=status,
+                    destination_image_set_id=row.get("destination_image_set_id"),
+                    destination_version_id=row.get("destination_version_id"),
+                    error_code=row.get("error_code"),
+                )
+            )
         return True
 
     def _drop(self, row: dict[str, Any], at: str) -> None:
@@ -231,16 +251,24 @@ class BatchCopyEngine:
                 continue
             plan = CopyPlan.from_dict(json.loads(row["plan_json"]))
             # Its waits renew the lease: a reconciliation must never outlast the lease of the engine doing it.
-            found = reconcile(self.hook, plan, row["sent_at"] or row["claimed_at"] or 0.0, SubmissionPolicy(sleep=self._sleep))
+            found = reconcile(
+                self.hook, plan, row["sent_at"] or row["claimed_at"] or 0.0, SubmissionPolicy(sleep=self._sleep)
+            )
             if found is None:
                 log.warning(state_line("copy_reconciled", row, outcome="not_sent"))
                 self._write(row, PENDING, claimed_at=None, plan_json=None, sent_at=None)
             else:
                 log.warning(state_line("copy_reconciled", row, outcome="took_effect"))
                 # The dead engine never recorded the submission: the copy was sent after the claim, once.
-                if self._write(row, SUBMITTED, destination_image_set_id=found.destination_image_set_id,
-                               destination_version_id=found.destination_version_id, next_poll_at=self.clock(),
-                               submitted_at=row["submitted_at"] or row["sent_at"], attempts=(row.get("attempts") or 0) + 1):
+                if self._write(
+                    row,
+                    SUBMITTED,
+                    destination_image_set_id=found.destination_image_set_id,
+                    destination_version_id=found.destination_version_id,
+                    next_poll_at=self.clock(),
+                    submitted_at=row["submitted_at"] or row["sent_at"],
+                    attempts=(row.get("attempts") or 0) + 1,
+                ):
                     self._next_poll[row["id"]] = self.clock()
 
     def _token_due(self) -> float | None:
@@ -289,8 +317,14 @@ class BatchCopyEngine:
             if row["source_image_set_id"] in blocked_sources:
                 continue
             claimed_at = self.clock()
-            if not self.ledger.claim(row["id"], self.owner, datastore_id=row["datastore_id"], claimed_at=claimed_at,
-                                     source_image_set_id=row["source_image_set_id"], max_in_flight=self.settings.max_copies_in_flight):
+            if not self.ledger.claim(
+                row["id"],
+                self.owner,
+                datastore_id=row["datastore_id"],
+                claimed_at=claimed_at,
+                source_image_set_id=row["source_image_set_id"],
+                max_in_flight=self.settings.max_copies_in_flight,
+            ):
                 # The claim checks both guards atomically; only why it failed is looked up here. A guard held
                 # by an owner that died is taken over (and reconciled), so that nothing waits on it for ever.
                 obstacle = self.ledger.claim_obstacle(row, self.settings.max_copies_in_flight)
@@ -336,16 +370,27 @@ class BatchCopyEngine:
             return None
         except ClientError as exc:
             error = exc.response.get("Error", {})
-            self._write(row, FAILED, error_code=error.get("Code", "ClientError"), message=error.get("Message", str(exc)),
-                        completed_at=self.clock())
+            self._write(
+                row,
+                FAILED,
+                error_code=error.get("Code", "ClientError"),
+                message=error.get("Message", str(exc)),
+                completed_at=self.clock(),
+            )
             return None
         except BotoCoreError as exc:
             # The service could not be reached to plan the row: leave it pending for the next step.
             log.warning(state_line("copy_plan_retry", row, error=type(exc).__name__))
             self._write(row, PENDING, claimed_at=None)
             return None
-        if not self._write(row, None, plan_json=json.dumps(plan.to_dict()), source_version_id=plan.source_version_id,
-                           destination_version_id=None, copy_kind=plan.copy_kind):
+        if not self._write(
+            row,
+            None,
+            plan_json=json.dumps(plan.to_dict()),
+            source_version_id=plan.source_version_id,
+            destination_version_id=None,
+            copy_kind=plan.copy_kind,
+        ):
             return None
         # The CopyImageSet client is built now (once per engine), not between the token and the send: building
         # it takes long enough that a send of another engine, paced after this one, would overtake it.
@@ -355,16 +400,25 @@ class BatchCopyEngine:
     def _clear_to_send(self, row: dict[str, Any]) -> None:
         """Right before each CopyImageSet: the lease renewed and the claim re-checked in one transaction, and
         the same copy done or in flight elsewhere in the ledger turns this row into a skip."""
-        clearance = self.ledger.arm_send(row, self.owner, skip_copied=self.settings.skip_already_copied,
-                                         lease_seconds=self.settings.lease_seconds)
+        clearance = self.ledger.arm_send(
+            row, self.owner, skip_copied=self.settings.skip_already_copied, lease_seconds=self.settings.lease_seconds
+        )
         if clearance.send:
             self._renew_at = self.clock() + self.settings.lease_seconds / 4
             return
         self._token_taken_at = None  # the token goes unused: no call to time
         if clearance.reason == "duplicate":
             other = clearance.duplicate_of or {}
-            log.info(state_line("copy_state", row, status=SKIPPED, duplicate_of_run=other.get("run_id"),
-                                duplicate_of_row=other.get("row_number"), duplicate_status=other.get("status")))
+            log.info(
+                state_line(
+                    "copy_state",
+                    row,
+                    status=SKIPPED,
+                    duplicate_of_run=other.get("run_id"),
+                    duplicate_of_row=other.get("row_number"),
+                    duplicate_status=other.get("status"),
+                )
+            )
         else:
             self._drop(row, clearance.reason)
             if clearance.reason == "lease_lost":
@@ -376,21 +430,38 @@ class BatchCopyEngine:
         try:
             # The first send uses the token taken before this call; every resend takes one of its own.
             # Throttled: wait half a quota interval or so (doubling while it lasts), then a token.
-            policy = SubmissionPolicy(max_attempts=self.settings.max_submit_attempts, before_resend=self._take_token,
-                                      before_send=lambda: self._clear_to_send(row), sleep=self._sleep,
-                                      throttle_backoff_base_seconds=0.25 / self.settings.copies_per_second)
+            policy = SubmissionPolicy(
+                max_attempts=self.settings.max_submit_attempts,
+                before_resend=self._take_token,
+                before_send=lambda: self._clear_to_send(row),
+                sleep=self._sleep,
+                throttle_backoff_base_seconds=0.25 / self.settings.copies_per_second,
+            )
             self._copy_client()
             submitted = submit_copy(self.hook, plan, policy)
         except SendCancelled:
             return
         except CopySubmissionError as exc:
-            self._write(row, FAILED, error_code=exc.code, message=exc.message, completed_at=self.clock(),
-                        attempts=(row.get("attempts") or 0) + 1)
+            self._write(
+                row,
+                FAILED,
+                error_code=exc.code,
+                message=exc.message,
+                completed_at=self.clock(),
+                attempts=(row.get("attempts") or 0) + 1,
+            )
             return
-        if self._write(row, SUBMITTED, destination_image_set_id=submitted.destination_image_set_id,
-                       destination_version_id=submitted.destination_version_id, submitted_at=submitted.submitted_at,
-                       attempts=(row.get("attempts") or 0) + submitted.attempts, next_poll_at=self.clock() + 1.0,
-                       plan_json=json.dumps(submitted.plan.to_dict()), source_version_id=submitted.plan.source_version_id):
+        if self._write(
+            row,
+            SUBMITTED,
+            destination_image_set_id=submitted.destination_image_set_id,
+            destination_version_id=submitted.destination_version_id,
+            submitted_at=submitted.submitted_at,
+            attempts=(row.get("attempts") or 0) + submitted.attempts,
+            next_poll_at=self.clock() + 1.0,
+            plan_json=json.dumps(submitted.plan.to_dict()),
+            source_version_id=submitted.plan.source_version_id,
+        ):
             self._next_poll[row["id"]] = self.clock() + 1.0
 
     def _poll_in_flight(self, stop_at: float | None = None) -> float | None:
@@ -414,8 +485,9 @@ class BatchCopyEngine:
                 come_back(stop_at)  # polled right after the send
                 continue
             try:
-                image_set = self.hook.get_image_set(row["datastore_id"], row["destination_image_set_id"],
-                                                    row["destination_version_id"])
+                image_set = self.hook.get_image_set(
+                    row["datastore_id"], row["destination_image_set_id"], row["destination_version_id"]
+                )
             except (ClientError, BotoCoreError) as exc:
                 log.warning(state_line("copy_poll_error", row, error=type(exc).__name__))
                 self._next_poll[row["id"]] = now + interval
@@ -425,7 +497,9 @@ class BatchCopyEngine:
             if workflow == states.COPIED:
                 self._finish(row, image_set)
             elif workflow == states.COPY_FAILED:
-                self._write(row, FAILED, error_code="COPY_FAILED", message=image_set.get("message"), completed_at=self.clock())
+                self._write(
+                    row, FAILED, error_code="COPY_FAILED", message=image_set.get("message"), completed_at=self.clock()
+                )
             else:
                 self._next_poll[row["id"]] = now + interval
                 come_back(now + interval)
@@ -435,16 +509,30 @@ class BatchCopyEngine:
         verified = None
         if self.settings.verify_copies and row.get("plan_json"):
             plan = CopyPlan.from_dict(json.loads(row["plan_json"]))
-            held = self.hook.get_sop_instance_uids(row["datastore_id"], row["destination_image_set_id"],
-                                                   row["destination_version_id"])
+            held = self.hook.get_sop_instance_uids(
+                row["datastore_id"], row["destination_image_set_id"], row["destination_version_id"]
+            )
             expected_count, expected_digest = expected_contents(self.hook, plan, row["destination_version_id"])
             verified = uid_digest(held) == expected_digest
             if not verified:
-                self._write(row, FAILED, error_code="VerificationFailed", verified=False, completed_at=self.clock(),
-                            message=f"the destination holds {len(held)} SOP instances, expected {expected_count}")
+                self._write(
+                    row,
+                    FAILED,
+                    error_code="VerificationFailed",
+                    verified=False,
+                    completed_at=self.clock(),
+                    message=f"the destination holds {len(held)} SOP instances, expected {expected_count}",
+                )
                 return
-        self._write(row, SUCCEEDED, verified=verified, completed_at=self.clock(), error_code=None, message=None,
-                    destination_image_set_arn=image_set.get("imageSetArn"))
+        self._write(
+            row,
+            SUCCEEDED,
+            verified=verified,
+            completed_at=self.clock(),
+            error_code=None,
+            message=None,
+            destination_image_set_arn=image_set.get("imageSetArn"),
+        )
         self._next_poll.pop(row["id"], None)
 
     def _progress(self) -> None:
@@ -460,21 +548,33 @@ class BatchCopyEngine:
         elapsed = max(now - self.started, 1e-6)
         rate = (done - self._done_at_start) / elapsed
         eta = (total - done) / rate if rate > 0 else None
-        log.info("batch %d: %d/%d rows done (%d succeeded, %d failed, %d in flight), %.2f rows/s, ETA %s%s",
-                 self.batch, done, total, counts.get(SUCCEEDED, 0), counts.get(FAILED, 0),
-                 counts.get(SUBMITTED, 0) + counts.get(SUBMITTING, 0), rate,
-                 f"{eta:.0f}s" if eta is not None else "unknown", self._waiting_note())
+        log.info(
+            "batch %d: %d/%d rows done (%d succeeded, %d failed, %d in flight), %.2f rows/s, ETA %s%s",
+            self.batch,
+            done,
+            total,
+            counts.get(SUCCEEDED, 0),
+            counts.get(FAILED, 0),
+            counts.get(SUBMITTED, 0) + counts.get(SUBMITTING, 0),
+            rate,
+            f"{eta:.0f}s" if eta is not None else "unknown",
+            self._waiting_note(),
+        )
 
     def _waiting_note(self) -> str:
-        """"; N rows wait on run R (batch B), whose lease ends at T" for every other owner this batch waits on."""
+        """ "; N rows wait on run R (batch B), whose lease ends at T" for every other owner this batch waits on."""
         notes = []
         for other in self.ledger.waiting_on(self.key, self.owner):
             if other["expires_at"] is None or other["expires_at"] <= time.time():
                 ends = "whose owner's lease has ended (taken over shortly)"
             else:
-                ends = "whose lease ends " + datetime.fromtimestamp(other["expires_at"], timezone.utc).strftime("%H:%M:%S UTC")
-            notes.append(f"{other['rows']} rows wait on copies of run {other['run_id'] or 'unknown'} "
-                         f"(batch {other['batch']}), {ends}")
+                ends = "whose lease ends " + datetime.fromtimestamp(other["expires_at"], timezone.utc).strftime(
+                    "%H:%M:%S UTC"
+                )
+            notes.append(
+                f"{other['rows']} rows wait on copies of run {other['run_id'] or 'unknown'} "
+                f"(batch {other['batch']}), {ends}"
+            )
         return "; " + "; ".join(notes) if notes else ""
 
 
@@ -489,8 +589,16 @@ class RegisteredManifest:
     skipped: int
 
 
-def register_manifest(ledger: Ledger, *, dag_id: str, run_id: str, manifest_uri: str, validated: Any,
-                      batch_size: int, skip_copied: bool = True) -> RegisteredManifest:
+def register_manifest(
+    ledger: Ledger,
+    *,
+    dag_id: str,
+    run_id: str,
+    manifest_uri: str,
+    validated: Any,
+    batch_size: int,
+    skip_copied: bool = True,
+) -> RegisteredManifest:
     """Record every row of a validated manifest for a run: valid rows ``pending`` in batches, invalid
     ones ``rejected`` with their errors, rows copied by an earlier run ``skipped``. Idempotent for a run.
 
@@ -507,16 +615,27 @@ def register_manifest(ledger: Ledger, *, dag_id: str, run_id: str, manifest_uri:
     pending_index = 0
     for row in validated.rows:
         record = {
-            **base, "row_number": row.row, "label": row.label, "datastore_id": row.datastore_id,
-            "source_image_set_id": row.source_image_set_id, "source_version_id": row.source_version_id,
-            "destination_image_set_id": row.destination_image_set_id, "force": row.force,
-            "promote_to_primary": row.promote_to_primary, "copy_key": row.copy_key, "request_json": json.dumps(row.to_dict()),
+            **base,
+            "row_number": row.row,
+            "label": row.label,
+            "datastore_id": row.datastore_id,
+            "source_image_set_id": row.source_image_set_id,
+            "source_version_id": row.source_version_id,
+            "destination_image_set_id": row.destination_image_set_id,
+            "force": row.force,
+            "promote_to_primary": row.promote_to_primary,
+            "copy_key": row.copy_key,
+            "request_json": json.dumps(row.to_dict()),
         }
         previous = already.get(row.copy_key)
         if previous is not None:
-            record.update(status=SKIPPED, destination_image_set_id=previous["destination_image_set_id"],
-                          destination_version_id=previous["destination_version_id"], error_code="AlreadyCopied",
-                          message=f"copied by run {previous['run_id']} (row {previous['row_number']})")
+            record.update(
+                status=SKIPPED,
+                destination_image_set_id=previous["destination_image_set_id"],
+                destination_version_id=previous["destination_version_id"],
+                error_code="AlreadyCopied",
+                message=f"copied by run {previous['run_id']} (row {previous['row_number']})",
+            )
         else:
             if (orphan := orphans.get(row.copy_key)) is not None:
                 takeovers.append((orphan, row.row))
@@ -524,28 +643,49 @@ def register_manifest(ledger: Ledger, *, dag_id: str, run_id: str, manifest_uri:
             pending_index += 1
         records.append(record)
     for row_number, raw, errors in validated.rejected:
-        records.append({
-            **base, "row_number": row_number, "status": REJECTED, "error_code": "InvalidManifestRow",
-            "message": storable_text("; ".join(str(e) for e in errors))[:4000],
-            "label": (str(raw.get("label"))[:256] if raw and raw.get("label") else None),
-            "source_image_set_id": _short_id(raw.get("source_image_set_id")) if raw else None,
-            "datastore_id": _short_id(raw.get("datastore_id")) if raw else None,
-        })
+        records.append(
+            {
+                **base,
+                "row_number": row_number,
+                "status": REJECTED,
+                "error_code": "InvalidManifestRow",
+                "message": storable_text("; ".join(str(e) for e in errors))[:4000],
+                "label": (str(raw.get("label"))[:256] if raw and raw.get("label") else None),
+                "source_image_set_id": _short_id(raw.get("source_image_set_id")) if raw else None,
+                "datastore_id": _short_id(raw.get("datastore_id")) if raw else None,
+            }
+        )
     ledger.record_rows(records)
     if takeovers:
         ids = {r["row_number"]: r["id"] for r in ledger.run_rows(dag_id, run_id, validated.sha256)}
         for orphan, row_number in takeovers:
-            ledger.resume_orphan(orphan, ids[row_number], _RESUMED_COLUMNS, dag_id=dag_id, run_id=run_id,
-                                 row_number=row_number)
+            ledger.resume_orphan(
+                orphan, ids[row_number], _RESUMED_COLUMNS, dag_id=dag_id, run_id=run_id, row_number=row_number
+            )
     counts = ledger.status_counts(dag_id, run_id, validated.sha256)
-    return RegisteredManifest(batches=ledger.open_batches(dag_id, run_id, validated.sha256),
-                              total_rows=validated.total_rows, pending=counts.get(PENDING, 0),
-                              rejected=counts.get(REJECTED, 0), skipped=counts.get(SKIPPED, 0))
+    return RegisteredManifest(
+        batches=ledger.open_batches(dag_id, run_id, validated.sha256),
+        total_rows=validated.total_rows,
+        pending=counts.get(PENDING, 0),
+        rejected=counts.get(REJECTED, 0),
+        skipped=counts.get(SKIPPED, 0),
+    )
 
 
 #: What a run taking over a dead run's copy in flight inherits from its ledger row.
-_RESUMED_COLUMNS = ("status", "plan_json", "claimed_at", "sent_at", "submitted_at", "attempts", "source_version_id",
-                    "copy_kind", "destination_image_set_id", "destination_version_id", "destination_image_set_arn")
+_RESUMED_COLUMNS = (
+    "status",
+    "plan_json",
+    "claimed_at",
+    "sent_at",
+    "submitted_at",
+    "attempts",
+    "source_version_id",
+    "copy_kind",
+    "destination_image_set_id",
+    "destination_version_id",
+    "destination_image_set_arn",
+)
 
 
 def _short_id(value: Any) -> str | None:

@@ -171,30 +171,42 @@ def url_from_connection(conn: Any) -> URL | str:
     conn_type = (conn.conn_type or "").lower()
     if conn_type in ("postgres", "postgresql"):
         if not conn.schema:
-            raise LedgerConnectionError(f"connection {conn_id!r} names no database: write "
-                                        "postgres://user:password@host:5432/<database>")
-        return URL.create("postgresql+psycopg2", username=conn.login or None, password=conn.password or None,
-                          host=conn.host or None, port=conn.port or None, database=conn.schema)
+            raise LedgerConnectionError(
+                f"connection {conn_id!r} names no database: write postgres://user:password@host:5432/<database>"
+            )
+        return URL.create(
+            "postgresql+psycopg2",
+            username=conn.login or None,
+            password=conn.password or None,
+            host=conn.host or None,
+            port=conn.port or None,
+            database=conn.schema,
+        )
     if conn_type == "sqlite":
         return f"sqlite:///{_sqlite_path(conn_id, conn.host or '', conn.schema or '')}"
-    raise LedgerConnectionError(f"connection {conn_id!r} has type {conn.conn_type!r}; use postgres or sqlite, "
-                                "or set extra.sqlalchemy_url")
+    raise LedgerConnectionError(
+        f"connection {conn_id!r} has type {conn.conn_type!r}; use postgres or sqlite, or set extra.sqlalchemy_url"
+    )
 
 
 def _sqlite_path(conn_id: str, host: str, schema: str) -> str:
     """The file of a sqlite connection, from its host or (URI form) its schema; absolute, or an error."""
     form = "write sqlite:////absolute/path/ledger.sqlite3, or set the connection's host to the absolute path"
     if host and host != "localhost" and schema:
-        raise LedgerConnectionError(f"connection {conn_id!r} gives the SQLite file twice (host {host!r} and path "
-                                    f"{schema!r}); {form}")
+        raise LedgerConnectionError(
+            f"connection {conn_id!r} gives the SQLite file twice (host {host!r} and path {schema!r}); {form}"
+        )
     path = "/" + schema.lstrip("/") if host == "localhost" else (host if host else schema)
     if not path or path == ":memory:":
-        raise LedgerConnectionError(f"connection {conn_id!r} names no SQLite file (an in-memory ledger would forget "
-                                    f"every copy when the task ends); {form}")
+        raise LedgerConnectionError(
+            f"connection {conn_id!r} names no SQLite file (an in-memory ledger would forget "
+            f"every copy when the task ends); {form}"
+        )
     path = os.path.expanduser(path)
     if not os.path.isabs(path):
-        raise LedgerConnectionError(f"connection {conn_id!r} names the SQLite file {path!r} relative to each worker's "
-                                    f"directory; {form}")
+        raise LedgerConnectionError(
+            f"connection {conn_id!r} names the SQLite file {path!r} relative to each worker's directory; {form}"
+        )
     return path
 
 
@@ -320,8 +332,12 @@ class BatchKey:
     batch: int
 
     def where(self) -> sa.ColumnElement:
-        return sa.and_(copies.c.dag_id == self.dag_id, copies.c.run_id == self.run_id,
-                       copies.c.manifest_sha256 == self.manifest_sha256, copies.c.batch == self.batch)
+        return sa.and_(
+            copies.c.dag_id == self.dag_id,
+            copies.c.run_id == self.run_id,
+            copies.c.manifest_sha256 == self.manifest_sha256,
+            copies.c.batch == self.batch,
+        )
 
 
 @dataclass(frozen=True)
@@ -366,8 +382,10 @@ class Ledger:
         """Insert rows (one dict per manifest row, ledger column names); existing ones are left alone."""
         now = time.time()
         defaults = {"attempts": 0, "force": False, "promote_to_primary": False}
-        batch = [{**defaults, **{k: v for k, v in row.items() if v is not None or k not in defaults}, "updated_at": now}
-                 for row in rows]
+        batch = [
+            {**defaults, **{k: v for k, v in row.items() if v is not None or k not in defaults}, "updated_at": now}
+            for row in rows
+        ]
         if not batch:
             return 0
         columns = sorted({key for row in batch for key in row})
@@ -375,22 +393,33 @@ class Ledger:
         with self.engine.begin() as db:
             existing = {
                 r.row_number
-                for r in db.execute(sa.select(copies.c.row_number).where(
-                    copies.c.dag_id == batch[0]["dag_id"], copies.c.run_id == batch[0]["run_id"],
-                    copies.c.manifest_sha256 == batch[0]["manifest_sha256"]))
+                for r in db.execute(
+                    sa.select(copies.c.row_number).where(
+                        copies.c.dag_id == batch[0]["dag_id"],
+                        copies.c.run_id == batch[0]["run_id"],
+                        copies.c.manifest_sha256 == batch[0]["manifest_sha256"],
+                    )
+                )
             }
             fresh = [row for row in batch if row["row_number"] not in existing]
             for start in range(0, len(fresh), 5000):
-                db.execute(copies.insert(), fresh[start:start + 5000])
+                db.execute(copies.insert(), fresh[start : start + 5000])
         return len(fresh)
 
     def update(self, dag_id: str, run_id: str, manifest_sha256: str, row_number: int, **changes: Any) -> None:
         """Change one row that no engine holds (a dry run's plan, for example)."""
         changes["updated_at"] = time.time()
         with self.engine.begin() as db:
-            db.execute(copies.update().where(
-                copies.c.dag_id == dag_id, copies.c.run_id == run_id, copies.c.manifest_sha256 == manifest_sha256,
-                copies.c.row_number == row_number).values(**changes))
+            db.execute(
+                copies.update()
+                .where(
+                    copies.c.dag_id == dag_id,
+                    copies.c.run_id == run_id,
+                    copies.c.manifest_sha256 == manifest_sha256,
+                    copies.c.row_number == row_number,
+                )
+                .values(**changes)
+            )
 
     def succeeded_copy_keys(self, keys: Iterable[str]) -> dict[str, dict[str, Any]]:
         """For each copy key already copied successfully (any run), the ledger row that did it."""
@@ -398,22 +427,38 @@ class Ledger:
 
     def orphaned_copy_keys(self, keys: Iterable[str], *, dag_id: str, run_id: str) -> dict[str, dict[str, Any]]:
         """For each copy key in flight in another run whose owner's lease has expired (its engine died), that row."""
-        return self._by_copy_key(keys, copies.c.status.in_(IN_FLIGHT_STATUSES),
-                                 ~sa.and_(copies.c.dag_id == dag_id, copies.c.run_id == run_id), self._no_live_lease())
+        return self._by_copy_key(
+            keys,
+            copies.c.status.in_(IN_FLIGHT_STATUSES),
+            ~sa.and_(copies.c.dag_id == dag_id, copies.c.run_id == run_id),
+            self._no_live_lease(),
+        )
 
     def _by_copy_key(self, keys: Iterable[str], *conditions: Any) -> dict[str, dict[str, Any]]:
         keys = list(keys)
         found: dict[str, dict[str, Any]] = {}
         with self.engine.connect() as db:
             for start in range(0, len(keys), 500):
-                query = (sa.select(copies).select_from(_owner_lease())
-                         .where(copies.c.copy_key.in_(keys[start:start + 500]), *conditions).order_by(copies.c.id))
+                query = (
+                    sa.select(copies)
+                    .select_from(_owner_lease())
+                    .where(copies.c.copy_key.in_(keys[start : start + 500]), *conditions)
+                    .order_by(copies.c.id)
+                )
                 for row in db.execute(query).mappings():
                     found.setdefault(row["copy_key"], dict(row))
         return found
 
-    def resume_orphan(self, orphan: Mapping[str, Any], row_id: int, columns: Iterable[str], *, dag_id: str, run_id: str,
-                      row_number: int) -> bool:
+    def resume_orphan(
+        self,
+        orphan: Mapping[str, Any],
+        row_id: int,
+        columns: Iterable[str],
+        *,
+        dag_id: str,
+        run_id: str,
+        row_number: int,
+    ) -> bool:
         """Move a dead engine's copy in flight into a row of a later run, state and all (one transaction).
 
         The orphan's owner lease is revoked and the orphan row is marked ``skipped`` (resumed by the later
@@ -421,33 +466,61 @@ class Ledger:
         run's engine takes it over and reconciles it. False if its owner turned out to be alive."""
         now = time.time()
         with self.engine.begin() as db:
-            moved = self._seize(db, orphan, status=SKIPPED, claim=None, error_code="ResumedByLaterRun", updated_at=now,
-                                message=f"resumed by run {run_id} (row {row_number})")
+            moved = self._seize(
+                db,
+                orphan,
+                status=SKIPPED,
+                claim=None,
+                error_code="ResumedByLaterRun",
+                updated_at=now,
+                message=f"resumed by run {run_id} (row {row_number})",
+            )
             if moved is None:
                 return False
-            db.execute(copies.update().where(copies.c.id == row_id, copies.c.status == PENDING).values(
-                **{column: orphan[column] for column in columns}, claim=None, next_poll_at=now, updated_at=now))
+            db.execute(
+                copies.update()
+                .where(copies.c.id == row_id, copies.c.status == PENDING)
+                .values(**{column: orphan[column] for column in columns}, claim=None, next_poll_at=now, updated_at=now)
+            )
         return True
 
     def skip_pending(self, dag_id: str, run_id: str, manifest_sha256: str, *, error_code: str, message: str) -> int:
         """Mark a manifest's pending rows skipped (strict mode: nothing is copied, every row accounted for)."""
         with self.engine.begin() as db:
-            return db.execute(copies.update().where(
-                copies.c.dag_id == dag_id, copies.c.run_id == run_id, copies.c.manifest_sha256 == manifest_sha256,
-                copies.c.status == PENDING,
-            ).values(status=SKIPPED, batch=None, error_code=error_code, updated_at=time.time(), message=message)).rowcount
+            return db.execute(
+                copies.update()
+                .where(
+                    copies.c.dag_id == dag_id,
+                    copies.c.run_id == run_id,
+                    copies.c.manifest_sha256 == manifest_sha256,
+                    copies.c.status == PENDING,
+                )
+                .values(status=SKIPPED, batch=None, error_code=error_code, updated_at=time.time(), message=message)
+            ).rowcount
 
     def open_batches(self, dag_id: str, run_id: str, manifest_sha256: str) -> list[int]:
         """The batches of a manifest that still have rows in progress."""
         with self.engine.connect() as db:
-            return sorted(b for (b,) in db.execute(sa.select(copies.c.batch).distinct().where(
-                copies.c.dag_id == dag_id, copies.c.run_id == run_id, copies.c.manifest_sha256 == manifest_sha256,
-                copies.c.status.in_(IN_PROGRESS_STATUSES))) if b is not None)
+            return sorted(
+                b
+                for (b,) in db.execute(
+                    sa.select(copies.c.batch)
+                    .distinct()
+                    .where(
+                        copies.c.dag_id == dag_id,
+                        copies.c.run_id == run_id,
+                        copies.c.manifest_sha256 == manifest_sha256,
+                        copies.c.status.in_(IN_PROGRESS_STATUSES),
+                    )
+                )
+                if b is not None
+            )
 
     # ------------------------------------------------------------------ reading
 
-    def run_rows(self, dag_id: str, run_id: str, manifest_sha256: str | None = None,
-                 batch: int | None = None) -> list[dict[str, Any]]:
+    def run_rows(
+        self, dag_id: str, run_id: str, manifest_sha256: str | None = None, batch: int | None = None
+    ) -> list[dict[str, Any]]:
         """A run's rows (of one manifest, of one batch, when given), in manifest order."""
         conditions = [copies.c.dag_id == dag_id, copies.c.run_id == run_id]
         if manifest_sha256:
@@ -476,9 +549,11 @@ class Ledger:
     def datastore_counts(self, dag_id: str, run_id: str) -> dict[str, dict[str, int]]:
         """Per data store, a run's row counts by status."""
         with self.engine.connect() as db:
-            query = (sa.select(copies.c.datastore_id, copies.c.status, sa.func.count())
-                     .where(copies.c.dag_id == dag_id, copies.c.run_id == run_id, copies.c.datastore_id.is_not(None))
-                     .group_by(copies.c.datastore_id, copies.c.status))
+            query = (
+                sa.select(copies.c.datastore_id, copies.c.status, sa.func.count())
+                .where(copies.c.dag_id == dag_id, copies.c.run_id == run_id, copies.c.datastore_id.is_not(None))
+                .group_by(copies.c.datastore_id, copies.c.status)
+            )
             result: dict[str, dict[str, int]] = {}
             for datastore_id, status, count in db.execute(query):
                 result.setdefault(datastore_id, {})[status] = count
@@ -501,22 +576,49 @@ class Ledger:
     def has_open_rows(self, key: BatchKey, owner: str) -> bool:
         """Whether the batch has rows in progress, or the engine still holds rows in flight (taken over)."""
         with self.engine.connect() as db:
-            return db.execute(sa.select(copies.c.id).where(sa.or_(
-                sa.and_(key.where(), copies.c.status.in_(IN_PROGRESS_STATUSES)),
-                sa.and_(copies.c.claim == owner, copies.c.status.in_(IN_FLIGHT_STATUSES)),
-            )).limit(1)).first() is not None
+            return (
+                db.execute(
+                    sa.select(copies.c.id)
+                    .where(
+                        sa.or_(
+                            sa.and_(key.where(), copies.c.status.in_(IN_PROGRESS_STATUSES)),
+                            sa.and_(copies.c.claim == owner, copies.c.status.in_(IN_FLIGHT_STATUSES)),
+                        )
+                    )
+                    .limit(1)
+                ).first()
+                is not None
+            )
 
     # ------------------------------------------------------------------ leases
 
-    def acquire_lease(self, owner: str, *, dag_id: str | None = None, run_id: str | None = None, batch: int | None = None,
-                      seconds: float = LEASE_SECONDS) -> None:
+    def acquire_lease(
+        self,
+        owner: str,
+        *,
+        dag_id: str | None = None,
+        run_id: str | None = None,
+        batch: int | None = None,
+        seconds: float = LEASE_SECONDS,
+    ) -> None:
         """Start a lease for a new engine id (and forget leases that ended long ago: a claim without a lease
         row counts as one whose lease expired, so deleting them changes nothing but the table's size)."""
         now = db_now(self.engine)
         with self.engine.begin() as db:
             db.execute(leases.delete().where(leases.c.expires_at < now - LEASE_RETENTION_SECONDS))
-            db.execute(leases.insert().values(owner=owner, dag_id=dag_id, run_id=run_id, batch=batch, host=socket.gethostname()[:255],
-                                              pid=os.getpid(), started_at=now, renewed_at=now, expires_at=now + seconds))
+            db.execute(
+                leases.insert().values(
+                    owner=owner,
+                    dag_id=dag_id,
+                    run_id=run_id,
+                    batch=batch,
+                    host=socket.gethostname()[:255],
+                    pid=os.getpid(),
+                    started_at=now,
+                    renewed_at=now,
+                    expires_at=now + seconds,
+                )
+            )
 
     def renew_lease(self, owner: str, seconds: float = LEASE_SECONDS) -> bool:
         """Extend a lease that has not expired; False if it expired or was revoked (the engine lost its rows)."""
@@ -525,8 +627,13 @@ class Ledger:
 
     def _renew(self, db: Any, owner: str, seconds: float) -> bool:
         now = db_now(self.engine)
-        return bool(db.execute(leases.update().where(leases.c.owner == owner, leases.c.expires_at > now)
-                               .values(renewed_at=now, expires_at=now + seconds)).rowcount)
+        return bool(
+            db.execute(
+                leases.update()
+                .where(leases.c.owner == owner, leases.c.expires_at > now)
+                .values(renewed_at=now, expires_at=now + seconds)
+            ).rowcount
+        )
 
     def release_lease(self, owner: str) -> None:
         """End a lease whose engine is done (it holds no row any more)."""
@@ -550,17 +657,21 @@ class Ledger:
         if owner is None:
             return True
         now = db_now(self.engine)
-        revoked = db.execute(leases.update().where(leases.c.owner == owner, leases.c.expires_at <= now)
-                             .values(expires_at=REVOKED)).rowcount
+        revoked = db.execute(
+            leases.update().where(leases.c.owner == owner, leases.c.expires_at <= now).values(expires_at=REVOKED)
+        ).rowcount
         if revoked:
             return True
         return db.execute(sa.select(leases.c.owner).where(leases.c.owner == owner)).first() is None
 
     def orphans(self, key: BatchKey, owner: str) -> list[dict[str, Any]]:
         """The batch's rows in flight held by an engine whose lease has expired (or by none)."""
-        query = (sa.select(copies).select_from(_owner_lease())
-                 .where(key.where(), copies.c.status.in_(IN_FLIGHT_STATUSES), _claim_is_not(owner), self._no_live_lease())
-                 .order_by(copies.c.row_number))
+        query = (
+            sa.select(copies)
+            .select_from(_owner_lease())
+            .where(key.where(), copies.c.status.in_(IN_FLIGHT_STATUSES), _claim_is_not(owner), self._no_live_lease())
+            .order_by(copies.c.row_number)
+        )
         with self.engine.connect() as db:
             return [dict(r) for r in db.execute(query).mappings()]
 
@@ -575,9 +686,20 @@ class Ledger:
         it is in flight; the row as changed, or None (its owner is alive, or someone else seized it first)."""
         if not self._revoke_if_expired(db, row["claim"]):
             return None
-        changed = db.execute(copies.update().where(
-            copies.c.id == row["id"], _claim_is(row["claim"]), copies.c.status.in_(IN_FLIGHT_STATUSES),
-        ).values(**values).returning(*copies.c)).mappings().first()
+        changed = (
+            db.execute(
+                copies.update()
+                .where(
+                    copies.c.id == row["id"],
+                    _claim_is(row["claim"]),
+                    copies.c.status.in_(IN_FLIGHT_STATUSES),
+                )
+                .values(**values)
+                .returning(*copies.c)
+            )
+            .mappings()
+            .first()
+        )
         return dict(changed) if changed else None
 
     def waiting_on(self, key: BatchKey, owner: str) -> list[dict[str, Any]]:
@@ -586,37 +708,79 @@ class Ledger:
         other = copies.alias("other")
         mine = copies.alias("mine")
         holds_mine = sa.and_(other.c.id == mine.c.id, mine.c.status.in_(IN_FLIGHT_STATUSES))
-        holds_source = sa.and_(mine.c.status == PENDING, other.c.status.in_(IN_FLIGHT_STATUSES),
-                               other.c.datastore_id == mine.c.datastore_id,
-                               other.c.source_image_set_id == mine.c.source_image_set_id)
-        query = (sa.select(other.c.claim, leases.c.dag_id, leases.c.run_id, leases.c.batch, leases.c.expires_at,
-                           sa.func.count(sa.distinct(mine.c.id)).label("rows"))
-                 .select_from(mine.join(other, sa.or_(holds_mine, holds_source))
-                              .outerjoin(leases, leases.c.owner == other.c.claim))
-                 .where(mine.c.dag_id == key.dag_id, mine.c.run_id == key.run_id,
-                        mine.c.manifest_sha256 == key.manifest_sha256, mine.c.batch == key.batch,
-                        sa.or_(other.c.claim.is_(None), other.c.claim != owner))
-                 .group_by(other.c.claim, leases.c.dag_id, leases.c.run_id, leases.c.batch, leases.c.expires_at))
+        holds_source = sa.and_(
+            mine.c.status == PENDING,
+            other.c.status.in_(IN_FLIGHT_STATUSES),
+            other.c.datastore_id == mine.c.datastore_id,
+            other.c.source_image_set_id == mine.c.source_image_set_id,
+        )
+        query = (
+            sa.select(
+                other.c.claim,
+                leases.c.dag_id,
+                leases.c.run_id,
+                leases.c.batch,
+                leases.c.expires_at,
+                sa.func.count(sa.distinct(mine.c.id)).label("rows"),
+            )
+            .select_from(
+                mine.join(other, sa.or_(holds_mine, holds_source)).outerjoin(leases, leases.c.owner == other.c.claim)
+            )
+            .where(
+                mine.c.dag_id == key.dag_id,
+                mine.c.run_id == key.run_id,
+                mine.c.manifest_sha256 == key.manifest_sha256,
+                mine.c.batch == key.batch,
+                sa.or_(other.c.claim.is_(None), other.c.claim != owner),
+            )
+            .group_by(other.c.claim, leases.c.dag_id, leases.c.run_id, leases.c.batch, leases.c.expires_at)
+        )
         with self.engine.connect() as db:
             return [dict(r) for r in db.execute(query).mappings()]
 
     # ------------------------------------------------------------------ claimed rows
 
-    def claim(self, row_id: int, owner: str, *, datastore_id: str, source_image_set_id: str, max_in_flight: int,
-              claimed_at: float) -> bool:
+    def claim(
+        self,
+        row_id: int,
+        owner: str,
+        *,
+        datastore_id: str,
+        source_image_set_id: str,
+        max_in_flight: int,
+        claimed_at: float,
+    ) -> bool:
         """Take a pending row, atomically with the checks that guard sending it: the data store's in-flight cap
         and no other copy of the source in flight (two engines checking first and claiming after could both pass)."""
         other = copies.alias("in_flight")
-        in_flight = (sa.select(sa.func.count()).select_from(other)
-                     .where(other.c.status.in_(IN_FLIGHT_STATUSES), other.c.datastore_id == datastore_id).scalar_subquery())
-        source_busy = sa.exists().where(other.c.status.in_(IN_FLIGHT_STATUSES), other.c.datastore_id == datastore_id,
-                                        other.c.source_image_set_id == source_image_set_id)
+        in_flight = (
+            sa.select(sa.func.count())
+            .select_from(other)
+            .where(other.c.status.in_(IN_FLIGHT_STATUSES), other.c.datastore_id == datastore_id)
+            .scalar_subquery()
+        )
+        source_busy = sa.exists().where(
+            other.c.status.in_(IN_FLIGHT_STATUSES),
+            other.c.datastore_id == datastore_id,
+            other.c.source_image_set_id == source_image_set_id,
+        )
         with self.engine.begin() as db:
             if db.dialect.name == "postgresql":  # READ COMMITTED would let two claims count the same rows
-                db.execute(sa.select(sa.func.pg_advisory_xact_lock(sa.func.hashtext(f"healthimaging-claim:{datastore_id}"))))
-            return bool(db.execute(copies.update().where(
-                copies.c.id == row_id, copies.c.status == PENDING, in_flight < max_in_flight, ~source_busy,
-            ).values(status=SUBMITTING, claim=owner, claimed_at=claimed_at, sent_at=None, updated_at=claimed_at)).rowcount)
+                db.execute(
+                    sa.select(sa.func.pg_advisory_xact_lock(sa.func.hashtext(f"healthimaging-claim:{datastore_id}")))
+                )
+            return bool(
+                db.execute(
+                    copies.update()
+                    .where(
+                        copies.c.id == row_id,
+                        copies.c.status == PENDING,
+                        in_flight < max_in_flight,
+                        ~source_busy,
+                    )
+                    .values(status=SUBMITTING, claim=owner, claimed_at=claimed_at, sent_at=None, updated_at=claimed_at)
+                ).rowcount
+            )
 
     def claim_obstacle(self, row: Mapping[str, Any], max_in_flight: int) -> ClaimObstacle:
         """Why :meth:`claim` failed for ``row``, with the orphans (rows whose owner died) standing in the way."""
@@ -624,27 +788,48 @@ class Ledger:
         with self.engine.connect() as db:
             if db.execute(sa.select(copies.c.status).where(copies.c.id == row["id"])).scalar_one() != PENDING:
                 return ClaimObstacle("gone")
-            blocker = db.execute(
-                sa.select(copies, leases.c.expires_at.label("lease_expires_at")).select_from(_owner_lease())
-                .where(in_flight, copies.c.source_image_set_id == row["source_image_set_id"]).limit(1)).mappings().first()
+            blocker = (
+                db.execute(
+                    sa.select(copies, leases.c.expires_at.label("lease_expires_at"))
+                    .select_from(_owner_lease())
+                    .where(in_flight, copies.c.source_image_set_id == row["source_image_set_id"])
+                    .limit(1)
+                )
+                .mappings()
+                .first()
+            )
             if blocker is not None:
-                orphaned = blocker["lease_expires_at"] is None or blocker["lease_expires_at"] <= db.execute(
-                    sa.select(db_now(self.engine))).scalar_one()
+                orphaned = (
+                    blocker["lease_expires_at"] is None
+                    or blocker["lease_expires_at"] <= db.execute(sa.select(db_now(self.engine))).scalar_one()
+                )
                 return ClaimObstacle("source", dict(blocker), (dict(blocker),) if orphaned else ())
             count = db.execute(sa.select(sa.func.count()).select_from(copies).where(in_flight)).scalar_one()
-            orphans = db.execute(sa.select(copies).select_from(_owner_lease())
-                                 .where(in_flight, self._no_live_lease()).limit(max_in_flight)).mappings().all()
+            orphans = (
+                db.execute(
+                    sa.select(copies)
+                    .select_from(_owner_lease())
+                    .where(in_flight, self._no_live_lease())
+                    .limit(max_in_flight)
+                )
+                .mappings()
+                .all()
+            )
         return ClaimObstacle("cap" if count >= max_in_flight else "gone", None, tuple(dict(o) for o in orphans))
 
     def fenced_update(self, row_id: int, owner: str, **changes: Any) -> bool:
         """Change a row only while ``owner`` holds it; False (nothing written) if it does not any more."""
         changes.setdefault("updated_at", time.time())
         with self.engine.begin() as db:
-            return bool(db.execute(copies.update().where(copies.c.id == row_id, copies.c.claim == owner)
-                                   .values(**changes)).rowcount)
+            return bool(
+                db.execute(
+                    copies.update().where(copies.c.id == row_id, copies.c.claim == owner).values(**changes)
+                ).rowcount
+            )
 
-    def arm_send(self, row: Mapping[str, Any], owner: str, *, skip_copied: bool = True,
-                 lease_seconds: float = LEASE_SECONDS) -> SendClearance:
+    def arm_send(
+        self, row: Mapping[str, Any], owner: str, *, skip_copied: bool = True, lease_seconds: float = LEASE_SECONDS
+    ) -> SendClearance:
         """Right before a CopyImageSet: in one transaction, renew the owner's lease and re-check its claim;
         and the same copy (copy key) already succeeded (when ``skip_copied``) or in flight in another row
         of the ledger means this row is skipped (linked to that copy), not sent."""
@@ -653,25 +838,56 @@ class Ledger:
             if not self._renew(db, owner, lease_seconds):
                 return SendClearance(False, "lease_lost")
             if row.get("copy_key"):
-                same = [copies.c.status.in_(IN_FLIGHT_STATUSES)] + ([copies.c.status == SUCCEEDED] if skip_copied else [])
-                duplicate = db.execute(sa.select(copies).where(
-                    copies.c.copy_key == row["copy_key"], copies.c.id != row["id"], sa.or_(*same),
-                ).order_by(copies.c.id).limit(1)).mappings().first()
+                same = [copies.c.status.in_(IN_FLIGHT_STATUSES)] + (
+                    [copies.c.status == SUCCEEDED] if skip_copied else []
+                )
+                duplicate = (
+                    db.execute(
+                        sa.select(copies)
+                        .where(
+                            copies.c.copy_key == row["copy_key"],
+                            copies.c.id != row["id"],
+                            sa.or_(*same),
+                        )
+                        .order_by(copies.c.id)
+                        .limit(1)
+                    )
+                    .mappings()
+                    .first()
+                )
                 if duplicate is not None:
                     duplicate = dict(duplicate)
                     done = duplicate["status"] == SUCCEEDED
-                    skipped = db.execute(copies.update().where(copies.c.id == row["id"], copies.c.claim == owner).values(
-                        status=SKIPPED, claim=None, updated_at=now, completed_at=now, plan_json=None,
-                        error_code="AlreadyCopied" if done else "CopyInFlightElsewhere",
-                        destination_image_set_id=duplicate["destination_image_set_id"],
-                        destination_version_id=duplicate["destination_version_id"],
-                        message=(f"copied by run {duplicate['run_id']} (row {duplicate['row_number']})" if done else
-                                 f"the same copy is in flight in run {duplicate['run_id']} (row {duplicate['row_number']}); "
-                                 "its outcome is that row's"))).rowcount
+                    skipped = db.execute(
+                        copies.update()
+                        .where(copies.c.id == row["id"], copies.c.claim == owner)
+                        .values(
+                            status=SKIPPED,
+                            claim=None,
+                            updated_at=now,
+                            completed_at=now,
+                            plan_json=None,
+                            error_code="AlreadyCopied" if done else "CopyInFlightElsewhere",
+                            destination_image_set_id=duplicate["destination_image_set_id"],
+                            destination_version_id=duplicate["destination_version_id"],
+                            message=(
+                                f"copied by run {duplicate['run_id']} (row {duplicate['row_number']})"
+                                if done
+                                else f"the same copy is in flight in run {duplicate['run_id']} "
+                                f"(row {duplicate['row_number']}); its outcome is that row's"
+                            ),
+                        )
+                    ).rowcount
                     return SendClearance(False, "duplicate" if skipped else "claim_lost", duplicate)
-            armed = db.execute(copies.update().where(
-                copies.c.id == row["id"], copies.c.claim == owner, copies.c.status == SUBMITTING,
-            ).values(sent_at=now, updated_at=now)).rowcount
+            armed = db.execute(
+                copies.update()
+                .where(
+                    copies.c.id == row["id"],
+                    copies.c.claim == owner,
+                    copies.c.status == SUBMITTING,
+                )
+                .values(sent_at=now, updated_at=now)
+            ).rowcount
         return SendClearance(True) if armed else SendClearance(False, "claim_lost")
 
     # ------------------------------------------------------------------ manifests of the scheduled DAG
@@ -684,24 +900,45 @@ class Ledger:
         with self.engine.begin() as db:
             taken = db.execute(sa.select(manifests).where(manifests.c.manifest_uri == manifest_uri)).first()
             if taken is None:
-                db.execute(manifests.insert().values(manifest_uri=manifest_uri, manifest_sha256=manifest_sha256,
-                                                     dag_id=dag_id, run_id=run_id, taken_at=time.time()))
+                db.execute(
+                    manifests.insert().values(
+                        manifest_uri=manifest_uri,
+                        manifest_sha256=manifest_sha256,
+                        dag_id=dag_id,
+                        run_id=run_id,
+                        taken_at=time.time(),
+                    )
+                )
                 return True
             if taken.released_at is None or taken.manifest_sha256 == manifest_sha256:
                 return taken.run_id == run_id and taken.released_at is None
-            retaken = db.execute(manifests.update().where(
-                manifests.c.manifest_uri == manifest_uri, manifests.c.run_id == taken.run_id,
-                manifests.c.released_at.is_not(None)).values(
-                manifest_sha256=manifest_sha256, dag_id=dag_id, run_id=run_id, taken_at=time.time(),
-                released_at=None, failure=None))
+            retaken = db.execute(
+                manifests.update()
+                .where(
+                    manifests.c.manifest_uri == manifest_uri,
+                    manifests.c.run_id == taken.run_id,
+                    manifests.c.released_at.is_not(None),
+                )
+                .values(
+                    manifest_sha256=manifest_sha256,
+                    dag_id=dag_id,
+                    run_id=run_id,
+                    taken_at=time.time(),
+                    released_at=None,
+                    failure=None,
+                )
+            )
             return retaken.rowcount == 1
 
     def release_manifest(self, manifest_uri: str, run_id: str, failure: str) -> None:
         """Give back a manifest the run could not copy (``failure`` says why): a later run takes it again
         once its content changed."""
         with self.engine.begin() as db:
-            db.execute(manifests.update().where(manifests.c.manifest_uri == manifest_uri, manifests.c.run_id == run_id)
-                       .values(released_at=time.time(), failure=failure[:4000]))
+            db.execute(
+                manifests.update()
+                .where(manifests.c.manifest_uri == manifest_uri, manifests.c.run_id == run_id)
+                .values(released_at=time.time(), failure=failure[:4000])
+            )
 
     def manifest_claim(self, manifest_uri: str) -> dict[str, Any] | None:
         """Which run took a manifest, and whether (and why) it was released; None if never taken."""

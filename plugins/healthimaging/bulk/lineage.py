@@ -46,7 +46,9 @@ def dataset(image_set_arn: str, datastore_id: str, image_set_id: str, version_id
     facets: dict[str, Any] = {}
     if version_id is not None:
         facets["version"] = dataset_version_dataset.DatasetVersionDatasetFacet(datasetVersion=str(version_id))
-    return Dataset(namespace=namespace(image_set_arn), name=f"datastore/{datastore_id}/imageset/{image_set_id}", facets=facets)
+    return Dataset(
+        namespace=namespace(image_set_arn), name=f"datastore/{datastore_id}/imageset/{image_set_id}", facets=facets
+    )
 
 
 def copy_lineage(copy: CopyRecord | None):
@@ -90,9 +92,18 @@ def batch_lineage(rows: list[dict[str, Any]], counts: dict[str, int]):
         if row.get("status") != SUCCEEDED or not arn:
             continue
         inputs.append(dataset(arn, row["datastore_id"], row["source_image_set_id"], row.get("source_version_id")))
-        outputs.append(dataset(arn, row["datastore_id"], row["destination_image_set_id"], row.get("destination_version_id")))
-    return OperatorLineage(inputs=inputs, outputs=outputs, run_facets={"healthImagingBulkCopy": HealthImagingBulkCopyRunFacet(
-        succeeded=counts.get(SUCCEEDED, 0), failed=counts.get(FAILED, 0))})
+        outputs.append(
+            dataset(arn, row["datastore_id"], row["destination_image_set_id"], row.get("destination_version_id"))
+        )
+    return OperatorLineage(
+        inputs=inputs,
+        outputs=outputs,
+        run_facets={
+            "healthImagingBulkCopy": HealthImagingBulkCopyRunFacet(
+                succeeded=counts.get(SUCCEEDED, 0), failed=counts.get(FAILED, 0)
+            )
+        },
+    )
 
 
 @attr.define

@@ -18,11 +18,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from healthimaging import bounded_json
+from healthimaging.bulk.manifest_reader import ManifestError, detect_format, read_raw_rows
 from healthimaging.copy import copiable_attributes as ca
 from healthimaging.copy import dicom_uid
 from healthimaging.copy.request import COPY_ARGUMENTS, CopyRequest
 from healthimaging.copy.service_model import pattern
-from healthimaging.bulk.manifest_reader import ManifestError, detect_format, read_raw_rows
 
 #: The manifest columns, in the order a template shows them. ``source_image_set_id`` is required;
 #: ``datastore_id`` is required unless the run gives a default data store.
@@ -84,10 +84,16 @@ class ManifestRow:
         """What makes two rows the same copy: data store, source and version, target and subset."""
         subset = self.copiable_attributes or self.copy_image_set_information or ""
         parts = [
-            self.datastore_id, self.source_image_set_id, self.source_version_id or "latest",
-            self.destination_image_set_id or "new", self.destination_version_id or "latest",
-            ",".join(sorted(self.series_instance_uids)), ",".join(sorted(self.sop_instance_uids)),
-            hashlib.sha256(subset.encode()).hexdigest()[:16], str(self.force), str(self.promote_to_primary),
+            self.datastore_id,
+            self.source_image_set_id,
+            self.source_version_id or "latest",
+            self.destination_image_set_id or "new",
+            self.destination_version_id or "latest",
+            ",".join(sorted(self.series_instance_uids)),
+            ",".join(sorted(self.sop_instance_uids)),
+            hashlib.sha256(subset.encode()).hexdigest()[:16],
+            str(self.force),
+            str(self.promote_to_primary),
         ]
         return "|".join(parts)
 
@@ -115,17 +121,25 @@ class ValidatedManifest:
         return [error for _, _, errors in self.rejected for error in errors]
 
 
-def validate_manifest(data: bytes, name: str = "manifest.csv", *, default_datastore_id: str | None = None) -> ValidatedManifest:
+def validate_manifest(
+    data: bytes, name: str = "manifest.csv", *, default_datastore_id: str | None = None
+) -> ValidatedManifest:
     """Read and validate a whole manifest. Raises ManifestError when the file itself is unusable."""
     result = ValidatedManifest(sha256=hashlib.sha256(data).hexdigest())
     fmt = detect_format(name, data)
     first_seen: dict[str, int] = {}
-    for row, raw, problem in read_raw_rows(data, fmt, columns=COLUMNS, required=REQUIRED_COLUMNS,
-                                           multiline_columns=JSON_COLUMNS):
+    for row, raw, problem in read_raw_rows(
+        data, fmt, columns=COLUMNS, required=REQUIRED_COLUMNS, multiline_columns=JSON_COLUMNS
+    ):
         result.total_rows += 1
         if problem:
-            expected = ("a header naming known columns" if problem.startswith("not read") else
-                        "a UTF-8 line holding one row" if fmt == "csv" else "one JSON object per line")
+            expected = (
+                "a header naming known columns"
+                if problem.startswith("not read")
+                else "a UTF-8 line holding one row"
+                if fmt == "csv"
+                else "one JSON object per line"
+            )
             # The same few problems repeat over thousands of rows: one string each keeps memory flat.
             result.rejected.append((row, {}, [RowError(row, None, sys.intern(problem), expected)]))
             continue
@@ -134,8 +148,14 @@ def validate_manifest(data: bytes, name: str = "manifest.csv", *, default_datast
             key = valid.copy_key
             previous = first_seen.get(key)
             if previous is not None:
-                errors.append(RowError(row, None, f"duplicates row {previous} (same source, version, target and subset)",
-                                       "each copy listed once"))
+                errors.append(
+                    RowError(
+                        row,
+                        None,
+                        f"duplicates row {previous} (same source, version, target and subset)",
+                        "each copy listed once",
+                    )
+                )
             else:
                 first_seen[key] = row
         if errors:
@@ -181,8 +201,11 @@ def _unstorable(value: Any) -> str | None:
 
 
 def _unstorable_reason(character: str) -> str:
-    return "holds a NUL character" if character == "\x00" else \
-        f"holds an unpaired UTF-16 surrogate (U+{ord(character):04X})"
+    return (
+        "holds a NUL character"
+        if character == "\x00"
+        else f"holds an unpaired UTF-16 surrogate (U+{ord(character):04X})"
+    )
 
 
 def _text(value: Any) -> str | None:
@@ -224,7 +247,9 @@ def _boolean(value: Any) -> bool | None:
     return None
 
 
-def validate_row(row: int, raw: dict[str, Any], *, default_datastore_id: str | None = None) -> tuple[ManifestRow | None, list[RowError]]:
+def validate_row(
+    row: int, raw: dict[str, Any], *, default_datastore_id: str | None = None
+) -> tuple[ManifestRow | None, list[RowError]]:
     """A ManifestRow, or None and the errors naming each bad column."""
     errors: list[RowError] = []
 
@@ -272,7 +297,9 @@ def validate_row(row: int, raw: dict[str, Any], *, default_datastore_id: str | N
     destination = identifier("destination_image_set_id")
     destination_version = version("destination_version_id")
     if destination_version and not destination:
-        fail("destination_version_id", "is set without destination_image_set_id", "a destination image set id beside it")
+        fail(
+            "destination_version_id", "is set without destination_image_set_id", "a destination image set id beside it"
+        )
     if source and destination and source == destination:
         fail("destination_image_set_id", "is the source image set", "a different image set, or empty for a new one")
 
@@ -292,24 +319,48 @@ def validate_row(row: int, raw: dict[str, Any], *, default_datastore_id: str | N
         try:
             copiable = ca.to_json(ca.parse_copiable_attributes(copiable, argument="copiable_attributes"))
         except ca.CopyRequestError as exc:
-            fail("copiable_attributes", str(exc).removeprefix("copiable_attributes "), "the copiableAttributes schema as JSON")
+            fail(
+                "copiable_attributes",
+                str(exc).removeprefix("copiable_attributes "),
+                "the copiableAttributes schema as JSON",
+            )
             copiable = None
     information = _text(raw.get("copy_image_set_information"))
     if information is not None:
         try:
             ca.parse_copy_image_set_information(information)
         except ca.CopyRequestError as exc:
-            fail("copy_image_set_information", str(exc).removeprefix("copy_image_set_information "),
-                 "the AWS CLI's --copy-image-set-information JSON")
+            fail(
+                "copy_image_set_information",
+                str(exc).removeprefix("copy_image_set_information "),
+                "the AWS CLI's --copy-image-set-information JSON",
+            )
             information = None
         else:
-            clash = [c for c in ("source_version_id", "destination_image_set_id", "destination_version_id",
-                                 "copiable_attributes", "series_instance_uids", "sop_instance_uids") if _text(raw.get(c))]
+            clash = [
+                c
+                for c in (
+                    "source_version_id",
+                    "destination_image_set_id",
+                    "destination_version_id",
+                    "copiable_attributes",
+                    "series_instance_uids",
+                    "sop_instance_uids",
+                )
+                if _text(raw.get(c))
+            ]
             if clash:
-                fail("copy_image_set_information", f"is given together with {', '.join(clash)}",
-                     "either copy_image_set_information or the separate columns")
+                fail(
+                    "copy_image_set_information",
+                    f"is given together with {', '.join(clash)}",
+                    "either copy_image_set_information or the separate columns",
+                )
     if copiable and (uid_lists["series_instance_uids"] or uid_lists["sop_instance_uids"]):
-        fail("copiable_attributes", "is given together with series_instance_uids/sop_instance_uids", "one way to name the subset")
+        fail(
+            "copiable_attributes",
+            "is given together with series_instance_uids/sop_instance_uids",
+            "one way to name the subset",
+        )
 
     flags = {}
     for column in ("force", "promote_to_primary"):
@@ -323,11 +374,19 @@ def validate_row(row: int, raw: dict[str, Any], *, default_datastore_id: str | N
     if errors:
         return None, errors
     return ManifestRow(
-        row=row, datastore_id=datastore_id, source_image_set_id=source, source_version_id=source_version,
-        destination_image_set_id=destination, destination_version_id=destination_version,
-        series_instance_uids=uid_lists["series_instance_uids"], sop_instance_uids=uid_lists["sop_instance_uids"],
-        copiable_attributes=copiable, copy_image_set_information=information, force=flags["force"],
-        promote_to_primary=flags["promote_to_primary"], label=label,
+        row=row,
+        datastore_id=datastore_id,
+        source_image_set_id=source,
+        source_version_id=source_version,
+        destination_image_set_id=destination,
+        destination_version_id=destination_version,
+        series_instance_uids=uid_lists["series_instance_uids"],
+        sop_instance_uids=uid_lists["sop_instance_uids"],
+        copiable_attributes=copiable,
+        copy_image_set_information=information,
+        force=flags["force"],
+        promote_to_primary=flags["promote_to_primary"],
+        label=label,
     ), []
 
 

@@ -56,8 +56,10 @@ def check_size(size: int, max_bytes: int | None = None) -> None:
     read when its size is known first."""
     max_bytes = MAX_MANIFEST_BYTES if max_bytes is None else max_bytes
     if size > max_bytes:
-        raise ManifestError(f"the manifest is {size:,} bytes; a manifest holds at most {max_bytes:,} bytes. "
-                            "Split it into several manifests.")
+        raise ManifestError(
+            f"the manifest is {size:,} bytes; a manifest holds at most {max_bytes:,} bytes. "
+            "Split it into several manifests."
+        )
 
 
 def physical_lines(data: bytes) -> Iterator[tuple[int, str | None, str | None]]:
@@ -70,8 +72,9 @@ def physical_lines(data: bytes) -> Iterator[tuple[int, str | None, str | None]]:
     start = len(_BOM) if data.startswith(_BOM) else 0
     for number, match in enumerate(_LINE.finditer(data, start), start=1):
         if number > MAX_LINES:
-            raise ManifestError(f"line {number:,}: the manifest has more than {MAX_LINES:,} lines; split it into "
-                                "several manifests")
+            raise ManifestError(
+                f"line {number:,}: the manifest has more than {MAX_LINES:,} lines; split it into several manifests"
+            )
         raw = match.group().rstrip(b"\r\n")
         if len(raw) > MAX_LINE_BYTES:
             yield number, None, f"line {number} is {len(raw):,} bytes long (at most {MAX_LINE_BYTES:,})"
@@ -79,7 +82,11 @@ def physical_lines(data: bytes) -> Iterator[tuple[int, str | None, str | None]]:
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
-            yield number, None, f"line {number} is not valid UTF-8 (byte 0x{raw[exc.start]:02x} at position {exc.start})"
+            yield (
+                number,
+                None,
+                f"line {number} is not valid UTF-8 (byte 0x{raw[exc.start]:02x} at position {exc.start})",
+            )
             continue
         if "\x00" in text:
             yield number, None, f"line {number} holds a NUL character (at position {text.index(chr(0))})"
@@ -87,8 +94,14 @@ def physical_lines(data: bytes) -> Iterator[tuple[int, str | None, str | None]]:
         yield number, text, None
 
 
-def read_raw_rows(data: bytes, fmt: str, *, columns: Collection[str], required: Collection[str] = (),
-                  multiline_columns: Collection[str] = ()) -> Iterator[tuple[int, dict[str, Any] | None, str | None]]:
+def read_raw_rows(
+    data: bytes,
+    fmt: str,
+    *,
+    columns: Collection[str],
+    required: Collection[str] = (),
+    multiline_columns: Collection[str] = (),
+) -> Iterator[tuple[int, dict[str, Any] | None, str | None]]:
     """(row number, raw row, problem) for each data row; raises :class:`ManifestError` for the file.
 
     ``columns`` are the known CSV columns; only ``multiline_columns`` (JSON documents) may span lines.
@@ -96,7 +109,9 @@ def read_raw_rows(data: bytes, fmt: str, *, columns: Collection[str], required: 
     rows = _jsonl_rows(data) if fmt == "jsonl" else _csv_rows(data, columns, required, multiline_columns)
     for row, raw, problem in rows:
         if row > MAX_ROWS:
-            raise ManifestError(f"row {row:,}: the manifest has more than {MAX_ROWS:,} rows; split it into several manifests")
+            raise ManifestError(
+                f"row {row:,}: the manifest has more than {MAX_ROWS:,} rows; split it into several manifests"
+            )
         yield row, raw, problem
 
 
@@ -120,8 +135,9 @@ def _jsonl_rows(data: bytes) -> Iterator[tuple[int, dict[str, Any] | None, str |
         yield row, value, None
 
 
-def _csv_rows(data: bytes, columns: Collection[str], required: Collection[str],
-              multiline_columns: Collection[str]) -> Iterator[tuple[int, dict[str, Any] | None, str | None]]:
+def _csv_rows(
+    data: bytes, columns: Collection[str], required: Collection[str], multiline_columns: Collection[str]
+) -> Iterator[tuple[int, dict[str, Any] | None, str | None]]:
     unreadable: list[str] = []  # the problems of the lines the parser has consumed since the last record
 
     def lines() -> Iterator[str]:
@@ -146,8 +162,10 @@ def _csv_rows(data: bytes, columns: Collection[str], required: Collection[str],
         except StopIteration:
             return
         except csv.Error as exc:
-            raise ManifestError(f"line {last_line + 1}: {exc}; a quoted field probably opens on this line and never "
-                                "closes. Close the quote (write a quote inside a field as two quotes)") from None
+            raise ManifestError(
+                f"line {last_line + 1}: {exc}; a quoted field probably opens on this line and never "
+                "closes. Close the quote (write a quote inside a field as two quotes)"
+            ) from None
         first_line, last_line = last_line + 1, reader.line_num
         problems, unreadable[:] = list(unreadable), []
         if last_line > first_line:
@@ -156,8 +174,11 @@ def _csv_rows(data: bytes, columns: Collection[str], required: Collection[str],
             continue
         if header is None:
             header = [cell.strip() for cell in record]
-            problem = (f"the CSV header cannot be read ({problems[0]})" if problems
-                       else _header_problem(header, columns, required, first_line))
+            problem = (
+                f"the CSV header cannot be read ({problems[0]})"
+                if problems
+                else _header_problem(header, columns, required, first_line)
+            )
             header_problem = f"not read: {problem}" if problem else None
             continue
         row += 1
@@ -171,8 +192,9 @@ def _csv_rows(data: bytes, columns: Collection[str], required: Collection[str],
             yield row, dict(zip(header, record)), None
 
 
-def _refuse_stray_multiline(record: list[str], header: list[str] | None, first_line: int, last_line: int,
-                            multiline_columns: Collection[str]) -> None:
+def _refuse_stray_multiline(
+    record: list[str], header: list[str] | None, first_line: int, last_line: int, multiline_columns: Collection[str]
+) -> None:
     """A record spanning lines is kept only if each cell spanning lines is a JSON column holding JSON."""
     for index, cell in enumerate(record):
         if "\n" not in cell:
@@ -184,19 +206,27 @@ def _refuse_stray_multiline(record: list[str], header: list[str] | None, first_l
                 continue
             except ValueError:
                 pass
-        where = f"field {index + 1}" if not column else \
-            f"column {column}" if column.isidentifier() else f"column {_shorten(repr(column), 40)}"
+        where = (
+            f"field {index + 1}"
+            if not column
+            else f"column {column}"
+            if column.isidentifier()
+            else f"column {_shorten(repr(column), 40)}"
+        )
         raise ManifestError(
             f"line {first_line}: a quoted field ({where}) opens on this line and runs to line {last_line}, taking "
             f"{last_line - first_line} following lines with it; a stray quote? Close it, or write a quote inside a "
-            "field as two quotes. Only JSON columns may span lines.")
+            "field as two quotes. Only JSON columns may span lines."
+        )
 
 
 def _header_problem(header: list[str], columns: Collection[str], required: Collection[str], line: int) -> str | None:
     """What is wrong with a CSV header (every row is then rejected with it), or None; linear in its size."""
     if len(header) > MAX_COLUMNS:
-        raise ManifestError(f"line {line}: the CSV header has {len(header):,} columns; a manifest has at most "
-                            f"{MAX_COLUMNS} (the columns are {', '.join(columns)})")
+        raise ManifestError(
+            f"line {line}: the CSV header has {len(header):,} columns; a manifest has at most "
+            f"{MAX_COLUMNS} (the columns are {', '.join(columns)})"
+        )
     unknown = [h for h in header if h not in columns]
     if unknown:
         return f"the header has unknown columns {_names(unknown)} (the columns are {', '.join(columns)})"

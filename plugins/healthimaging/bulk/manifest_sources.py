@@ -22,17 +22,22 @@ def list_manifests(location: str, aws_conn_id: str | None = "aws_default") -> li
     if storage.is_s3(location):
         from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
-        bucket, _, prefix = location[len("s3://"):].partition("/")
+        bucket, _, prefix = location[len("s3://") :].partition("/")
         keys = S3Hook(aws_conn_id=aws_conn_id).list_keys(bucket_name=bucket, prefix=prefix) or []
-        return sorted(f"s3://{bucket}/{key}" for key in keys
-                      if key.lower().endswith(MANIFEST_SUFFIXES) and "healthimaging-report-" not in key)
+        return sorted(
+            f"s3://{bucket}/{key}"
+            for key in keys
+            if key.lower().endswith(MANIFEST_SUFFIXES) and "healthimaging-report-" not in key
+        )
     folder = Path(location).expanduser()
     if not folder.is_dir():
         raise FileNotFoundError(f"manifest folder {location} does not exist on this worker")
     return sorted(str(p) for p in folder.iterdir() if p.is_file() and p.suffix.lower() in MANIFEST_SUFFIXES)
 
 
-def search_rows(hook: HealthImagingHook, datastore_id: str, kind: str, start: datetime, end: datetime) -> list[dict[str, Any]]:
+def search_rows(
+    hook: HealthImagingHook, datastore_id: str, kind: str, start: datetime, end: datetime
+) -> list[dict[str, Any]]:
     """Manifest rows for the image sets a search filter selects in ``[start, end)``.
 
     ``non_primary_updated``: every non-primary image set updated in the interval, copied and promoted
@@ -49,23 +54,27 @@ def search_rows(hook: HealthImagingHook, datastore_id: str, kind: str, start: da
         for summary in page["imageSetsMetadataSummaries"]:
             if summary["updatedAt"] >= end:  # BETWEEN is inclusive; the interval's end belongs to the next one
                 continue
-            rows.append({
-                "datastore_id": datastore_id,
-                "source_image_set_id": summary["imageSetId"],
-                "source_version_id": str(summary["version"]),
-                "promote_to_primary": kind == "non_primary_updated",
-                "label": f"scheduled:{kind}",
-            })
+            rows.append(
+                {
+                    "datastore_id": datastore_id,
+                    "source_image_set_id": summary["imageSetId"],
+                    "source_version_id": str(summary["version"]),
+                    "promote_to_primary": kind == "non_primary_updated",
+                    "label": f"scheduled:{kind}",
+                }
+            )
     return rows
 
 
-def write_generated(location: str, name: str, rows: list[dict[str, Any]], aws_conn_id: str | None = "aws_default") -> str:
+def write_generated(
+    location: str, name: str, rows: list[dict[str, Any]], aws_conn_id: str | None = "aws_default"
+) -> str:
     """Write rows as a JSON Lines manifest under ``<location>/generated/``; returns its URI."""
     body = "".join(json.dumps(row, sort_keys=True) + "\n" for row in rows)
     if storage.is_s3(location):
         from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
-        bucket, _, prefix = location[len("s3://"):].partition("/")
+        bucket, _, prefix = location[len("s3://") :].partition("/")
         key = f"{prefix.rstrip('/')}/{GENERATED_FOLDER}/{name}".lstrip("/")
         S3Hook(aws_conn_id=aws_conn_id).load_string(body, key=key, bucket_name=bucket, replace=True)
         return f"s3://{bucket}/{key}"

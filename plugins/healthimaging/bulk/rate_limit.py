@@ -21,8 +21,14 @@ from healthimaging.bulk.settings import DEFAULT_BURST, DEFAULT_COPIES_PER_SECOND
 class SharedTokenBucket:
     """A token bucket in a database row: ``rate`` tokens a second, at most ``burst`` stored."""
 
-    def __init__(self, engine: Engine, name: str, rate: float = DEFAULT_COPIES_PER_SECOND, burst: float = DEFAULT_BURST,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        name: str,
+        rate: float = DEFAULT_COPIES_PER_SECOND,
+        burst: float = DEFAULT_BURST,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         if rate <= 0 or burst < 1:
             raise ValueError(f"rate must be > 0 and burst >= 1, got rate={rate}, burst={burst}")
         self.engine = engine
@@ -42,8 +48,11 @@ class SharedTokenBucket:
             if row is None:
                 try:
                     now = db.execute(sa.select(self._now())).scalar_one()
-                    db.execute(buckets.insert().values(name=self.name, tokens=self.burst, stamp=now, rate=self.rate,
-                                                       burst=self.burst))
+                    db.execute(
+                        buckets.insert().values(
+                            name=self.name, tokens=self.burst, stamp=now, rate=self.rate, burst=self.burst
+                        )
+                    )
                 except sa.exc.IntegrityError:  # another worker created it first
                     pass
             elif (row.rate, row.burst) != (self.rate, self.burst):
@@ -67,8 +76,11 @@ class SharedTokenBucket:
                 self.taken_stamp = taken.stamp
                 return 0.0
             ahead = sa.case((buckets.c.stamp > now, buckets.c.stamp - now), else_=0.0)  # pushed back: see push_back
-            row = db.execute(sa.select(available.label("available"), ahead.label("ahead"), buckets.c.rate)
-                             .where(buckets.c.name == self.name)).one()
+            row = db.execute(
+                sa.select(available.label("available"), ahead.label("ahead"), buckets.c.rate).where(
+                    buckets.c.name == self.name
+                )
+            ).one()
         # A millisecond over the exact time: a wake-up at the exact time can find 0.9999999 of a token.
         return row.ahead + max((1.0 - row.available) / row.rate, 0.0) + 0.001
 
@@ -84,8 +96,11 @@ class SharedTokenBucket:
         if stamp is None or seconds <= 0:
             return
         with self.engine.begin() as db:
-            db.execute(buckets.update().where(buckets.c.name == self.name, buckets.c.stamp == stamp)
-                       .values(stamp=buckets.c.stamp + seconds))
+            db.execute(
+                buckets.update()
+                .where(buckets.c.name == self.name, buckets.c.stamp == stamp)
+                .values(stamp=buckets.c.stamp + seconds)
+            )
 
     def acquire(self, timeout: float | None = None) -> float:
         """Wait for a token; returns the seconds waited. Raises TimeoutError after ``timeout`` seconds."""

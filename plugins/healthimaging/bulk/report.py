@@ -23,13 +23,32 @@ from typing import Any
 from healthimaging.bulk.ledger import FAILED, PLANNED, REJECTED, SKIPPED, SUCCEEDED
 
 CSV_COLUMNS = (
-    "row_number", "label", "datastore_id", "source_image_set_id", "source_version_id", "destination_image_set_id",
-    "destination_version_id", "copy_kind", "force", "promote_to_primary", "status", "error_code", "message", "attempts",
-    "submitted_at", "completed_at", "verified",
+    "row_number",
+    "label",
+    "datastore_id",
+    "source_image_set_id",
+    "source_version_id",
+    "destination_image_set_id",
+    "destination_version_id",
+    "copy_kind",
+    "force",
+    "promote_to_primary",
+    "status",
+    "error_code",
+    "message",
+    "attempts",
+    "submitted_at",
+    "completed_at",
+    "verified",
 )
 #: The CSV file of each status.
-OUTCOME_FILES = {SUCCEEDED: "succeeded.csv", FAILED: "failed.csv", REJECTED: "rejected.csv", SKIPPED: "skipped.csv",
-                 PLANNED: "plan.csv"}
+OUTCOME_FILES = {
+    SUCCEEDED: "succeeded.csv",
+    FAILED: "failed.csv",
+    REJECTED: "rejected.csv",
+    SKIPPED: "skipped.csv",
+    PLANNED: "plan.csv",
+}
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -38,17 +57,35 @@ def percentile(values: list[float], q: float) -> float | None:
         return None
     if len(values) == 1:
         return values[0]
-    return statistics.quantiles(values, n=100, method="inclusive")[max(0, min(98, round(q) - 1))] if q < 100 else max(values)
+    return (
+        statistics.quantiles(values, n=100, method="inclusive")[max(0, min(98, round(q) - 1))]
+        if q < 100
+        else max(values)
+    )
 
 
-def summarize(rows: list[dict[str, Any]], *, dag_id: str, run_id: str, manifest_uri: str, manifest_sha256: str,
-              total_rows: int, dry_run: bool = False, tolerated_failure_percent: float = 0.0) -> dict[str, Any]:
+def summarize(
+    rows: list[dict[str, Any]],
+    *,
+    dag_id: str,
+    run_id: str,
+    manifest_uri: str,
+    manifest_sha256: str,
+    total_rows: int,
+    dry_run: bool = False,
+    tolerated_failure_percent: float = 0.0,
+) -> dict[str, Any]:
     """The content of report.json."""
     counts = Counter(row["status"] for row in rows)
-    latencies = sorted(row["completed_at"] - row["submitted_at"] for row in rows
-                       if row["status"] == SUCCEEDED and row.get("completed_at") and row.get("submitted_at"))
+    latencies = sorted(
+        row["completed_at"] - row["submitted_at"]
+        for row in rows
+        if row["status"] == SUCCEEDED and row.get("completed_at") and row.get("submitted_at")
+    )
     submitted = [row["submitted_at"] for row in rows if row.get("submitted_at")]
-    completed = [row["completed_at"] for row in rows if row.get("completed_at") and row["status"] in (SUCCEEDED, FAILED)]
+    completed = [
+        row["completed_at"] for row in rows if row.get("completed_at") and row["status"] in (SUCCEEDED, FAILED)
+    ]
     span = (max(completed) - min(submitted)) if submitted and completed else None
     attempted = counts[SUCCEEDED] + counts[FAILED] + counts[PLANNED]  # a dry run attempts a plan for each row
     failure_percent = 100.0 * counts[FAILED] / attempted if attempted else 0.0
@@ -59,9 +96,13 @@ def summarize(rows: list[dict[str, Any]], *, dag_id: str, run_id: str, manifest_
         "manifest": {"uri": manifest_uri, "sha256": manifest_sha256, "rows": total_rows},
         "dryRun": dry_run,
         "counts": {
-            "succeeded": counts[SUCCEEDED], "failed": counts[FAILED], "rejected": counts[REJECTED],
-            "skipped": counts[SKIPPED], "planned": counts[PLANNED],
-            "unfinished": len(rows) - accounted, "accountedFor": accounted,
+            "succeeded": counts[SUCCEEDED],
+            "failed": counts[FAILED],
+            "rejected": counts[REJECTED],
+            "skipped": counts[SKIPPED],
+            "planned": counts[PLANNED],
+            "unfinished": len(rows) - accounted,
+            "accountedFor": accounted,
         },
         "allRowsAccountedFor": accounted == total_rows,
         "failurePercent": round(failure_percent, 3),
@@ -72,8 +113,10 @@ def summarize(rows: list[dict[str, Any]], *, dag_id: str, run_id: str, manifest_
             "wallSeconds": round(span, 3) if span else None,
         },
         "latencySeconds": {
-            "p50": _round(percentile(latencies, 50)), "p90": _round(percentile(latencies, 90)),
-            "p99": _round(percentile(latencies, 99)), "max": _round(max(latencies) if latencies else None),
+            "p50": _round(percentile(latencies, 50)),
+            "p90": _round(percentile(latencies, 90)),
+            "p99": _round(percentile(latencies, 99)),
+            "max": _round(max(latencies) if latencies else None),
         },
         "errors": dict(Counter(row["error_code"] or "Unknown" for row in rows if row["status"] in (FAILED, REJECTED))),
     }

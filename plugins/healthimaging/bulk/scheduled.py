@@ -16,10 +16,10 @@ from typing import Any
 from sqlalchemy import exc as sa_exc
 
 from healthimaging.bulk import storage
-from healthimaging.bulk.run import BulkCopyRunError, prepare
 from healthimaging.bulk.ledger import Ledger
 from healthimaging.bulk.manifest import storable_text
 from healthimaging.bulk.manifest_reader import MAX_MANIFEST_BYTES, ManifestError
+from healthimaging.bulk.run import BulkCopyRunError, prepare
 
 log = logging.getLogger(__name__)
 
@@ -47,12 +47,14 @@ def isolated(uri: str, step: Callable[[], Any]) -> tuple[Any, dict[str, str] | N
         return None, failure_entry(uri, error)
 
 
-def take_manifests(ledger: Ledger, candidates: Iterable[str], *, dag_id: str, run_id: str,
-                   aws_conn_id: str | None) -> list[dict[str, str]]:
+def take_manifests(
+    ledger: Ledger, candidates: Iterable[str], *, dag_id: str, run_id: str, aws_conn_id: str | None
+) -> list[dict[str, str]]:
     """The candidates this run takes (``{"manifest_uri"}``) and those it could not read (``{.., "error"}``);
     manifests another run took, or released and unchanged since, are left out."""
     entries = []
     for uri in candidates:
+
         def take(uri: str = uri) -> bool:
             digest = hashlib.sha256(storage.read_bytes(uri, aws_conn_id, max_bytes=MAX_MANIFEST_BYTES)).hexdigest()
             return ledger.take_manifest(uri, digest, dag_id, run_id)
@@ -65,8 +67,9 @@ def take_manifests(ledger: Ledger, candidates: Iterable[str], *, dag_id: str, ru
     return entries
 
 
-def prepare_manifests(ledger: Ledger, manifests: Iterable[dict[str, str]], *, dag_id: str, run_id: str,
-                      params: dict[str, Any]) -> list[dict[str, Any]]:
+def prepare_manifests(
+    ledger: Ledger, manifests: Iterable[dict[str, str]], *, dag_id: str, run_id: str, params: dict[str, Any]
+) -> list[dict[str, Any]]:
     """Prepare each taken manifest (see :func:`~healthimaging.bulk.run.prepare`); a manifest that fails is
     released and reported, the others go on."""
     prepared = []
@@ -75,8 +78,9 @@ def prepare_manifests(ledger: Ledger, manifests: Iterable[dict[str, str]], *, da
             prepared.append({**entry, "batches": []})
             continue
         uri = entry["manifest_uri"]
-        result, failure = isolated(uri, lambda uri=uri: prepare(ledger, dag_id=dag_id, run_id=run_id, params=params,
-                                                                manifest_uri=uri))
+        result, failure = isolated(
+            uri, lambda uri=uri: prepare(ledger, dag_id=dag_id, run_id=run_id, params=params, manifest_uri=uri)
+        )
         if failure is not None:
             ledger.release_manifest(uri, run_id, failure["error"])
             prepared.append({**failure, "batches": []})

@@ -19,8 +19,11 @@ DEFAULT_BURST = 1.0
 SERVICE_MAX_COPIES_IN_FLIGHT = 100
 #: Field names of settings from before they were named like the Params (a trigger deferred before the
 #: rename carries them in its kwargs).
-RENAMED = {"max_in_flight": "max_copies_in_flight", "poll_interval": "poll_interval_seconds",
-           "progress_interval": "progress_interval_seconds"}
+RENAMED = {
+    "max_in_flight": "max_copies_in_flight",
+    "poll_interval": "poll_interval_seconds",
+    "progress_interval": "progress_interval_seconds",
+}
 
 
 def setting(default: Any, title: str, description: str | None = None, **schema: Any) -> Any:
@@ -33,24 +36,40 @@ class BulkCopySettings:
     """How the engine copies; JSON-serializable (it travels in the trigger's kwargs)."""
 
     copies_per_second: float = setting(
-        DEFAULT_COPIES_PER_SECOND, "CopyImageSet rate limit (per second)",
+        DEFAULT_COPIES_PER_SECOND,
+        "CopyImageSet rate limit (per second)",
         "Shared by every worker and run. AWS's default quota is 0.25/s (900 an hour).",
-        type="number", exclusiveMinimum=0, maximum=100)
+        type="number",
+        exclusiveMinimum=0,
+        maximum=100,
+    )
     burst: float = setting(DEFAULT_BURST, "Rate limit burst", type="number", minimum=1, maximum=100)
     max_copies_in_flight: int = setting(
-        20, "Max copies in flight", "Per data store, across the deployment (the service allows 100).",
-        type="integer", minimum=1, maximum=SERVICE_MAX_COPIES_IN_FLIGHT)
+        20,
+        "Max copies in flight",
+        "Per data store, across the deployment (the service allows 100).",
+        type="integer",
+        minimum=1,
+        maximum=SERVICE_MAX_COPIES_IN_FLIGHT,
+    )
     skip_already_copied: bool = setting(
-        True, "Skip rows already copied", "Rows an earlier run copied (same source, version and target) are skipped.",
-        type="boolean")
+        True,
+        "Skip rows already copied",
+        "Rows an earlier run copied (same source, version and target) are skipped.",
+        type="boolean",
+    )
     verify_copies: bool = setting(
-        True, "Verify copies", "Check that each destination holds exactly the SOP instances meant to be copied.",
-        type="boolean")
+        True,
+        "Verify copies",
+        "Check that each destination holds exactly the SOP instances meant to be copied.",
+        type="boolean",
+    )
     aws_conn_id: str = setting("aws_default", "AWS connection id", type="string", minLength=1)
     region_name: str | None = setting(None, "AWS region", "Empty: the connection's region.", type="string")
     poll_interval_seconds: float = setting(5.0, "Poll interval (seconds)", type="number", minimum=0.1, maximum=300)
-    progress_interval_seconds: float = setting(30.0, "Progress log interval (seconds)", type="number", minimum=1,
-                                               maximum=3600)
+    progress_interval_seconds: float = setting(
+        30.0, "Progress log interval (seconds)", type="number", minimum=1, maximum=3600
+    )
     rate_limit_name: str = "CopyImageSet"
     max_submit_attempts: int = 8
     #: ``[healthimaging] lease_seconds`` (``AIRFLOW__HEALTHIMAGING__LEASE_SECONDS``), not a Param.
@@ -69,8 +88,10 @@ class BulkCopySettings:
         """The engine's settings from a run's params; the lease length from ``[healthimaging] lease_seconds``."""
         from airflow.sdk.configuration import conf
 
-        return cls(**values_from(cls, params),
-                   lease_seconds=conf.getfloat("healthimaging", "lease_seconds", fallback=LEASE_SECONDS))
+        return cls(
+            **values_from(cls, params),
+            lease_seconds=conf.getfloat("healthimaging", "lease_seconds", fallback=LEASE_SECONDS),
+        )
 
 
 @dataclass
@@ -78,22 +99,41 @@ class BulkRunOptions:
     """What a run does with its manifest, besides how the engine copies."""
 
     default_datastore_id: str | None = setting(
-        None, "Default data store id", "Used for rows whose datastore_id is empty.", type="string",
-        pattern=anchored("DatastoreId", empty_allowed=True))
-    dry_run: bool = setting(False, "Dry run", "Check every row against the data store and write the plan; copy nothing.",
-                            type="boolean")
-    strict: bool = setting(False, "Strict", "Fail the run before copying if any manifest row is invalid.",
-                           type="boolean")
+        None,
+        "Default data store id",
+        "Used for rows whose datastore_id is empty.",
+        type="string",
+        pattern=anchored("DatastoreId", empty_allowed=True),
+    )
+    dry_run: bool = setting(
+        False, "Dry run", "Check every row against the data store and write the plan; copy nothing.", type="boolean"
+    )
+    strict: bool = setting(
+        False, "Strict", "Fail the run before copying if any manifest row is invalid.", type="boolean"
+    )
     tolerated_failure_percent: float = setting(
-        0.0, "Tolerated failure percent", "The run fails if a larger share of attempted copies fails.",
-        type="number", minimum=0, maximum=100)
+        0.0,
+        "Tolerated failure percent",
+        "The run fails if a larger share of attempted copies fails.",
+        type="number",
+        minimum=0,
+        maximum=100,
+    )
     batch_size: int = setting(
-        250, "Rows per batch", "Each batch is one task instance (raised automatically to keep batches under 500).",
-        type="integer", minimum=1, maximum=100_000)
+        250,
+        "Rows per batch",
+        "Each batch is one task instance (raised automatically to keep batches under 500).",
+        type="integer",
+        minimum=1,
+        maximum=100_000,
+    )
     report_folder: str | None = setting(
-        None, "Report folder", "A folder inside the report root ([healthimaging] report_folder, default "
-                               "$AIRFLOW_HOME/healthimaging_reports), relative or absolute under it; empty: the root.",
-        type="string")
+        None,
+        "Report folder",
+        "A folder inside the report root ([healthimaging] report_folder, default "
+        "$AIRFLOW_HOME/healthimaging_reports), relative or absolute under it; empty: the root.",
+        type="string",
+    )
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> BulkRunOptions:

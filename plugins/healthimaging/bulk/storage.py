@@ -12,7 +12,7 @@ def is_s3(uri: str) -> bool:
 
 
 def split_s3(uri: str) -> tuple[str, str]:
-    bucket, _, key = uri[len("s3://"):].partition("/")
+    bucket, _, key = uri[len("s3://") :].partition("/")
     if not bucket or not key:
         raise ValueError(f"{uri!r} is not an s3://bucket/key URI")
     return bucket, key
@@ -34,14 +34,17 @@ def read_bytes(uri: str, aws_conn_id: str | None = "aws_default", *, max_bytes: 
         return obj.get()["Body"].read()
     path = Path(uri).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"manifest {uri} is not a file on this worker; give an absolute path the workers "
-                                "can read, or an s3:// URI")
+        raise FileNotFoundError(
+            f"manifest {uri} is not a file on this worker; give an absolute path the workers can read, or an s3:// URI"
+        )
     if max_bytes is not None:
         check_size(path.stat().st_size, max_bytes)
     return path.read_bytes()
 
 
-def write_next_to(manifest_uri: str, folder_name: str, files: dict[str, str], aws_conn_id: str | None = "aws_default") -> str | None:
+def write_next_to(
+    manifest_uri: str, folder_name: str, files: dict[str, str], aws_conn_id: str | None = "aws_default"
+) -> str | None:
     """Upload report files beside an S3 manifest (``<manifest prefix>/<folder_name>/``); None for a local manifest."""
     if not is_s3(manifest_uri):
         return None

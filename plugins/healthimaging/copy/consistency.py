@@ -28,14 +28,25 @@ def disagreements(source: Mapping[str, Any], destination: Mapping[str, Any], ser
         if differing:
             found.append(f"{level} ({', '.join(differing)})")
 
-    compare("Patient", source.get("Patient", {}).get("DICOM", {}), destination.get("Patient", {}).get("DICOM", {}), PATIENT_KEYS)
-    compare("Study", source.get("Study", {}).get("DICOM", {}), destination.get("Study", {}).get("DICOM", {}), STUDY_KEYS)
+    compare(
+        "Patient",
+        source.get("Patient", {}).get("DICOM", {}),
+        destination.get("Patient", {}).get("DICOM", {}),
+        PATIENT_KEYS,
+    )
+    compare(
+        "Study", source.get("Study", {}).get("DICOM", {}), destination.get("Study", {}).get("DICOM", {}), STUDY_KEYS
+    )
     destination_series = destination.get("Study", {}).get("Series", {})
     for number, uid in enumerate(sorted(series_uids), start=1):
         theirs = destination_series.get(uid)
         if theirs is None:
             found.append(f"Series {number} (not in the destination)")
             continue
-        compare(f"Series {number}", source.get("Study", {}).get("Series", {}).get(uid, {}).get("DICOM", {}),
-                theirs.get("DICOM", {}), SERIES_KEYS)
+        compare(
+            f"Series {number}",
+            source.get("Study", {}).get("Series", {}).get(uid, {}).get("DICOM", {}),
+            theirs.get("DICOM", {}),
+            SERIES_KEYS,
+        )
     return found

@@ -70,12 +70,16 @@ def max_copiable_attributes_length() -> int:
     return int(service_model().shape_for("CopiableAttributes").metadata["max"])
 
 
-def parse_copiable_attributes(value: str | Mapping[str, Any], *, argument: str = "copiable_attributes") -> dict[str, Any]:
+def parse_copiable_attributes(
+    value: str | Mapping[str, Any], *, argument: str = "copiable_attributes"
+) -> dict[str, Any]:
     """A validated copiableAttributes document from a dict or a JSON string."""
     if isinstance(value, str):
         if len(value) > max_copiable_attributes_length():
-            raise CopyRequestError(f"{argument} is {len(value):,} characters long; the service accepts at most "
-                                   f"{max_copiable_attributes_length():,}. Split the copy into several smaller subsets.")
+            raise CopyRequestError(
+                f"{argument} is {len(value):,} characters long; the service accepts at most "
+                f"{max_copiable_attributes_length():,}. Split the copy into several smaller subsets."
+            )
         try:
             document = bounded_json.loads(value)
         except ValueError as exc:
@@ -84,20 +88,29 @@ def parse_copiable_attributes(value: str | Mapping[str, Any], *, argument: str =
         document = dict(value)
     else:
         raise CopyRequestError(f"{argument} must be a dict or a JSON string, got {type(value).__name__}")
-    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(COPIABLE_ATTRIBUTES_SCHEMA).iter_errors(document))
+    error = jsonschema.exceptions.best_match(
+        jsonschema.Draft202012Validator(COPIABLE_ATTRIBUTES_SCHEMA).iter_errors(document)
+    )
     if error is not None:
         where = "/".join(str(p) for p in error.absolute_path) or "(top level)"
-        raise CopyRequestError(f"{argument} does not follow the copiableAttributes schema at {where}: {error.message}. "
-                               f"Expected {example()}")
+        raise CopyRequestError(
+            f"{argument} does not follow the copiableAttributes schema at {where}: {error.message}. "
+            f"Expected {example()}"
+        )
     text = to_json(document)
     if len(text) > max_copiable_attributes_length():
-        raise CopyRequestError(f"{argument} is {len(text):,} characters long as JSON; the service accepts at most "
-                               f"{max_copiable_attributes_length():,}. Split the copy into several smaller subsets.")
+        raise CopyRequestError(
+            f"{argument} is {len(text):,} characters long as JSON; the service accepts at most "
+            f"{max_copiable_attributes_length():,}. Split the copy into several smaller subsets."
+        )
     return document
 
 
 def example() -> str:
-    return '{"SchemaVersion": "1.1", "Study": {"Series": {"<SeriesInstanceUID>": {"Instances": {"<SOPInstanceUID>": {}}}}}}'
+    return (
+        '{"SchemaVersion": "1.1", "Study": {"Series": '
+        '{"<SeriesInstanceUID>": {"Instances": {"<SOPInstanceUID>": {}}}}}}'
+    )
 
 
 def to_json(document: Mapping[str, Any]) -> str:
@@ -113,7 +126,11 @@ def build(selection: Mapping[str, Iterable[str]]) -> dict[str, Any]:
     """A copiableAttributes document selecting the given SOP instances of each series."""
     return {
         "SchemaVersion": "1.1",
-        "Study": {"Series": {series: {"Instances": {uid: {} for uid in sorted(uids)}} for series, uids in sorted(selection.items())}},
+        "Study": {
+            "Series": {
+                series: {"Instances": {uid: {} for uid in sorted(uids)}} for series, uids in sorted(selection.items())
+            }
+        },
     }
 
 
@@ -132,8 +149,9 @@ def select_from_source(
     selection: Selection = {}
     for series in series_instance_uids or ():
         if series not in source:
-            raise CopyRequestError(f"series_instance_uids: {series} is not a series of {source_name} "
-                                   f"(it holds {len(source)} series)")
+            raise CopyRequestError(
+                f"series_instance_uids: {series} is not a series of {source_name} (it holds {len(source)} series)"
+            )
         selection[series] = set(source[series])
     owner = {sop: series for series, sops in source.items() for sop in sops}
     for sop in sop_instance_uids or ():
@@ -157,8 +175,12 @@ def parse_copy_image_set_information(value: str | Mapping[str, Any]) -> dict[str
     shape = service_model().shape_for("CopyImageSetInformation")
     report = ParamValidator().validate(information, shape)
     if report.has_errors():
-        raise CopyRequestError(f"copy_image_set_information does not match CopyImageSetInformation: {report.generate_report()}")
+        raise CopyRequestError(
+            f"copy_image_set_information does not match CopyImageSetInformation: {report.generate_report()}"
+        )
     copies = information["sourceImageSet"].get("DICOMCopies")
     if copies is not None:
-        parse_copiable_attributes(copies["copiableAttributes"], argument="copy_image_set_information copiableAttributes")
+        parse_copiable_attributes(
+            copies["copiableAttributes"], argument="copy_image_set_information copiableAttributes"
+        )
     return information

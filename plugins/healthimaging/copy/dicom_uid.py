@@ -29,11 +29,14 @@ DESCRIPTION = f"digits and dots, at most {MAX_LENGTH} characters"
 
 def is_uid(value: Any) -> bool:
     """True when ``value`` is a string the service accepts and the DICOM standard allows as a UID."""
-    return (isinstance(value, str) and len(value) <= MAX_LENGTH and _SERVICE.fullmatch(value) is not None
-            and _STANDARD.fullmatch(value) is not None)
+    return (
+        isinstance(value, str)
+        and len(value) <= MAX_LENGTH
+        and _SERVICE.fullmatch(value) is not None
+        and _STANDARD.fullmatch(value) is not None
+    )
 
 
 def json_schema() -> dict[str, Any]:
     """The same rule as a JSON Schema string (both patterns, anchored; the lookahead is the service's)."""
-    return {"type": "string", "pattern": f"^(?=(?:{pattern(SERVICE_SHAPE)})$){_COMPONENTS}$",
-            "maxLength": MAX_LENGTH}
+    return {"type": "string", "pattern": f"^(?=(?:{pattern(SERVICE_SHAPE)})$){_COMPONENTS}$", "maxLength": MAX_LENGTH}

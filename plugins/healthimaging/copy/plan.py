@@ -99,10 +99,20 @@ def resolve_plan(hook: HealthImagingHook, request: CopyRequest) -> CopyPlan:
     destination_image_set_id, destination_version_id = request.destination_image_set_id, request.destination_version_id
     series_instance_uids, sop_instance_uids = request.series_instance_uids, request.sop_instance_uids
     if request.copy_image_set_information is not None:
-        clash = request.given(("source_version_id", "destination_image_set_id", "destination_version_id",
-                               "copiable_attributes", "series_instance_uids", "sop_instance_uids"))
+        clash = request.given(
+            (
+                "source_version_id",
+                "destination_image_set_id",
+                "destination_version_id",
+                "copiable_attributes",
+                "series_instance_uids",
+                "sop_instance_uids",
+            )
+        )
         if clash:
-            raise ca.CopyRequestError(f"copy_image_set_information already says what to copy; do not also pass {', '.join(clash)}")
+            raise ca.CopyRequestError(
+                f"copy_image_set_information already says what to copy; do not also pass {', '.join(clash)}"
+            )
         information = ca.parse_copy_image_set_information(request.copy_image_set_information)
         source_version_id = information["sourceImageSet"]["latestVersionId"]
         copiable_attributes = (information["sourceImageSet"].get("DICOMCopies") or {}).get("copiableAttributes")
@@ -119,7 +129,9 @@ def resolve_plan(hook: HealthImagingHook, request: CopyRequest) -> CopyPlan:
     plan = CopyPlan(
         datastore_id=datastore_id,
         source_image_set_id=source_image_set_id,
-        source_version_id=str(source_version_id) if source_version_id else hook.get_latest_version_id(datastore_id, source_image_set_id),
+        source_version_id=str(source_version_id)
+        if source_version_id
+        else hook.get_latest_version_id(datastore_id, source_image_set_id),
         source_version_pinned=bool(source_version_id),
         destination_image_set_id=destination_image_set_id or None,
         destination_version_pinned=bool(destination_version_id),
@@ -128,7 +140,8 @@ def resolve_plan(hook: HealthImagingHook, request: CopyRequest) -> CopyPlan:
     )
     if destination_image_set_id:
         plan.destination_version_id = (
-            str(destination_version_id) if destination_version_id
+            str(destination_version_id)
+            if destination_version_id
             else hook.get_latest_version_id(datastore_id, destination_image_set_id)
         )
     document = None
@@ -137,10 +150,14 @@ def resolve_plan(hook: HealthImagingHook, request: CopyRequest) -> CopyPlan:
     source_doc = hook.get_image_set_metadata(datastore_id, source_image_set_id, plan.source_version_id)
     source = series_instances(source_doc)
     if series_instance_uids or sop_instance_uids:
-        document = ca.build(ca.select_from_source(
-            source, series_instance_uids=series_instance_uids, sop_instance_uids=sop_instance_uids,
-            source_name=f"image set {source_image_set_id} version {plan.source_version_id}",
-        ))
+        document = ca.build(
+            ca.select_from_source(
+                source,
+                series_instance_uids=series_instance_uids,
+                sop_instance_uids=sop_instance_uids,
+                source_name=f"image set {source_image_set_id} version {plan.source_version_id}",
+            )
+        )
     selection = ca.selection_of(document) if document else source
     plan.copiable_attributes = ca.to_json(document) if document else None
     plan.first_series_uid = sorted(selection)[0] if selection else None
@@ -149,7 +166,8 @@ def resolve_plan(hook: HealthImagingHook, request: CopyRequest) -> CopyPlan:
     if plan.frame_count > MAX_FRAMES_PER_COPY:
         raise ca.CopyRequestError(
             f"the copy holds {plan.frame_count:,} image frames; CopyImageSet copies at most {MAX_FRAMES_PER_COPY:,} "
-            "per call. Copy the image set in subsets (series_instance_uids or sop_instance_uids).")
+            "per call. Copy the image set in subsets (series_instance_uids or sop_instance_uids)."
+        )
     if plan.destination_image_set_id:
         copied |= hook.get_sop_instance_uids(datastore_id, plan.destination_image_set_id, plan.destination_version_id)
     plan.expected_instance_count = len(copied)
@@ -169,8 +187,11 @@ def expected_contents(hook: HealthImagingHook, plan: CopyPlan, destination_versi
     if not plan.destination_image_set_id and plan.expected_instance_digest:
         return plan.expected_instance_count or 0, plan.expected_instance_digest
     source_doc = hook.get_image_set_metadata(plan.datastore_id, plan.source_image_set_id, plan.source_version_id)
-    selection = (ca.selection_of(ca.parse_copiable_attributes(plan.copiable_attributes)) if plan.copiable_attributes
-                 else series_instances(source_doc))
+    selection = (
+        ca.selection_of(ca.parse_copiable_attributes(plan.copiable_attributes))
+        if plan.copiable_attributes
+        else series_instances(source_doc)
+    )
     held = {uid for uids in selection.values() for uid in uids}
     if plan.destination_image_set_id:
         started_from = str(int(destination_version_id) - 1)

@@ -52,8 +52,13 @@ class CopyRequest:
         # Lists from an operator argument or stored JSON become tuples: the value stays frozen and hashable.
         for name in ("series_instance_uids", "sop_instance_uids"):
             object.__setattr__(self, name, tuple(getattr(self, name) or ()))
-        for name in ("source_version_id", "destination_image_set_id", "destination_version_id",
-                     "copiable_attributes", "copy_image_set_information"):
+        for name in (
+            "source_version_id",
+            "destination_image_set_id",
+            "destination_version_id",
+            "copiable_attributes",
+            "copy_image_set_information",
+        ):
             if getattr(self, name) in ("", {}):
                 object.__setattr__(self, name, None)
         object.__setattr__(self, "force", bool(self.force))
@@ -66,8 +71,11 @@ class CopyRequest:
 
     def to_dict(self) -> dict[str, Any]:
         values = asdict(self)
-        return {**values, "series_instance_uids": list(self.series_instance_uids),
-                "sop_instance_uids": list(self.sop_instance_uids)}
+        return {
+            **values,
+            "series_instance_uids": list(self.series_instance_uids),
+            "sop_instance_uids": list(self.sop_instance_uids),
+        }
 
     def given(self, names: Iterable[str]) -> list[str]:
         """Which of ``names`` carry a value (for the error of arguments given together)."""

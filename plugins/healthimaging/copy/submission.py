@@ -91,8 +91,12 @@ class SubmittedCopy:
     attempts: int = 1
 
 
-def submit_copy(hook: HealthImagingHook, plan: CopyPlan, policy: SubmissionPolicy | None = None,
-                replan: Callable[[CopyPlan], CopyPlan] | None = None) -> SubmittedCopy:
+def submit_copy(
+    hook: HealthImagingHook,
+    plan: CopyPlan,
+    policy: SubmissionPolicy | None = None,
+    replan: Callable[[CopyPlan], CopyPlan] | None = None,
+) -> SubmittedCopy:
     """Send ``plan`` until the service accepts it once; see the module docstring for the rules.
 
     ``replan`` re-resolves a plan whose unpinned versions went stale (default: re-read the latest
@@ -128,7 +132,9 @@ def submit_copy(hook: HealthImagingHook, plan: CopyPlan, policy: SubmissionPolic
             if code in THROTTLING_CODES or status == 429:
                 throttles += 1
                 if throttles > policy.max_throttle_retries:
-                    raise CopySubmissionError(code, f"still throttled after {throttles - 1} retries: {message}") from exc
+                    raise CopySubmissionError(
+                        code, f"still throttled after {throttles - 1} retries: {message}"
+                    ) from exc
                 delay = policy.backoff(min(throttles, 6), policy.throttle_backoff_base_seconds)
                 log.info("CopyImageSet throttled; retrying in %.1fs (%d)", delay, throttles)
                 policy.sleep(delay)
@@ -150,8 +156,13 @@ def submit_copy(hook: HealthImagingHook, plan: CopyPlan, policy: SubmissionPolic
         if attempts >= policy.max_attempts:
             raise CopySubmissionError("CopyNotAccepted", f"gave up after {attempts} attempts; the last: {reason}")
         delay = policy.backoff(attempts)
-        log.warning("CopyImageSet not accepted: %s; retrying in %.1fs (attempt %d of %d)", reason, delay, attempts,
-                    policy.max_attempts)
+        log.warning(
+            "CopyImageSet not accepted: %s; retrying in %.1fs (attempt %d of %d)",
+            reason,
+            delay,
+            attempts,
+            policy.max_attempts,
+        )
         policy.sleep(delay)
 
 
@@ -168,30 +179,54 @@ def _accepted(plan: CopyPlan, response: dict[str, Any], started: float, attempts
     )
 
 
-def _after_conflict(hook: HealthImagingHook, plan: CopyPlan, message: str, conflicts: int, policy: SubmissionPolicy,
-                    replan: Callable[[CopyPlan], CopyPlan]) -> tuple[CopyPlan, str]:
+def _after_conflict(
+    hook: HealthImagingHook,
+    plan: CopyPlan,
+    message: str,
+    conflicts: int,
+    policy: SubmissionPolicy,
+    replan: Callable[[CopyPlan], CopyPlan],
+) -> tuple[CopyPlan, str]:
     """Explain a Conflict from the image sets' current state; returns the plan to try next and why."""
     source = hook.get_image_set(plan.datastore_id, plan.source_image_set_id)
     moved = []
     if source["versionId"] != plan.source_version_id:
-        moved.append(("source", plan.source_image_set_id, plan.source_version_id, source["versionId"], plan.source_version_pinned))
+        moved.append(
+            (
+                "source",
+                plan.source_image_set_id,
+                plan.source_version_id,
+                source["versionId"],
+                plan.source_version_pinned,
+            )
+        )
     locked = source["imageSetState"] == states.LOCKED
     if plan.destination_image_set_id:
         destination = hook.get_image_set(plan.datastore_id, plan.destination_image_set_id)
         locked = locked or destination["imageSetState"] == states.LOCKED
         if destination["versionId"] != plan.destination_version_id:
-            moved.append(("destination", plan.destination_image_set_id, plan.destination_version_id,
-                          destination["versionId"], plan.destination_version_pinned))
+            moved.append(
+                (
+                    "destination",
+                    plan.destination_image_set_id,
+                    plan.destination_version_id,
+                    destination["versionId"],
+                    plan.destination_version_pinned,
+                )
+            )
     pinned = [m for m in moved if m[4]]
     if pinned:
         role, image_set, given, latest, _ = pinned[0]
         raise CopySubmissionError(
             "ConflictException",
             f"the pinned {role} version {given} of image set {image_set} is no longer the latest (now {latest}); "
-            "pin the new version or leave the version unset to copy the latest")
+            "pin the new version or leave the version unset to copy the latest",
+        )
     if moved:
         if conflicts > policy.max_version_conflicts:
-            raise CopySubmissionError("ConflictException", f"the image sets kept changing ({conflicts} conflicts): {message}")
+            raise CopySubmissionError(
+                "ConflictException", f"the image sets kept changing ({conflicts} conflicts): {message}"
+            )
         return replan(plan), "the latest version moved; re-resolved it"
     if locked:
         return plan, "an image set is locked by other work"
@@ -210,7 +245,9 @@ def refresh_versions(hook: HealthImagingHook, plan: CopyPlan) -> CopyPlan:
     return replace(plan, **changes)
 
 
-def reconcile(hook: HealthImagingHook, plan: CopyPlan, since: float, policy: SubmissionPolicy | None = None) -> SubmittedCopy | None:
+def reconcile(
+    hook: HealthImagingHook, plan: CopyPlan, since: float, policy: SubmissionPolicy | None = None
+) -> SubmittedCopy | None:
     """After an ambiguous failure: the copy that took effect for ``plan`` since ``since``, or None.
 
     Into a destination, the copy created exactly version ``destination_version_id + 1`` (the
@@ -222,12 +259,24 @@ def reconcile(hook: HealthImagingHook, plan: CopyPlan, since: float, policy: Sub
     for attempt in range(policy.reconcile_attempts):
         if attempt:
             policy.sleep(policy.reconcile_delay_seconds)
-        found = _find_destination_version(hook, plan) if plan.destination_image_set_id else _find_new_copy(hook, plan, since)
+        found = (
+            _find_destination_version(hook, plan)
+            if plan.destination_image_set_id
+            else _find_new_copy(hook, plan, since)
+        )
         if found is not None:
             image_set_id, version_id, arn = found
-            log.warning("CopyImageSet had taken effect despite the error: destination %s version %s", image_set_id, version_id)
-            return SubmittedCopy(plan=plan, destination_image_set_id=image_set_id, destination_version_id=version_id,
-                                 submitted_at=since, destination_image_set_arn=arn, reconciled=True)
+            log.warning(
+                "CopyImageSet had taken effect despite the error: destination %s version %s", image_set_id, version_id
+            )
+            return SubmittedCopy(
+                plan=plan,
+                destination_image_set_id=image_set_id,
+                destination_version_id=version_id,
+                submitted_at=since,
+                destination_image_set_arn=arn,
+                reconciled=True,
+            )
         if hook.get_image_set(plan.datastore_id, plan.source_image_set_id)["imageSetState"] != states.LOCKED:
             if plan.destination_image_set_id or attempt:
                 return None
@@ -238,18 +287,26 @@ def _find_destination_version(hook: HealthImagingHook, plan: CopyPlan) -> tuple[
     expected = str(int(plan.destination_version_id) + 1)
     for version in hook.list_image_set_versions(plan.datastore_id, plan.destination_image_set_id):
         status = version.get("ImageSetWorkflowStatus")
-        if version["versionId"] == expected and status in states.COPY_PENDING_STATUSES | {states.COPIED, states.COPY_FAILED}:
+        if version["versionId"] == expected and status in states.COPY_PENDING_STATUSES | {
+            states.COPIED,
+            states.COPY_FAILED,
+        }:
             return plan.destination_image_set_id, expected, None
     return None
 
 
-def series_image_sets(hook: HealthImagingHook, datastore_id: str, series_uid: str,
-                      created_since: float | None = None) -> list[dict[str, Any]]:
+def series_image_sets(
+    hook: HealthImagingHook, datastore_id: str, series_uid: str, created_since: float | None = None
+) -> list[dict[str, Any]]:
     """SearchImageSets summaries of the image sets holding a series (optionally created since a time)."""
     filters: list[dict[str, Any]] = [{"operator": "EQUAL", "values": [{"DICOMSeriesInstanceUID": series_uid}]}]
     if created_since is not None:
-        filters.append({"operator": "BETWEEN", "values": [{"createdAt": created_since},
-                                                          {"createdAt": time.time() + CLOCK_SKEW_SECONDS}]})
+        filters.append(
+            {
+                "operator": "BETWEEN",
+                "values": [{"createdAt": created_since}, {"createdAt": time.time() + CLOCK_SKEW_SECONDS}],
+            }
+        )
     paginator = hook.conn.get_paginator("search_image_sets")
     return [
         summary
@@ -278,6 +335,9 @@ def _find_new_copy(hook: HealthImagingHook, plan: CopyPlan, since: float) -> tup
     candidates = sorted((s for s in summaries if s["imageSetId"] not in known), key=lambda s: s["createdAt"])
     for summary in candidates:
         image_set = hook.get_image_set(plan.datastore_id, summary["imageSetId"], "1")
-        if image_set.get("imageSetWorkflowStatus") in states.COPY_PENDING_STATUSES | {states.COPIED, states.COPY_FAILED}:
+        if image_set.get("imageSetWorkflowStatus") in states.COPY_PENDING_STATUSES | {
+            states.COPIED,
+            states.COPY_FAILED,
+        }:
             return summary["imageSetId"], "1", image_set.get("imageSetArn")
     return None

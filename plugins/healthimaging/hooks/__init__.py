@@ -9,8 +9,8 @@ from healthimaging.hooks.medical_imaging import (  # noqa: F401 - the public pat
     NO_RETRY_CONNECT_TIMEOUT_SECONDS,
     NO_RETRY_READ_TIMEOUT_SECONDS,
     HealthImagingHook,
-    sop_instance_uids,
     series_instances,
+    sop_instance_uids,
 )
 
 __all__ = [

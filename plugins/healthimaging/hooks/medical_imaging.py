@@ -14,9 +14,10 @@ from botocore.config import Config
 
 #: botocore settings for calls that must never be repeated by the SDK (CopyImageSet has no idempotency token).
 NO_RETRIES = {"mode": "standard", "total_max_attempts": 1}
-#: The no-retry client's timeouts at most (a connection's shorter ones are kept): a CopyImageSet call ends (answered or failed) within 40 s, well inside
-#: a bulk-copy engine's lease (healthimaging.bulk.ledger.LEASE_SECONDS), so a copy its owner sent has reached
-#: the service before anyone may take the row over and reconcile it.
+#: The no-retry client's timeouts at most (a connection's shorter ones are kept): a CopyImageSet call ends
+#: (answered or failed) within 40 s, well inside a bulk-copy engine's lease
+#: (healthimaging.bulk.ledger.LEASE_SECONDS), so a copy its owner sent has reached the service before anyone
+#: may take the row over and reconcile it.
 NO_RETRY_CONNECT_TIMEOUT_SECONDS = 10
 NO_RETRY_READ_TIMEOUT_SECONDS = 30
 
@@ -65,9 +66,16 @@ class HealthImagingHook(AwsBaseHook):
     def no_retry_conn(self):
         """A client whose calls botocore never repeats: for CopyImageSet, which is not idempotent."""
         config = self.config
-        return self.get_client_type(region_name=self.region_name, config=config.merge(Config(
-            retries=NO_RETRIES, connect_timeout=min(config.connect_timeout, NO_RETRY_CONNECT_TIMEOUT_SECONDS),
-            read_timeout=min(config.read_timeout, NO_RETRY_READ_TIMEOUT_SECONDS))))
+        return self.get_client_type(
+            region_name=self.region_name,
+            config=config.merge(
+                Config(
+                    retries=NO_RETRIES,
+                    connect_timeout=min(config.connect_timeout, NO_RETRY_CONNECT_TIMEOUT_SECONDS),
+                    read_timeout=min(config.read_timeout, NO_RETRY_READ_TIMEOUT_SECONDS),
+                )
+            ),
+        )
 
     def get_image_set(self, datastore_id: str, image_set_id: str, version_id: str | None = None) -> dict[str, Any]:
         """GetImageSet for the latest version, or for ``version_id``."""
@@ -78,7 +86,9 @@ class HealthImagingHook(AwsBaseHook):
         """The latest version id of an image set."""
         return self.get_image_set(datastore_id, image_set_id)["versionId"]
 
-    def get_image_set_metadata(self, datastore_id: str, image_set_id: str, version_id: str | None = None) -> dict[str, Any]:
+    def get_image_set_metadata(
+        self, datastore_id: str, image_set_id: str, version_id: str | None = None
+    ) -> dict[str, Any]:
         """The decoded metadata document (GetImageSetMetadata returns gzip JSON that botocore leaves compressed)."""
         kwargs = {"versionId": str(version_id)} if version_id is not None else {}
         response = self.conn.get_image_set_metadata(datastoreId=datastore_id, imageSetId=image_set_id, **kwargs)
@@ -104,9 +114,7 @@ class HealthImagingHook(AwsBaseHook):
 def sop_instance_uids(document: dict[str, Any]) -> set[str]:
     """The SOP Instance UIDs of a metadata document."""
     return {
-        uid
-        for series in document.get("Study", {}).get("Series", {}).values()
-        for uid in series.get("Instances", {})
+        uid for series in document.get("Study", {}).get("Series", {}).values() for uid in series.get("Instances", {})
     }
 
 

@@ -6,8 +6,8 @@ The names are re-exported here: ``from healthimaging.operators import ...`` is t
 
 from healthimaging.operators.medical_imaging import (  # noqa: F401 - the public path
     COPY_STATE_KEY,
-    HealthImagingCopyImageSetOperator,
     HealthImagingBulkCopyBatchOperator,
+    HealthImagingCopyImageSetOperator,
 )
 
 __all__ = [

@@ -13,9 +13,8 @@ from airflow.providers.amazon.aws.utils.mixins import aws_template_fields
 from airflow.providers.amazon.aws.utils.waiter_with_logging import wait
 from airflow.providers.common.compat.sdk import AirflowException, BaseOperator, conf
 
-from healthimaging.bulk.ledger import CONNECTION_ID as LEDGER_CONN_ID
 from healthimaging.bulk import lineage
-
+from healthimaging.bulk.ledger import CONNECTION_ID as LEDGER_CONN_ID
 from healthimaging.copy import states
 from healthimaging.copy.copiable_attributes import CopyRequestError
 from healthimaging.copy.plan import CopyPlan, resolve_plan, uid_digest
@@ -139,8 +138,11 @@ class HealthImagingCopyImageSetOperator(AwsBaseOperator[HealthImagingHook]):
         record = self._resume(store) or self._submit(store)
         self._record = record
         HealthImagingImageSetLink.persist(
-            context=context, operator=self, region_name=self.hook.conn_region_name,
-            aws_partition=self.hook.conn_partition, datastore_id=record.datastore_id,
+            context=context,
+            operator=self,
+            region_name=self.hook.conn_region_name,
+            aws_partition=self.hook.conn_partition,
+            datastore_id=record.datastore_id,
             image_set_id=record.destination_image_set_id,
         )
         if self.deferrable:
@@ -181,9 +183,14 @@ class HealthImagingCopyImageSetOperator(AwsBaseOperator[HealthImagingHook]):
             raise AirflowException(f"CopyImageSet of image set {plan.source_image_set_id} failed: {exc}") from exc
         record = CopyRecord.accepted(submitted)
         _store(store, {"phase": "submitted", "copy": record.to_dict()})
-        self.log.info("Copy accepted: image set %s version %s -> %s (%s copy%s)", record.source_image_set_id,
-                      record.source_version_id, record.destination, record.copy_kind,
-                      ", reconciled after a lost response" if submitted.reconciled else "")
+        self.log.info(
+            "Copy accepted: image set %s version %s -> %s (%s copy%s)",
+            record.source_image_set_id,
+            record.source_version_id,
+            record.destination,
+            record.copy_kind,
+            ", reconciled after a lost response" if submitted.reconciled else "",
+        )
         return record
 
     def _resume(self, store: Any) -> CopyRecord | None:
@@ -205,8 +212,9 @@ class HealthImagingCopyImageSetOperator(AwsBaseOperator[HealthImagingHook]):
         status = self._destination_status(record)
         workflow = status.get("imageSetWorkflowStatus")
         if workflow == states.COPY_FAILED:
-            self.log.warning("The copy an earlier try started ended COPY_FAILED (%s); copying again",
-                             status.get("message"))
+            self.log.warning(
+                "The copy an earlier try started ended COPY_FAILED (%s); copying again", status.get("message")
+            )
             return None
         self.log.info("Resuming the copy an earlier try started: %s is %s", record.destination, workflow)
         return record
@@ -232,8 +240,11 @@ class HealthImagingCopyImageSetOperator(AwsBaseOperator[HealthImagingHook]):
                 waiter=self.hook.get_waiter("image_set_copied"),
                 waiter_delay=self.waiter_delay,
                 waiter_max_attempts=self.waiter_max_attempts,
-                args={"datastoreId": record.datastore_id, "imageSetId": record.destination_image_set_id,
-                      "versionId": record.destination_version_id},
+                args={
+                    "datastoreId": record.datastore_id,
+                    "imageSetId": record.destination_image_set_id,
+                    "versionId": record.destination_version_id,
+                },
                 failure_message=f"Copy to image set {record.destination_image_set_id} failed",
                 status_message="Copy destination is",
                 status_args=["imageSetWorkflowStatus", "message"],
@@ -243,11 +254,13 @@ class HealthImagingCopyImageSetOperator(AwsBaseOperator[HealthImagingHook]):
             raise self._copy_not_copied(record, exc.last_response or {}) from exc
 
     def _destination_status(self, record: CopyRecord) -> dict[str, Any]:
-        return self.hook.get_image_set(record.datastore_id, record.destination_image_set_id,
-                                       record.destination_version_id)
+        return self.hook.get_image_set(
+            record.datastore_id, record.destination_image_set_id, record.destination_version_id
+        )
 
-    def _copy_not_copied(self, record: CopyRecord, status: dict[str, Any],
-                         waited: str | None = None) -> AirflowException:
+    def _copy_not_copied(
+        self, record: CopyRecord, status: dict[str, Any], waited: str | None = None
+    ) -> AirflowException:
         """The one error of a copy that did not end COPIED: the destination, its status, the service's message."""
         workflow = status.get("imageSetWorkflowStatus")
         message = status.get("message") or "no message from the service"
@@ -262,8 +275,9 @@ class HealthImagingCopyImageSetOperator(AwsBaseOperator[HealthImagingHook]):
             raise self._copy_not_copied(record, final)
         verified = False
         if self.verify_copy and record.expected_instance_digest:
-            held = self.hook.get_sop_instance_uids(record.datastore_id, record.destination_image_set_id,
-                                                   record.destination_version_id)
+            held = self.hook.get_sop_instance_uids(
+                record.datastore_id, record.destination_image_set_id, record.destination_version_id
+            )
             if uid_digest(held) != record.expected_instance_digest:
                 raise AirflowException(
                     f"Copy verification failed: destination {record.destination} holds {len(held)} SOP instances, "
@@ -271,8 +285,14 @@ class HealthImagingCopyImageSetOperator(AwsBaseOperator[HealthImagingHook]):
                 )
             verified = True
         record = self._record = record.completed(final, verified=verified, completed_at=time.time())
-        self.log.info("Copy complete: %s is %s (forced=%s, primary=%s, verified=%s)", record.destination,
-                      record.workflow_status, record.forced, record.is_primary, record.verified)
+        self.log.info(
+            "Copy complete: %s is %s (forced=%s, primary=%s, verified=%s)",
+            record.destination,
+            record.workflow_status,
+            record.forced,
+            record.is_primary,
+            record.verified,
+        )
         return record.to_dict()
 
     # ------------------------------------------------------------------ lineage
@@ -316,14 +336,28 @@ class HealthImagingBulkCopyBatchOperator(BaseOperator):
     :return: the batch's row counts by status.
     """
 
-    template_fields: Sequence[str] = ("batch", "manifest_sha256", "settings", "aws_conn_id", "region_name",
-                                      "ledger_conn_id")
+    template_fields: Sequence[str] = (
+        "batch",
+        "manifest_sha256",
+        "settings",
+        "aws_conn_id",
+        "region_name",
+        "ledger_conn_id",
+    )
     ui_color = "#66c3ff"
 
-    def __init__(self, *, batch: int, manifest_sha256: str, settings: dict[str, Any], aws_conn_id: str | None = None,
-                 region_name: str | None = None, ledger_conn_id: str = LEDGER_CONN_ID,
-                 deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
-                 **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        batch: int,
+        manifest_sha256: str,
+        settings: dict[str, Any],
+        aws_conn_id: str | None = None,
+        region_name: str | None = None,
+        ledger_conn_id: str = LEDGER_CONN_ID,
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.batch = batch
         self.manifest_sha256 = manifest_sha256
@@ -342,8 +376,12 @@ class HealthImagingBulkCopyBatchOperator(BaseOperator):
         if self.region_name:
             settings["region_name"] = self.region_name
         return HealthImagingBulkCopyTrigger(
-            dag_id=context["dag"].dag_id, run_id=context["run_id"], manifest_sha256=self.manifest_sha256,
-            batch=int(self.batch), settings=settings, ledger_conn_id=self.ledger_conn_id,
+            dag_id=context["dag"].dag_id,
+            run_id=context["run_id"],
+            manifest_sha256=self.manifest_sha256,
+            batch=int(self.batch),
+            settings=settings,
+            ledger_conn_id=self.ledger_conn_id,
         )
 
     def execute(self, context: Context) -> dict[str, int]:
@@ -357,8 +395,10 @@ class HealthImagingBulkCopyBatchOperator(BaseOperator):
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, int]:
         if not event or event.get("status") != "success":
-            raise AirflowException(f"Batch {self.batch} stopped: {(event or {}).get('message', 'no event')}; "
-                                   "a retry resumes it from the ledger")
+            raise AirflowException(
+                f"Batch {self.batch} stopped: {(event or {}).get('message', 'no event')}; "
+                "a retry resumes it from the ledger"
+            )
         self.log.info("Batch %s done: %s", self.batch, event["counts"])
         self._remember(context, event["counts"])
         return event["counts"]
@@ -369,7 +409,8 @@ class HealthImagingBulkCopyBatchOperator(BaseOperator):
 
         self._counts = counts
         self._lineage_rows = Ledger.from_airflow(self.ledger_conn_id).run_rows(
-            context["dag"].dag_id, context["run_id"], self.manifest_sha256, batch=int(self.batch))
+            context["dag"].dag_id, context["run_id"], self.manifest_sha256, batch=int(self.batch)
+        )
 
     def get_openlineage_facets_on_complete(self, task_instance: Any):
         """Every copied source version in, every destination version out; ids only, no patient data."""

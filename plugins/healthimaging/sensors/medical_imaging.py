@@ -130,5 +130,7 @@ class HealthImagingImageSetSensor(AwsBaseSensor[HealthImagingHook]):
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> None:
         validated_event = validate_execute_complete_event(event)
         if validated_event["status"] != "success":
-            raise AirflowException(f"Error while waiting for image set {self.image_set_id}: {validated_event['message']}")
+            raise AirflowException(
+                f"Error while waiting for image set {self.image_set_id}: {validated_event['message']}"
+            )
         self.log.info("Image set %s reached its target state", self.image_set_id)

@@ -5,8 +5,8 @@ The names are re-exported here: ``from healthimaging.triggers import ...`` is th
 """
 
 from healthimaging.triggers.medical_imaging import (  # noqa: F401 - the public path
-    HealthImagingImageSetTrigger,
     HealthImagingBulkCopyTrigger,
+    HealthImagingImageSetTrigger,
 )
 
 __all__ = [

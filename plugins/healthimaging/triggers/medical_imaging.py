@@ -98,8 +98,16 @@ class HealthImagingBulkCopyTrigger(BaseTrigger):
     :param ledger_conn_id: The Airflow connection of the ledger database.
     """
 
-    def __init__(self, *, dag_id: str, run_id: str, manifest_sha256: str, batch: int, settings: dict[str, Any],
-                 ledger_conn_id: str = LEDGER_CONN_ID) -> None:
+    def __init__(
+        self,
+        *,
+        dag_id: str,
+        run_id: str,
+        manifest_sha256: str,
+        batch: int,
+        settings: dict[str, Any],
+        ledger_conn_id: str = LEDGER_CONN_ID,
+    ) -> None:
         super().__init__()
         self.dag_id = dag_id
         self.run_id = run_id
@@ -111,18 +119,29 @@ class HealthImagingBulkCopyTrigger(BaseTrigger):
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
             f"{type(self).__module__}.{type(self).__qualname__}",
-            {"dag_id": self.dag_id, "run_id": self.run_id, "manifest_sha256": self.manifest_sha256, "batch": self.batch,
-             "settings": self.settings, "ledger_conn_id": self.ledger_conn_id},
+            {
+                "dag_id": self.dag_id,
+                "run_id": self.run_id,
+                "manifest_sha256": self.manifest_sha256,
+                "batch": self.batch,
+                "settings": self.settings,
+                "ledger_conn_id": self.ledger_conn_id,
+            },
         )
 
     def engine(self):
         from healthimaging.bulk.engine import BatchCopyEngine
-        from healthimaging.bulk.settings import BulkCopySettings
         from healthimaging.bulk.ledger import Ledger
+        from healthimaging.bulk.settings import BulkCopySettings
 
-        return BatchCopyEngine(Ledger.from_airflow(self.ledger_conn_id), dag_id=self.dag_id, run_id=self.run_id,
-                               manifest_sha256=self.manifest_sha256, batch=self.batch,
-                               settings=BulkCopySettings.from_dict(self.settings))
+        return BatchCopyEngine(
+            Ledger.from_airflow(self.ledger_conn_id),
+            dag_id=self.dag_id,
+            run_id=self.run_id,
+            manifest_sha256=self.manifest_sha256,
+            batch=self.batch,
+            settings=BulkCopySettings.from_dict(self.settings),
+        )
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         engine = None

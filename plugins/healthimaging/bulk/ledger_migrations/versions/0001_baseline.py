@@ -69,9 +69,13 @@ def upgrade() -> None:
     inspector = sa.inspect(op.get_bind())
     tables = set(inspector.get_table_names())
     if LEDGER not in tables:
-        op.create_table(LEDGER, *_ledger_columns(),
-                        sa.UniqueConstraint("dag_id", "run_id", "manifest_sha256", "row_number",
-                                            name="uq_healthimaging_ledger_run_row"))
+        op.create_table(
+            LEDGER,
+            *_ledger_columns(),
+            sa.UniqueConstraint(
+                "dag_id", "run_id", "manifest_sha256", "row_number", name="uq_healthimaging_ledger_run_row"
+            ),
+        )
         for name, columns in LEDGER_INDEXES.items():
             op.create_index(name, LEDGER, list(columns))
     else:

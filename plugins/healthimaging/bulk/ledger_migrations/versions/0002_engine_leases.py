@@ -23,7 +23,9 @@ def upgrade() -> None:
     if "ix_healthimaging_ledger_claim" not in {i["name"] for i in inspector.get_indexes("healthimaging_copy_ledger")}:
         op.create_index("ix_healthimaging_ledger_claim", "healthimaging_copy_ledger", ["claim", "status"])
     if "healthimaging_engine_leases" in inspector.get_table_names():
-        if "ix_healthimaging_leases_expires" not in {i["name"] for i in inspector.get_indexes("healthimaging_engine_leases")}:
+        if "ix_healthimaging_leases_expires" not in {
+            i["name"] for i in inspector.get_indexes("healthimaging_engine_leases")
+        }:
             op.create_index("ix_healthimaging_leases_expires", "healthimaging_engine_leases", ["expires_at"])
         return
     op.create_table(
