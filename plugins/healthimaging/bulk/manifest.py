@@ -21,7 +21,7 @@ from healthimaging import bounded_json
 from healthimaging.bulk.manifest_reader import ManifestError, detect_format, read_raw_rows
 from healthimaging.copy import copiable_attributes as ca
 from healthimaging.copy import dicom_uid
-from healthimaging.copy.request import COPY_ARGUMENTS, CopyRequest
+from healthimaging.copy.request import COPY_ARGUMENTS, REPLACED_BY_COPY_IMAGE_SET_INFORMATION, CopyRequest
 from healthimaging.copy.service_model import pattern
 
 #: The manifest columns, in the order a template shows them. ``source_image_set_id`` is required;
@@ -337,18 +337,7 @@ def validate_row(
             )
             information = None
         else:
-            clash = [
-                c
-                for c in (
-                    "source_version_id",
-                    "destination_image_set_id",
-                    "destination_version_id",
-                    "copiable_attributes",
-                    "series_instance_uids",
-                    "sop_instance_uids",
-                )
-                if _text(raw.get(c))
-            ]
+            clash = [c for c in REPLACED_BY_COPY_IMAGE_SET_INFORMATION if _text(raw.get(c))]
             if clash:
                 fail(
                     "copy_image_set_information",

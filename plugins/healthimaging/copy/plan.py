@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from healthimaging.copy import copiable_attributes as ca
-from healthimaging.copy.request import CopyRequest
+from healthimaging.copy.request import REPLACED_BY_COPY_IMAGE_SET_INFORMATION, CopyRequest
 from healthimaging.hooks.medical_imaging import HealthImagingHook, series_instances
 
 #: The service's limit of image frames per CopyImageSet (a quota, adjustable on request).
@@ -99,16 +99,7 @@ def resolve_plan(hook: HealthImagingHook, request: CopyRequest) -> CopyPlan:
     destination_image_set_id, destination_version_id = request.destination_image_set_id, request.destination_version_id
     series_instance_uids, sop_instance_uids = request.series_instance_uids, request.sop_instance_uids
     if request.copy_image_set_information is not None:
-        clash = request.given(
-            (
-                "source_version_id",
-                "destination_image_set_id",
-                "destination_version_id",
-                "copiable_attributes",
-                "series_instance_uids",
-                "sop_instance_uids",
-            )
-        )
+        clash = request.given(REPLACED_BY_COPY_IMAGE_SET_INFORMATION)
         if clash:
             raise ca.CopyRequestError(
                 f"copy_image_set_information already says what to copy; do not also pass {', '.join(clash)}"

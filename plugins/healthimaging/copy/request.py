@@ -27,6 +27,16 @@ COPY_ARGUMENTS: tuple[str, ...] = (
     "promote_to_primary",
 )
 
+#: The arguments ``copy_image_set_information`` replaces: given beside it, they are an error.
+REPLACED_BY_COPY_IMAGE_SET_INFORMATION: tuple[str, ...] = (
+    "source_version_id",
+    "destination_image_set_id",
+    "destination_version_id",
+    "copiable_attributes",
+    "series_instance_uids",
+    "sop_instance_uids",
+)
+
 
 @dataclass(frozen=True)
 class CopyRequest:
