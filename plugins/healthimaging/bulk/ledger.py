@@ -5,7 +5,8 @@ SQLite); without that connection, a SQLite file under ``AIRFLOW_HOME``. One row 
 run, updated at each state change; indexed for what a dashboard asks (a run's rows by status, a
 source's copies, recent failures) and for resuming (a copy key already copied).
 
-All SQL on these tables is here. Ownership of rows in progress (see :class:`Ledger`):
+All SQL on these tables is here, but for the dashboard's read-only queries, which are in
+bulk/dashboard/queries.py. Ownership of rows in progress (see :class:`Ledger`):
 
 - an engine holds a **lease** (a row of ``healthimaging_engine_leases``) that it renews while it
   works; a lease not renewed for :data:`LEASE_SECONDS` has expired;
