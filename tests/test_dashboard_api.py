@@ -132,6 +132,10 @@ def test_a_browser_without_a_session_is_sent_to_the_login_page(airflow_api, ledg
     assert api.status_code == 401
     page = get(airflow_api, "/", headers={"Accept": "text/html"})
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    # the static route serves the static folder only
+    for outside in ("/static/%2e%2e/app.py", "/static/..%2Fapp.py", "/static/%2e%2e/%2e%2e/ledger.py"):
+        assert get(airflow_api, outside).status_code == 404, outside
+    assert get(airflow_api, "/api/summary").headers["cache-control"] == "no-store"
 
 
 def test_the_views_of_real_runs(airflow_api, bulk_dag, ledger, emulator_connection, tmp_path):

@@ -381,6 +381,15 @@ def create_app() -> FastAPI:
     app.add_exception_handler(sa.exc.DBAPIError, database_error)
     app.include_router(api)
     app.include_router(pages)
+
+    @app.middleware("http")
+    async def no_store(request: Request, call_next: Any) -> Response:
+        """Figures change from one refresh to the next: no cache keeps an answer of the API."""
+        response = await call_next(request)
+        if request.url.path.startswith(f"{request.scope.get('root_path', '')}/api/"):
+            response.headers.setdefault("Cache-Control", "no-store")
+        return response
+
     return app
 
 
