@@ -60,7 +60,7 @@ export function el(tag, attrs = {}, ...children) {
     else if (k === "href") node.setAttribute("href", safeHref(v));
     else node.setAttribute(k, String(v));
   }
-  for (const child of children.flat()) {
+  for (const child of children.flat(Infinity)) {
     if (child === undefined || child === null || child === false) continue;
     node.append(child instanceof Node ? child : document.createTextNode(String(child)));
   }
@@ -78,7 +78,7 @@ export function safeHref(value) {
 }
 
 export function clear(node, ...children) {
-  node.replaceChildren(...children.flat().filter((c) => c !== null && c !== undefined));
+  node.replaceChildren(...children.flat(Infinity).filter((c) => c !== null && c !== undefined));
   return node;
 }
 
@@ -303,7 +303,7 @@ function lineageRows(matches, { followBack = true } = {}) {
     el("td", {}, statusChip(m.status)),
     el("td", {}, fmtTime(m.completed_at)),
     el("td", {}, m.verified === true ? "yes" : m.verified === false ? "no" : "–"),
-    el("td", {}, mono(m.copy_key)),
+    el("td", { class: "key" }, mono(m.copy_key)),
     el(
       "td",
       {},
@@ -426,6 +426,28 @@ export function runFromLocation(loc = window.location) {
 
 let chart = null;
 
+/** Draws the quota dataset's value as a horizontal line across the whole chart area (not centre to centre). */
+const quotaLine = {
+  id: "quotaLine",
+  afterDatasetsDraw(c) {
+    const set = c.data.datasets[1];
+    const value = set && set.data.find((v) => v !== null && v !== undefined);
+    if (value === undefined || !c.isDatasetVisible(1)) return;
+    const y = c.scales.y.getPixelForValue(value);
+    const { left, right } = c.chartArea;
+    const ctx = c.ctx;
+    ctx.save();
+    ctx.strokeStyle = set.borderColor;
+    ctx.lineWidth = set.borderWidth;
+    ctx.setLineDash(set.borderDash || []);
+    ctx.beginPath();
+    ctx.moveTo(left, y);
+    ctx.lineTo(right, y);
+    ctx.stroke();
+    ctx.restore();
+  },
+};
+
 function loadChartJs() {
   if (window.Chart) return Promise.resolve(window.Chart);
   return new Promise((resolve, reject) => {
@@ -486,7 +508,18 @@ function renderRun(run) {
   const manifests = run.manifests && run.manifests.length ? run.manifests : [{ uri: run.manifest_uri, sha256: run.manifest_sha256, rows: run.rows }];
   clear(
     byId("manifest"),
-    table(["Manifest URI", "sha256", "Rows"], manifests.map((m) => [el("td", {}, mono(m.uri)), el("td", { class: "hash" }, mono(m.sha256)), el("td", { class: "num" }, fmtNumber(m.rows))]), { id: "manifest-table" }),
+    el(
+      "dl",
+      { class: "manifests", id: "manifest-table" },
+      manifests.map((m) => [
+        el("dt", { text: "URI" }),
+        el("dd", {}, mono(m.uri)),
+        el("dt", { text: "sha256" }),
+        el("dd", { class: "hash" }, mono(m.sha256)),
+        el("dt", { text: "Rows" }),
+        el("dd", {}, fmtNumber(m.rows)),
+      ]),
+    ),
   );
   clear(
     byId("in-flight"),
@@ -507,7 +540,7 @@ async function renderThroughput(base) {
   const per = data.bucket_seconds === 60 ? "minute" : `${data.bucket_seconds} s`;
   const datasets = [
     { type: "bar", label: `Completed per ${per}`, data: points.map((p) => p.completed), backgroundColor: dark ? "rgba(96,165,250,0.7)" : "rgba(37,99,235,0.7)" },
-    { type: "line", label: `Quota per ${per}`, data: quota, borderColor: dark ? "#f87171" : "#dc2626", borderDash: [6, 4], pointRadius: 0, borderWidth: 2, fill: false },
+    { type: "line", label: `Quota per ${per}`, data: quota, borderColor: dark ? "#f87171" : "#dc2626", borderDash: [6, 4], pointRadius: 0, borderWidth: 2, fill: false, showLine: false },
   ];
   if (chart) {
     chart.data.labels = labels;
@@ -516,6 +549,7 @@ async function renderThroughput(base) {
     chart.update("none");
   } else {
     chart = new Chart(byId("throughput-chart"), {
+      plugins: [quotaLine],
       data: { labels, datasets },
       options: {
         animation: false,
