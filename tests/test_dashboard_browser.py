@@ -1,10 +1,18 @@
 """The dashboard's pages in a real headless Chromium (Debian's, driven by Playwright with executable_path).
 
-Against a stand-in API (tests/browser_helpers.py's FakeDashboard, the JSON contract of issue 12): the runs
-list, the run view with its chart, the lineage look-up and its trace, every value inserted as text (hostile
-manifest labels and ids stay text, no script runs), the ledger's message and API errors shown on the page.
+Fast, against a stand-in API (tests/browser_helpers.py's FakeDashboard, the JSON contract of issue 12): the
+runs list, the run view with its chart, the lineage look-up and its trace, every value inserted as text
+(hostile manifest labels and ids stay text, no script runs), dark mode, the ledger's message and API errors
+shown on the page.
 
-Screenshots go to ``$HEALTHIMAGING_SCREENSHOTS`` when set, else to the test's ``tmp_path``.
+Slow, against a real deployment (the process stack with the LocalExecutor, as tests/airflow_stack.py's
+AirflowStack, plus the compose stack's emulator process; the repository's DAGs and plugins): log in through
+Airflow's login page, open the run tab of a running ``healthimaging_bulk_copy`` run and see the rows accounted
+for rise through the page's own refresh, then the home page's widget with the day's numbers, the nav item's
+page with the run, and the lineage look-up finding a copied image set and following it back.
+
+Screenshots go to ``$HEALTHIMAGING_SCREENSHOTS`` when set, else under pytest's temporary directory (the
+stack tests print the folder).
 """
 
 from __future__ import annotations
@@ -255,6 +263,22 @@ def test_run_view_progress_chart_failures(browser, shots):
         assert errors == []
 
 
+def test_dark_mode(browser, shots):
+    """Dark when the browser prefers it (in Airflow's iframe, when Airflow's page is dark): light text on dark."""
+    with FakeDashboard(routes()) as app:
+        page = browser.new_page(viewport={"width": 1400, "height": 1000}, color_scheme="dark")
+        errors = collect_page_errors(page)
+        page.goto(app.url + f"/healthimaging/runs/{DAG_ID}/{RUN_ID}")
+        page.wait_for_selector("#failed-rows-table tbody tr")
+        assert page.evaluate("document.documentElement.dataset.theme") == "dark"
+        colours = page.evaluate(
+            "[getComputedStyle(document.body).backgroundColor, getComputedStyle(document.body).color]"
+        )
+        assert colours == ["rgb(9, 9, 11)", "rgb(244, 244, 245)"]
+        page.screenshot(path=str(shots / "fake-run-dark.png"), full_page=True)
+        assert errors == []
+
+
 def test_ledger_message_and_api_errors_are_shown(browser, shots):
     with FakeDashboard(routes(ledger_ok=False)) as app:
         page, _ = open_page(browser, app.url + "/healthimaging/")
@@ -274,3 +298,222 @@ def test_ledger_message_and_api_errors_are_shown(browser, shots):
         page, _ = open_page(browser, app.url + f"/healthimaging/runs/{DAG_ID}/other")
         page.wait_for_selector("#message .error")
         assert "not in the ledger" in page.locator("#message").inner_text()
+
+
+# ------------------------------------------------------------------------------ against a real Airflow stack
+#
+# The process stack of tests/airflow_stack.py's kind with the LocalExecutor (api-server, scheduler,
+# dag-processor, triggerer on PostgreSQL) plus the compose stack's emulator, running the repository's DAGs and
+# plugins: the dashboard is the real plugin app behind Airflow's login. The emulator's CopyImageSet quota is
+# 1 copy/s (the DAG's rate), each copy taking 2 s, so that the 40 rows take about a minute: long enough to
+# read the run page while the run is active.
+
+STACK_ROWS = 40
+STACK_COPIES_PER_SECOND = 1.0
+STACK_EMULATOR_ARGS = [
+    "--rate",
+    f"CopyImageSet={STACK_COPIES_PER_SECOND:g}:1",
+    "--copy-seconds",
+    "2",
+    "--copy-seconds-per-instance",
+    "0",
+    "--log-level",
+    "WARNING",
+]
+#: Generous: the machine may be busy (2 cores, other stacks). Waits end as soon as their condition holds.
+WAIT_MS = 120_000
+
+
+def stack_ledger_rows(stack, run_id: str) -> list[dict]:
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(stack.ledger_url())
+    try:
+        with engine.connect() as db:
+            query = sa.text(
+                "SELECT row_number, status, datastore_id, source_image_set_id, destination_image_set_id, label "
+                "FROM healthimaging_copy_ledger WHERE dag_id = :dag AND run_id = :run ORDER BY row_number"
+            )
+            return [dict(r) for r in db.execute(query, {"dag": DAG_ID, "run": run_id}).mappings()]
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory):
+    """The stack, its REST client (logged in), the bulk copy run triggered on a manifest of STACK_ROWS rows."""
+    import csv
+
+    from stack.compose import ENV_EXAMPLE
+    from stack.process_stack import ProcessStack
+    from tests.airflow_stack import FAST, StackClient, emulator_client, image_sets_by_series, shell_environ
+
+    stack = ProcessStack(
+        tmp_path_factory.mktemp("dashboard") / "home",
+        executor="LocalExecutor",
+        env_file=ENV_EXAMPLE,
+        environ=shell_environ(),
+        emulator_args=STACK_EMULATOR_ARGS,
+        overrides=FAST,
+    )
+    with stack:
+        client = emulator_client(stack.emulator_url)
+        (datastore,) = [d for d in client.list_datastores()["datastoreSummaries"] if d["datastoreName"] == "synthetic"]
+        datastore_id = datastore["datastoreId"]
+        series = image_sets_by_series(client, datastore_id)
+        sources = [next(iter(series[uid])) for uid in sorted(series)[:STACK_ROWS]]
+        assert len(sources) == STACK_ROWS
+        manifest = stack.home / "manifests" / "dashboard.csv"
+        manifest.parent.mkdir(parents=True, exist_ok=True)
+        with manifest.open("w", newline="") as stream:
+            writer = csv.writer(stream)
+            writer.writerow(["datastore_id", "source_image_set_id", "label"])
+            # Labels are the manifest author's text: one is markup, which the pages must show as text.
+            writer.writerows(
+                [datastore_id, source, HOSTILE if n == 1 else f"dashboard-{n}"] for n, source in enumerate(sources, 1)
+            )
+        api = StackClient(stack, stack.token())
+        conf = {
+            "manifest": str(manifest),
+            "copies_per_second": STACK_COPIES_PER_SECOND,
+            "burst": 1,
+            "batch_size": 20,
+            "poll_interval_seconds": 1,
+            "progress_interval_seconds": 5,
+        }
+        run_id = api.trigger(DAG_ID, conf=conf, wait_for_dag_timeout=120)
+        yield {"stack": stack, "api": api, "run_id": run_id, "sources": sources, "datastore_id": datastore_id}
+
+
+@pytest.fixture(scope="module")
+def stack_shots(tmp_path_factory) -> Path:
+    folder = Path(os.environ.get(SCREENSHOTS_ENV) or tmp_path_factory.mktemp("dashboard-screenshots"))
+    folder.mkdir(parents=True, exist_ok=True)
+    print(f"\ndashboard screenshots: {folder}")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def logged_in(browser, deployment):
+    """A browser context logged in through Airflow's login page (simple auth manager), as a user would."""
+    stack = deployment["stack"]
+    username, password = stack.credentials
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    page.goto(stack.api_url + "/healthimaging/")
+    # Not logged in: the dashboard sends the browser to Airflow's login page.
+    page.wait_for_url("**/auth/login**", timeout=WAIT_MS)
+    page.fill("input[name=username]", username)
+    page.fill("input[name=password]", password)
+    page.click("button[type=submit]")
+    page.wait_for_url(lambda url: "/auth/" not in url, timeout=WAIT_MS)
+    assert "_token" in {c["name"] for c in context.cookies()}
+    page.close()
+    yield context
+    context.close()
+
+
+def frame(page):
+    return page.frame_locator("iframe").first
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_stack_run_tab_counts_rise_during_the_copy(deployment, logged_in, stack_shots):
+    stack, api, run_id = deployment["stack"], deployment["api"], deployment["run_id"]
+    page = logged_in.new_page()
+    page.goto(f"{stack.api_url}/dags/{DAG_ID}/runs/{run_id}")
+    tab = page.locator("a[href$='/plugin/healthimaging-run']")
+    tab.first.wait_for(timeout=WAIT_MS)
+    tab.first.click()
+    view = frame(page)
+    # The page shows the run while it is active (the ledger's rows written, copies going on) ...
+    view.locator(".badge", has_text="active").wait_for(timeout=WAIT_MS)
+    first = int(view.locator("#accounted-count").inner_text())
+    rows = int(view.locator("#rows-count").inner_text())
+    assert rows == STACK_ROWS
+    assert first < rows
+    # ... and its own refresh (every 15 s while the run is active) shows more rows accounted for.
+    page.wait_for_function(
+        "n => { const f = document.querySelector('iframe');"
+        " const c = f && f.contentDocument && f.contentDocument.getElementById('accounted-count');"
+        " return c && Number(c.textContent) > n; }",
+        arg=first,
+        timeout=WAIT_MS,
+    )
+    second = int(view.locator("#accounted-count").inner_text())
+    print(f"\naccounted for: {first} then {second} of {rows}")
+    assert second > first
+    page.screenshot(path=str(stack_shots / "run-tab-active.png"))
+
+    assert api.wait_for_run(DAG_ID, run_id, timeout=300, poll=2) == "success", api.diagnostics(DAG_ID, run_id)
+    # The last refresh shows the run finished, every row accounted for; then the refresh stops.
+    view.locator(".badge", has_text="finished").wait_for(timeout=WAIT_MS)
+    assert view.locator("#accounted").inner_text() == f"{STACK_ROWS} of {STACK_ROWS} rows accounted for"
+    # (the refresh line is written once the whole refresh, charts included, is done)
+    view.locator("#refresh[data-active=false]").wait_for(timeout=WAIT_MS)
+    assert int(view.locator("#status-counts [data-status=succeeded] strong").inner_text()) == STACK_ROWS
+    assert view.locator("#throughput-chart").get_attribute("data-points") not in (None, "0")
+    assert view.locator("img").count() == 0
+    page.screenshot(path=str(stack_shots / "run-tab.png"))
+    # The run page on its own, whole (an iframe is cut to its box in the Airflow page's screenshot).
+    standalone = logged_in.new_page()
+    errors = collect_page_errors(standalone)
+    standalone.goto(f"{stack.api_url}/healthimaging/runs/{DAG_ID}/{run_id}")
+    standalone.locator(".badge", has_text="finished").wait_for(timeout=WAIT_MS)
+    standalone.locator("#latency-p50").wait_for(timeout=WAIT_MS)
+    standalone.wait_for_function("document.getElementById('throughput-chart').dataset.points > 0", timeout=WAIT_MS)
+    standalone.screenshot(path=str(stack_shots / "run.png"), full_page=True)
+    assert errors == []
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_stack_nav_page_lineage_and_home_widget(deployment, logged_in, stack_shots):
+    stack, api, run_id = deployment["stack"], deployment["api"], deployment["run_id"]
+    assert api.wait_for_run(DAG_ID, run_id, timeout=300, poll=2) == "success", api.diagnostics(DAG_ID, run_id)
+    rows = stack_ledger_rows(stack, run_id)
+    copied = next(r for r in rows if r["row_number"] == 1)
+    assert copied["status"] == "succeeded" and copied["destination_image_set_id"]
+
+    page = logged_in.new_page()
+    page.goto(stack.api_url + "/")
+    # The home page's widget, with the numbers of the summary.
+    widget = page.locator("[data-testid=healthimaging-copies-widget]")
+    widget.wait_for(timeout=WAIT_MS)
+    widget.locator("[data-value=succeeded_today]").wait_for(timeout=WAIT_MS)
+    assert int(widget.locator("[data-value=succeeded_today]").inner_text().replace(",", "")) >= STACK_ROWS
+    assert widget.locator("[data-value=runs_in_progress]").inner_text() == "0"
+    page.screenshot(path=str(stack_shots / "home-widget.png"))
+
+    # The nav item opens the dashboard in Airflow's page; the run is listed with a link to Airflow's run page.
+    page.locator("a[href$='/plugin/healthimaging-copies']").first.click()
+    view = frame(page)
+    run_row = view.locator("#runs-table tbody tr", has_text=run_id)
+    run_row.wait_for(timeout=WAIT_MS)
+    assert f"{STACK_ROWS} of {STACK_ROWS}" in run_row.inner_text()
+    airflow_link = run_row.locator("a", has_text="Airflow run")
+    assert airflow_link.get_attribute("target") == "_top"
+
+    # The lineage look-up finds the copied image set by its source id, and follows its destination back.
+    view.locator("#lineage-q").fill(copied["source_image_set_id"])
+    view.locator("#lineage-form button[type=submit]").click()
+    result = view.locator("#lineage-table tbody tr", has_text=copied["destination_image_set_id"])
+    result.wait_for(timeout=WAIT_MS)
+    assert HOSTILE in result.inner_text()  # the hostile label, shown as text
+    assert view.locator("#lineage-table img").count() == 0
+    result.locator("button.follow").click()
+    chain = view.locator("#trace-table tbody tr")
+    chain.first.wait_for(timeout=WAIT_MS)
+    assert copied["source_image_set_id"] in chain.first.inner_text()
+    page.screenshot(path=str(stack_shots / "nav-lineage.png"))
+
+    standalone = logged_in.new_page()
+    errors = collect_page_errors(standalone)
+    standalone.goto(stack.api_url + "/healthimaging/")
+    standalone.locator("#runs-table tbody tr").first.wait_for(timeout=WAIT_MS)
+    standalone.locator("#lineage-q").fill(copied["destination_image_set_id"])
+    standalone.locator("#lineage-form button[type=submit]").click()
+    standalone.locator("#lineage-table tbody tr").first.wait_for(timeout=WAIT_MS)
+    standalone.screenshot(path=str(stack_shots / "runs.png"), full_page=True)
+    assert errors == []
