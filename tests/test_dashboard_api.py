@@ -162,14 +162,20 @@ def test_the_views_of_real_runs(airflow_api, bulk_dag, ledger, emulator_connecti
     assert one["copies_per_minute"] == pytest.approx(60 * report["throughput"]["copiesPerSecond"], rel=1e-3)
     assert one["started_at"] <= one["updated_at"] <= time.time()
 
+    asked = time.time()
     detail = get(airflow_api, base).json()
+    answered = time.time()
     assert {k: detail[k] for k in one} | {"airflow_state": None} == one | {"airflow_state": None}
     assert detail["airflow_state"] == "success"
     assert detail["in_flight_by_datastore"] == [] and detail["eta_seconds"] == 0.0
     assert detail["quota_copies_per_minute"] == 50 * 60  # the run's copies_per_second
     assert detail["tolerated_failure_percent"] == 50.0 and detail["over_tolerance"] is False
     assert detail["manifests"] == [{"uri": one["manifest_uri"], "sha256": one["manifest_sha256"], "rows": 4}]
-    assert detail["elapsed_seconds"] > 0 and detail["recent_copies_per_minute"] > 0
+    assert detail["elapsed_seconds"] > 0
+    # The run is younger than the 5-minute window: its recent rate is its 3 completions over its own age.
+    first_sent = detail["first_submitted_at"]
+    assert asked - first_sent - 0.001 <= detail["recent_window_seconds"] <= answered - first_sent + 0.001  # rounded
+    assert detail["recent_copies_per_minute"] == pytest.approx(60 * 3 / detail["recent_window_seconds"], rel=1e-3)
     assert get(airflow_api, f"/api/runs/{BULK_DAG_ID}/no-such-run").status_code == 404
     assert get(airflow_api, f"/api/runs/{BULK_DAG_ID}/no-such-run/failures").status_code == 404
 

@@ -249,7 +249,11 @@ def run_detail(user: Reader, dag_id: str, run_id: str) -> dict[str, Any]:
         in_flight = queries.in_flight_by_datastore(db, dag_id, run_id)
         recent = queries.completed_since(db, dag_id, run_id, now - RECENT_SECONDS)
         rate, tolerated = _settings(db, (airflow or {}).get("params", {}))
-    recent_per_minute = round(60.0 * recent / RECENT_SECONDS, 3)
+    # The window is the last RECENT_SECONDS, or the whole run while it is younger: a run 28 s in that has
+    # finished 8 copies goes at 17 a minute, not at the 1.6 that 8 copies in five minutes would be.
+    first_sent = run.get("first_submitted_at")
+    window = min(RECENT_SECONDS, max(1.0, now - first_sent)) if first_sent else RECENT_SECONDS
+    recent_per_minute = round(60.0 * recent / window, 3)
     quota_per_minute = round(rate * 60.0, 3) if rate else None
     remaining = run["rows"] - run["accounted"]
     pace = min(p for p in (recent_per_minute, quota_per_minute) if p is not None) if recent_per_minute else None
@@ -267,7 +271,7 @@ def run_detail(user: Reader, dag_id: str, run_id: str) -> dict[str, Any]:
         "elapsed_seconds": round(end - started, 3) if started else None,
         "eta_seconds": eta,
         "recent_copies_per_minute": recent_per_minute,
-        "recent_window_seconds": RECENT_SECONDS,
+        "recent_window_seconds": round(window, 3),
         "quota_copies_per_minute": quota_per_minute,
         "tolerated_failure_percent": tolerated,
         "over_tolerance": run["failure_percent"] > tolerated,
