@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install lint test test-deaths test-fuzz bench-hostile demo emulator stack bench bench-bulk bench-bulk-stack bench-dashboard lock clean
+.PHONY: install lint test test-deaths test-fuzz bench-hostile demo demo-dashboard emulator stack bench bench-bulk bench-bulk-stack bench-dashboard lock clean
 
 # The venv is (re)built whenever requirements.txt changes. uv resolves and installs the pinned set
 # in seconds; it is itself installed from PyPI into the venv.
@@ -38,6 +38,10 @@ bench-hostile: install
 
 demo: install
 	$(PY) scripts/demo.py
+
+# The demo's Airflow served (airflow api-server on .demo/) to see its run in the HealthImaging dashboard.
+demo-dashboard: install
+	$(PY) scripts/demo.py --dashboard
 
 # The emulator in the foreground with the sample data, on the default port 8089.
 emulator: install

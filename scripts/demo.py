@@ -6,7 +6,12 @@
    forced copy across studies, and one bad row.
 3. Runs the ``healthimaging_bulk_copy`` DAG on it with ``airflow dags test`` (SQLite Airflow, SQLite
    ledger), exactly as a user would trigger it by hand.
-4. Prints the run summary and where the report and the ledger are.
+4. Prints the run summary and where the report and the ledger are, and how to see the run in the
+   dashboard.
+
+``make demo-dashboard`` (``demo.py --dashboard``) then serves that Airflow (``airflow api-server`` on
+``.demo/``'s metadata database and ledger) so that the run can be looked at in the HealthImaging
+dashboard, until Ctrl-C.
 
 Everything lives under ``.demo/`` in the repository. Patient data is never printed.
 """
@@ -254,6 +259,7 @@ def main() -> int:
         print(f"  ledger:  sqlite:///{ledger_path}  (table healthimaging_copy_ledger)")
         print(f"  run log: {log_path}")
         print("  run it again: the rows already copied are skipped (make demo starts from scratch each time)")
+        print("  dashboard: make demo-dashboard  (serves this Airflow and prints the dashboard's URL)")
         expected = counts["succeeded"] == 4 and counts["rejected"] == 1 and summary["allRowsAccountedFor"]
         return 0 if expected and result.returncode == 0 else 1
     finally:
@@ -261,5 +267,43 @@ def main() -> int:
         emulator.wait(timeout=10)
 
 
+def serve_dashboard(port: int = 8080) -> int:
+    """``airflow api-server`` on the demo's Airflow, until Ctrl-C: the HealthImaging dashboard shows its run."""
+    import urllib.request
+
+    if not (AIRFLOW_HOME / "airflow.db").exists():
+        print("no demo has run yet: make demo first")
+        return 1
+    env = airflow_env("http://127.0.0.1:1")  # the emulator is gone: the dashboard reads only the ledger
+    step(f"Serving the demo's Airflow on http://127.0.0.1:{port} (Ctrl-C stops it)")
+    server = subprocess.Popen([AIRFLOW, "api-server", "--port", str(port)], env=env, stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if server.poll() is not None:
+                print(f"  airflow api-server exited ({server.returncode}); is port {port} free?")
+                return 1
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v2/monitor/health", timeout=2):
+                    break
+            except OSError:
+                time.sleep(1)
+        else:
+            print("  airflow api-server did not answer within 120 s")
+            return 1
+        print(f"  dashboard: http://127.0.0.1:{port}/plugin/healthimaging-copies  (or /healthimaging/ alone)")
+        print(
+            "  log in as admin; the password is in "
+            f"{AIRFLOW_HOME / 'simple_auth_manager_passwords.json.generated'} (Airflow's simple auth manager)"
+        )
+        server.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    return 0
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(serve_dashboard() if "--dashboard" in sys.argv[1:] else main())
