@@ -61,7 +61,7 @@ def test_a_new_ledger_is_migrated_to_the_tables_the_code_declares(fresh_url):
     engine = sa.create_engine(fresh_url)
     assert current_revision(engine) is None
     upgrade(engine)
-    assert current_revision(engine) == head_revision() == "0003"
+    assert current_revision(engine) == head_revision() == "0004"
     assert schema_differences(engine) == []
     upgrade(engine)  # again: nothing to do
     assert current_revision(engine) == head_revision()
@@ -104,10 +104,12 @@ def test_a_ledger_created_by_release_0_1_0_is_upgraded_and_keeps_its_rows(fresh_
     assert current_revision(ledger.engine) == head_revision()
     assert schema_differences(ledger.engine) == []
     rows = ledger.run_rows("d", "r")
-    assert [(r["row_number"], r["status"], r["destination_image_set_id"], r["sent_at"]) for r in rows] == [
-        (1, "submitted", "c" * 32, None),
-        (2, "succeeded", "c" * 32, None),
-    ]
+    assert [
+        (r["row_number"], r["status"], r["destination_image_set_id"], r["sent_at"], r["throttles"]) for r in rows
+    ] == [
+        (1, "submitted", "c" * 32, None, 0),
+        (2, "succeeded", "c" * 32, None, 0),
+    ]  # throttles: its server default gives the rows already there 0
     assert ledger.take_manifest("m.csv", "a" * 64, "d", "r") and not ledger.take_manifest(
         "m.csv", "a" * 64, "d", "other"
     )
@@ -152,7 +154,10 @@ def test_the_migrations_can_be_undone_to_the_release_0_1_0_schema(fresh_url):
         command.downgrade(ledger_module._alembic_config(db), "0001")
     assert current_revision(engine) == "0001"
     assert "healthimaging_engine_leases" not in sa.inspect(engine).get_table_names()
-    assert "sent_at" not in {c["name"] for c in sa.inspect(engine).get_columns("healthimaging_copy_ledger")}
+    columns = {c["name"] for c in sa.inspect(engine).get_columns("healthimaging_copy_ledger")}
+    assert "sent_at" not in columns and "throttles" not in columns
+    indexes = {i["name"] for i in sa.inspect(engine).get_indexes("healthimaging_copy_ledger")}
+    assert "ix_healthimaging_ledger_label" not in indexes
     missing = {
         d[1].name if hasattr(d[1], "name") else str(d) for d in schema_differences(engine) if isinstance(d, tuple)
     }

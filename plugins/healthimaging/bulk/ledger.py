@@ -82,6 +82,8 @@ copies = sa.Table(
     sa.Column("error_code", sa.String(128)),
     sa.Column("message", sa.Text),
     sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    # throttled CopyImageSet sends (a throttling code or HTTP 429): resent, not counted in attempts
+    sa.Column("throttles", sa.Integer, nullable=False, default=0, server_default=sa.text("0")),
     sa.Column("submitted_at", sa.Float),
     sa.Column("completed_at", sa.Float),
     sa.Column("verified", sa.Boolean),
@@ -103,6 +105,7 @@ copies = sa.Table(
     sa.Index("ix_healthimaging_ledger_run_batch", "dag_id", "run_id", "batch", "status"),
     sa.Index("ix_healthimaging_ledger_in_flight", "status", "datastore_id"),
     sa.Index("ix_healthimaging_ledger_claim", "claim", "status"),
+    sa.Index("ix_healthimaging_ledger_label", "label"),  # the dashboard's lineage look-up by label
 )
 
 leases = sa.Table(
