@@ -36,6 +36,7 @@ class CopyRecord:
     # Once the service accepted the copy.
     submitted_at: float | None = None
     attempts: int | None = None
+    throttles: int | None = None
     reconciled: bool | None = None
     source_image_set_arn: str | None = None
     destination_image_set_arn: str | None = None

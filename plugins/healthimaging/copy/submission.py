@@ -41,12 +41,15 @@ class SendCancelled(Exception):
 
 
 class CopySubmissionError(Exception):
-    """CopyImageSet failed for good; ``code`` is the service's error code (or ours), ``message`` its text."""
+    """CopyImageSet failed for good; ``code`` is the service's error code (or ours), ``message`` its text.
+
+    ``throttles`` is how many of its sends were throttled before it failed (set by :func:`submit_copy`)."""
 
     def __init__(self, code: str, message: str) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
+        self.throttles = 0
 
 
 @dataclass
@@ -89,6 +92,10 @@ class SubmittedCopy:
     destination_image_set_arn: str | None = None
     reconciled: bool = False
     attempts: int = 1
+    #: Sends that were throttled (a throttling code or HTTP 429) and sent again: not counted in ``attempts``
+    #: (a ServiceQuotaExceededException is, like any other failed attempt). 0 from :func:`reconcile` on its
+    #: own, which sends nothing.
+    throttles: int = 0
 
 
 def submit_copy(
@@ -107,66 +114,70 @@ def submit_copy(
     plan = snapshot_series(hook, plan)
     started = time.time()
     throttles = conflicts = attempts = sends = 0
-    while True:
-        attempts += 1
-        if sends and policy.before_resend is not None:
-            policy.before_resend()
-        sends += 1
-        if policy.before_send is not None:
-            policy.before_send()
-        try:
-            response = hook.no_retry_conn.copy_image_set(**plan.request())
-            return _accepted(plan, response, started, attempts)
-        except (EndpointConnectionError, ConnectTimeoutError) as exc:
-            reason = f"could not connect ({exc})"  # nothing was sent
-        except HTTPClientError as exc:
-            found = reconcile(hook, plan, started, policy)
-            if found:
-                found.attempts = attempts
-                return found
-            reason = f"the response was lost ({exc}) and no copy took effect"
-        except ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code", "Unknown")
-            message = exc.response.get("Error", {}).get("Message", "")
-            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-            if code in THROTTLING_CODES or status == 429:
-                throttles += 1
-                if throttles > policy.max_throttle_retries:
-                    raise CopySubmissionError(
-                        code, f"still throttled after {throttles - 1} retries: {message}"
-                    ) from exc
-                delay = policy.backoff(min(throttles, 6), policy.throttle_backoff_base_seconds)
-                log.info("CopyImageSet throttled; retrying in %.1fs (%d)", delay, throttles)
-                policy.sleep(delay)
-                attempts -= 1  # throttling is not a failed attempt: the quota decides the pace
-                continue
-            if code == "ServiceQuotaExceededException":
-                reason = f"a service quota is exhausted ({message})"
-            elif code == "ConflictException":
-                conflicts += 1
-                plan, reason = _after_conflict(hook, plan, message, conflicts, policy, replan)
-            elif status >= 500:
+    try:
+        while True:
+            attempts += 1
+            if sends and policy.before_resend is not None:
+                policy.before_resend()
+            sends += 1
+            if policy.before_send is not None:
+                policy.before_send()
+            try:
+                response = hook.no_retry_conn.copy_image_set(**plan.request())
+                return _accepted(plan, response, started, attempts, throttles)
+            except (EndpointConnectionError, ConnectTimeoutError) as exc:
+                reason = f"could not connect ({exc})"  # nothing was sent
+            except HTTPClientError as exc:
                 found = reconcile(hook, plan, started, policy)
                 if found:
-                    found.attempts = attempts
+                    found.attempts, found.throttles = attempts, throttles
                     return found
-                reason = f"{code} ({message}) and no copy took effect"
-            else:
-                raise CopySubmissionError(code, message) from exc
-        if attempts >= policy.max_attempts:
-            raise CopySubmissionError("CopyNotAccepted", f"gave up after {attempts} attempts; the last: {reason}")
-        delay = policy.backoff(attempts)
-        log.warning(
-            "CopyImageSet not accepted: %s; retrying in %.1fs (attempt %d of %d)",
-            reason,
-            delay,
-            attempts,
-            policy.max_attempts,
-        )
-        policy.sleep(delay)
+                reason = f"the response was lost ({exc}) and no copy took effect"
+            except ClientError as exc:
+                code = exc.response.get("Error", {}).get("Code", "Unknown")
+                message = exc.response.get("Error", {}).get("Message", "")
+                status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+                if code in THROTTLING_CODES or status == 429:
+                    throttles += 1
+                    if throttles > policy.max_throttle_retries:
+                        raise CopySubmissionError(
+                            code, f"still throttled after {throttles - 1} retries: {message}"
+                        ) from exc
+                    delay = policy.backoff(min(throttles, 6), policy.throttle_backoff_base_seconds)
+                    log.info("CopyImageSet throttled; retrying in %.1fs (%d)", delay, throttles)
+                    policy.sleep(delay)
+                    attempts -= 1  # throttling is not a failed attempt: the quota decides the pace
+                    continue
+                if code == "ServiceQuotaExceededException":
+                    reason = f"a service quota is exhausted ({message})"
+                elif code == "ConflictException":
+                    conflicts += 1
+                    plan, reason = _after_conflict(hook, plan, message, conflicts, policy, replan)
+                elif status >= 500:
+                    found = reconcile(hook, plan, started, policy)
+                    if found:
+                        found.attempts, found.throttles = attempts, throttles
+                        return found
+                    reason = f"{code} ({message}) and no copy took effect"
+                else:
+                    raise CopySubmissionError(code, message) from exc
+            if attempts >= policy.max_attempts:
+                raise CopySubmissionError("CopyNotAccepted", f"gave up after {attempts} attempts; the last: {reason}")
+            delay = policy.backoff(attempts)
+            log.warning(
+                "CopyImageSet not accepted: %s; retrying in %.1fs (attempt %d of %d)",
+                reason,
+                delay,
+                attempts,
+                policy.max_attempts,
+            )
+            policy.sleep(delay)
+    except CopySubmissionError as exc:
+        exc.throttles = throttles  # sends throttled before it failed: resent, not failed attempts
+        raise
 
 
-def _accepted(plan: CopyPlan, response: dict[str, Any], started: float, attempts: int) -> SubmittedCopy:
+def _accepted(plan: CopyPlan, response: dict[str, Any], started: float, attempts: int, throttles: int) -> SubmittedCopy:
     destination = response["destinationImageSetProperties"]
     return SubmittedCopy(
         plan=plan,
@@ -176,6 +187,7 @@ def _accepted(plan: CopyPlan, response: dict[str, Any], started: float, attempts
         source_image_set_arn=response["sourceImageSetProperties"].get("imageSetArn"),
         destination_image_set_arn=destination.get("imageSetArn"),
         attempts=attempts,
+        throttles=throttles,
     )
 
 
