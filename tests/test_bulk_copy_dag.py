@@ -262,6 +262,7 @@ def test_bulk_copy_end_to_end_with_faults_a_killed_batch_and_failures(
         assert row["force"] is False and row["promote_to_primary"] is False
         assert row["error_code"] is None and row["message"] is None and row["verified"] is True
         assert row["attempts"] == (2 if number == 3 else 1), number  # throttling is no attempt; the 500 is
+        assert row["throttles"] == (1 if number == 2 else 0), number  # row 2's throttled call, resent
         assert 0 < row["submitted_at"] <= row["completed_at"]
     assert run.row(1)["destination_image_set_id"] == sent[0]  # the copy the dead engine sent, found again
     assert run.row(10)["claimed_at"] >= run.row(1)["completed_at"]  # taken only once row 1's copy was over
@@ -809,6 +810,13 @@ def test_throttling_slows_copies_but_never_fails_a_row(ledger, emulator_connecti
     assert [r["attempts"] for r in rows] == [1] * 4  # a throttled call is no failed attempt
     counters = copy_calls(emulator)
     assert counters["throttled"] >= 1 and counters["succeeded"] == 4, counters
+    # every throttled call the service saw is recorded on its row, and only those: resent, not attempted again
+    assert sum(r["throttles"] for r in rows) == counters["throttled"], ([r["throttles"] for r in rows], counters)
+    assert (
+        counters["calls"]
+        == counters["succeeded"] + counters["throttled"]
+        == sum(r["attempts"] for r in rows) + sum(r["throttles"] for r in rows)
+    ), counters
 
 
 def wait_until_copied(client, datastore_id: str, image_set_id: str, timeout: float = 60.0) -> None:

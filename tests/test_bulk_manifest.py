@@ -522,6 +522,22 @@ def test_a_new_run_takes_over_the_copies_a_dead_engine_left_in_flight(ledger, ow
         assert ledger.renew_lease("old-engine")
 
 
+def test_throttles_are_added_to_by_the_row_s_owner_and_by_no_one_else(ledger):
+    """A fenced write adds to the stored throttles (``throttles = throttles + n``): a row held by a later owner
+    keeps what an earlier one stored, and an owner that lost the row adds nothing."""
+    validated = validate_manifest(csv_bytes([{"source_image_set_id": A}]), "m.csv", default_datastore_id=DATASTORE)
+    register_manifest(ledger, dag_id="d", run_id="r", manifest_uri="m.csv", validated=validated, batch_size=10)
+    (row,) = ledger.run_rows("d", "r")
+    assert row["throttles"] == 0  # the column's default on a new row
+    ledger.update("d", "r", validated.sha256, 1, status="submitting", claim="first")
+    assert ledger.fenced_update(row["id"], "first", add={"throttles": 2}, attempts=1)
+    ledger.update("d", "r", validated.sha256, 1, claim="second")  # taken over
+    assert not ledger.fenced_update(row["id"], "first", add={"throttles": 5})
+    assert ledger.fenced_update(row["id"], "second", add={"throttles": 3}, attempts=2)
+    (row,) = ledger.run_rows("d", "r")
+    assert (row["throttles"], row["attempts"]) == (5, 2)
+
+
 def test_a_missing_manifest_names_the_path(ledger, tmp_path):
     with pytest.raises(FileNotFoundError, match="is not a file on this worker"):
         prepare(ledger, dag_id="d", run_id="r", params={"manifest": str(tmp_path / "nope.csv")})

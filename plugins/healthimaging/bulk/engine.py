@@ -174,17 +174,23 @@ class BatchCopyEngine:
         """End this engine's lease now (it stops): rows it still holds can be taken over at once."""
         self.ledger.release_lease(self.owner)
 
-    def _write(self, row: dict[str, Any], status: str | None = None, **changes: Any) -> bool:
-        """A fenced write to a row this engine holds; False (nothing written, the row dropped) if it no longer does."""
+    def _write(
+        self, row: dict[str, Any], status: str | None = None, *, add: dict[str, int] | None = None, **changes: Any
+    ) -> bool:
+        """A fenced write to a row this engine holds; False (nothing written, the row dropped) if it no longer does.
+
+        ``add`` is added to the stored counters (see :meth:`Ledger.fenced_update`)."""
         if status is not None:
             changes["status"] = status
         changes["updated_at"] = self.clock()
         if status in FINAL_STATUSES or status == PENDING:
             changes.setdefault("claim", None)  # final or back in the queue: nobody holds it any more
-        if not self.ledger.fenced_update(row["id"], self.owner, **changes):
+        if not self.ledger.fenced_update(row["id"], self.owner, add=add, **changes):
             self._drop(row, "write")
             return False
         row.update(changes)
+        for column, n in (add or {}).items():
+            row[column] = (row.get(column) or 0) + n
         if status is not None:
             log.info(
                 state_line(
@@ -445,6 +451,7 @@ class BatchCopyEngine:
             self._write(
                 row,
                 FAILED,
+                add={"throttles": exc.throttles},
                 error_code=exc.code,
                 message=exc.message,
                 completed_at=self.clock(),
@@ -458,6 +465,8 @@ class BatchCopyEngine:
             destination_version_id=submitted.destination_version_id,
             submitted_at=submitted.submitted_at,
             attempts=(row.get("attempts") or 0) + submitted.attempts,
+            # added to the stored count: a row sent again after a take-over keeps its earlier owners' throttles
+            add={"throttles": submitted.throttles},
             next_poll_at=self.clock() + 1.0,
             plan_json=json.dumps(submitted.plan.to_dict()),
             source_version_id=submitted.plan.source_version_id,

@@ -821,13 +821,19 @@ class Ledger:
             )
         return ClaimObstacle("cap" if count >= max_in_flight else "gone", None, tuple(dict(o) for o in orphans))
 
-    def fenced_update(self, row_id: int, owner: str, **changes: Any) -> bool:
-        """Change a row only while ``owner`` holds it; False (nothing written) if it does not any more."""
+    def fenced_update(self, row_id: int, owner: str, *, add: Mapping[str, int] | None = None, **changes: Any) -> bool:
+        """Change a row only while ``owner`` holds it; False (nothing written) if it does not any more.
+
+        ``add`` adds to counters in the database (``column = column + n``) rather than setting them: what
+        earlier owners of the row stored is kept whatever this owner read of the row."""
         changes.setdefault("updated_at", time.time())
+        increments = {column: copies.c[column] + n for column, n in (add or {}).items()}
         with self.engine.begin() as db:
             return bool(
                 db.execute(
-                    copies.update().where(copies.c.id == row_id, copies.c.claim == owner).values(**changes)
+                    copies.update()
+                    .where(copies.c.id == row_id, copies.c.claim == owner)
+                    .values(**changes, **increments)
                 ).rowcount
             )
 
