@@ -16,7 +16,7 @@ import io
 import json
 import statistics
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +64,13 @@ def percentile(values: list[float], q: float) -> float | None:
     )
 
 
+def failure_percent(counts: Mapping[str, int]) -> float:
+    """The failure share a run is judged by: failed over attempted (succeeded, failed, and planned: a dry run
+    attempts a plan for each row), in percent, to three decimals."""
+    attempted = counts.get(SUCCEEDED, 0) + counts.get(FAILED, 0) + counts.get(PLANNED, 0)
+    return round(100.0 * counts.get(FAILED, 0) / attempted, 3) if attempted else 0.0
+
+
 def summarize(
     rows: list[dict[str, Any]],
     *,
@@ -87,8 +94,6 @@ def summarize(
         row["completed_at"] for row in rows if row.get("completed_at") and row["status"] in (SUCCEEDED, FAILED)
     ]
     span = (max(completed) - min(submitted)) if submitted and completed else None
-    attempted = counts[SUCCEEDED] + counts[FAILED] + counts[PLANNED]  # a dry run attempts a plan for each row
-    failure_percent = 100.0 * counts[FAILED] / attempted if attempted else 0.0
     accounted = sum(counts[s] for s in (SUCCEEDED, FAILED, REJECTED, SKIPPED, PLANNED))
     return {
         "dagId": dag_id,
@@ -105,7 +110,7 @@ def summarize(
             "accountedFor": accounted,
         },
         "allRowsAccountedFor": accounted == total_rows,
-        "failurePercent": round(failure_percent, 3),
+        "failurePercent": failure_percent(counts),
         "toleratedFailurePercent": tolerated_failure_percent,
         "throughput": {
             "copiesPerSecond": round(counts[SUCCEEDED] / span, 4) if span else None,

@@ -23,21 +23,17 @@ from sqlalchemy.engine import Connection
 
 from healthimaging.bulk.ledger import (
     FAILED,
+    FINAL_STATUSES,
     IN_FLIGHT_STATUSES,
     IN_PROGRESS_STATUSES,
-    PENDING,
-    PLANNED,
     REJECTED,
-    SKIPPED,
-    SUBMITTED,
-    SUBMITTING,
     SUCCEEDED,
     buckets,
     copies,
 )
+from healthimaging.bulk.report import CSV_COLUMNS, failure_percent
 
-STATUSES = (PENDING, SUBMITTING, SUBMITTED, SUCCEEDED, FAILED, REJECTED, SKIPPED, PLANNED)
-ACCOUNTED_STATUSES = (SUCCEEDED, FAILED, REJECTED, SKIPPED, PLANNED)
+STATUSES = IN_PROGRESS_STATUSES + FINAL_STATUSES
 COMPLETED_STATUSES = (SUCCEEDED, FAILED)
 FAILURE_STATUSES = (FAILED, REJECTED)
 LINEAGE_LIMIT = 200
@@ -60,21 +56,8 @@ LINEAGE_COLUMNS = (
     "verified",
     "copy_key",
 )
-FAILED_ROW_COLUMNS = (
-    "row_number",
-    "label",
-    "datastore_id",
-    "source_image_set_id",
-    "source_version_id",
-    "destination_image_set_id",
-    "destination_version_id",
-    "status",
-    "error_code",
-    "message",
-    "attempts",
-    "submitted_at",
-    "completed_at",
-)
+#: The failed rows' download is the report's failed.csv: the same columns, the same spreadsheet-safe cells.
+FAILED_ROW_COLUMNS = CSV_COLUMNS
 
 
 def _readable(dag_ids: Collection[str]) -> sa.ColumnElement:
@@ -150,7 +133,7 @@ def _fold(groups: list[sa.Row]) -> dict[tuple[str, str], dict[str, Any]]:
         run["manifest_uri"] = manifests[0]["uri"] if manifests else None
         run["manifest_sha256"] = manifests[0]["sha256"] if manifests else None
         run["rows"] = sum(counts.values())
-        run["accounted"] = sum(counts[s] for s in ACCOUNTED_STATUSES)
+        run["accounted"] = sum(counts[s] for s in FINAL_STATUSES)
         run["active"] = any(counts[s] for s in IN_PROGRESS_STATUSES)
         first_submitted = run.pop("_first_submitted")
         first_updated = run.pop("_first_updated")
@@ -164,12 +147,6 @@ def _fold(groups: list[sa.Row]) -> dict[tuple[str, str], dict[str, Any]]:
         run["failure_percent"] = failure_percent(counts)
         run["airflow_url"] = f"/dags/{run['dag_id']}/runs/{run['run_id']}"
     return runs
-
-
-def failure_percent(counts: dict[str, int]) -> float:
-    """report.summarize's failure share: failed over attempted (succeeded + failed + planned), in percent."""
-    attempted = counts.get(SUCCEEDED, 0) + counts.get(FAILED, 0) + counts.get(PLANNED, 0)
-    return round(100.0 * counts.get(FAILED, 0) / attempted, 3) if attempted else 0.0
 
 
 def _least(a: float | None, b: float | None) -> float | None:
