@@ -817,6 +817,11 @@ def test_throttling_slows_copies_but_never_fails_a_row(ledger, emulator_connecti
         == counters["succeeded"] + counters["throttled"]
         == sum(r["attempts"] for r in rows) + sum(r["throttles"] for r in rows)
     ), counters
+    # ... and the dashboard's throttled resends are the service's count
+    from healthimaging.bulk.dashboard import queries
+
+    with ledger.engine.connect() as db:
+        assert queries.throttled_resends(db, "engine-test", run_id) == counters["throttled"]
 
 
 def wait_until_copied(client, datastore_id: str, image_set_id: str, timeout: float = 60.0) -> None:

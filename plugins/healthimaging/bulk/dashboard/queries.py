@@ -8,7 +8,8 @@ The cross-run look-ups use the other indexes: a source or destination image set 
 are read first so that the index's leading column is given), a copy key through
 ``ix_healthimaging_ledger_copy_key``, in-flight rows through ``ix_healthimaging_ledger_in_flight``
 (status, datastore_id), today's outcomes through ``ix_healthimaging_ledger_status_completed``. A label
-has no index: a label search reads the table (limited to :data:`LINEAGE_LIMIT` matches).
+through ``ix_healthimaging_ledger_label`` (migration 0004); a look-up returns at most :data:`LINEAGE_LIMIT`
+matches.
 
 Every query takes the DAG ids the user may read and returns nothing of other DAGs.
 """
@@ -222,12 +223,9 @@ def attempts_per_row(db: Connection, dag_id: str, run_id: str) -> dict[str, int]
     return {str(r.attempts): r.n for r in db.execute(query)}
 
 
-def throttled_resends(db: Connection, dag_id: str, run_id: str) -> int | None:
-    """Throttled CopyImageSet sends of the run's rows; None while the ledger does not record them."""
-    column = copies.c.get("throttles")
-    if column is None:
-        return None
-    query = sa.select(sa.func.coalesce(sa.func.sum(column), 0)).where(_run(dag_id, run_id))
+def throttled_resends(db: Connection, dag_id: str, run_id: str) -> int:
+    """Throttled CopyImageSet sends of the run's rows, sent again (the ledger's ``throttles``, migration 0004)."""
+    query = sa.select(sa.func.coalesce(sa.func.sum(copies.c.throttles), 0)).where(_run(dag_id, run_id))
     return int(db.execute(query).scalar_one())
 
 
