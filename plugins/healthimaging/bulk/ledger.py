@@ -38,6 +38,8 @@ from sqlalchemy.engine import URL, Engine
 CONNECTION_ID = "healthimaging_ledger"
 #: The connection's earlier name; still read when ``healthimaging_ledger`` is not defined.
 LEGACY_CONNECTION_ID = "healthimaging_lineage"
+#: The names the ledger's connection is looked up by, in order.
+CONNECTION_IDS = (CONNECTION_ID, LEGACY_CONNECTION_ID)
 DEFAULT_SQLITE_NAME = "healthimaging_ledger.sqlite3"
 
 #: Row statuses. ``pending``, ``submitting`` (claimed; the copy may have been sent) and ``submitted``
@@ -219,7 +221,7 @@ def resolve_url(conn_id: str = CONNECTION_ID) -> URL | str:
     from airflow.sdk import Connection
     from airflow.sdk.exceptions import AirflowNotFoundException
 
-    names = (conn_id, LEGACY_CONNECTION_ID) if conn_id == CONNECTION_ID else (conn_id,)
+    names = CONNECTION_IDS if conn_id == CONNECTION_ID else (conn_id,)
     for name in names:
         try:
             return url_from_connection(Connection.get(name))
@@ -230,7 +232,7 @@ def resolve_url(conn_id: str = CONNECTION_ID) -> URL | str:
 
 def connection_from_environment(environ: Mapping[str, str] = os.environ) -> tuple[str, str] | None:
     """The ledger connection's id and value as ``AIRFLOW_CONN_*`` holds them (the old name too), or None."""
-    for name in (CONNECTION_ID, LEGACY_CONNECTION_ID):
+    for name in CONNECTION_IDS:
         value = environ.get(f"AIRFLOW_CONN_{name.upper()}")
         if value:
             return name, value

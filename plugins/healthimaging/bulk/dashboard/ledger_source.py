@@ -19,7 +19,13 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL, Engine, make_url
 
 from healthimaging.bulk import ledger as ledger_module
-from healthimaging.bulk.ledger import CONNECTION_ID, LEGACY_CONNECTION_ID, LedgerConnectionError, url_from_connection
+from healthimaging.bulk.ledger import (
+    CONNECTION_ID,
+    CONNECTION_IDS,
+    LEGACY_CONNECTION_ID,
+    LedgerConnectionError,
+    url_from_connection,
+)
 
 #: Seconds a PostgreSQL connection attempt may take before the dashboard reports the ledger unreachable.
 CONNECT_TIMEOUT_SECONDS = 5
@@ -69,7 +75,7 @@ def _connection(conn_id: str) -> Any | None:
 
 def resolve() -> LedgerSource:
     """The ledger the API server reads; :class:`LedgerUnavailable` when there is none."""
-    for conn_id in (CONNECTION_ID, LEGACY_CONNECTION_ID):
+    for conn_id in CONNECTION_IDS:
         conn = _connection(conn_id)
         if conn is None:
             continue
