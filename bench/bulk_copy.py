@@ -1,25 +1,28 @@
-"""Bulk-copy benchmark: the healthimaging_bulk_copy DAG against the emulator, and manifest validation at scale.
+"""Bulk-copy benchmark: the healthimaging_bulk_copy DAG at the service's limits on the process stack of
+docker-compose.yaml, beside the baselines a user would write without this project; and manifest validation.
 
-Run: ``make bench-bulk`` / ``make bench-bulk-stack`` (or ``.venv/bin/python bench/bulk_copy.py [--stack]
-[--rows 1000] [--rate 5] [--batch-size N] [--validate-rows 100000]``; ``--validate-rows 0`` skips part 2).
+Run: ``make bench-bulk`` (every point, about an hour), or ``.venv/bin/python bench/bulk_copy.py [--points
+5/s,adaptive] [--scale 0.1] [--baselines loop,naive] [--validate-rows 100000]``; ``make bench-bulk-100k`` is
+the 100,000-row run (``--points 100k``).
 
-Part 1 copies ``--rows`` synthetic image sets with the emulator's CopyImageSet quota raised to
-``--rate``/s (burst 1, as AWS) and the DAG's shared limit set to the same rate. By default it runs
-under ``airflow dags test``, in one batch (dag.test runs mapped batches one after another, which
-would measure that, not the engine). With ``--stack`` it runs on the process stack of
-docker-compose.yaml (scheduler, triggerer, a Celery worker, PostgreSQL, Redis; ``make stack``) in
-batches of ``--batch-size`` (the DAG's default, 250), so that the batches' triggers run side by side
-in the triggerer and share the limit, as in production. It prints, each as a ratio against what the
-same run measured or allows:
+One stack for every point: PostgreSQL (metadata DB and ledger), Redis, the scheduler, two Celery workers,
+the triggerer, and the emulator, whose limits are set for each point through its admin API. The DAG runs
+with its default Params; only ``copies_per_second`` is set to the emulator's CopyImageSet quota (and, for an
+account whose limits were raised, ``max_copies_in_flight`` and ``get_image_set_per_second`` to the raised
+ones). Each point prints:
 
-- the copy makespan (first CopyImageSet sent → last copy verified) against the quota-bound ideal
-  (rows / rate + one copy duration, the duration measured in this run); target at most 1.10x;
-- the share of CopyImageSet calls the emulator throttled; target at most 1%;
-- worker-slot seconds per image set (time task instances spent RUNNING, from Airflow's event log);
-- task instances per 1,000 rows.
+- the copy makespan (first CopyImageSet sent → last copy verified, from the ledger) over the ideal of
+  ``bench/ideal.py`` (the rate and the copies in progress, copies of exactly the emulator's length);
+- refused calls: CopyImageSet throttled or over the copies in progress (ServiceQuotaExceededException), and
+  GetImageSet throttled; emulator calls per row;
+- CPU seconds per 1,000 copies of the triggerer, the workers and the scheduler (process trees, from psutil);
+- ledger statements per copy (counted by each engine, from its last progress line);
+- peak memory (VmHWM) of the triggerer's processes and the scheduler's;
+- for ``adaptive`` (copies_per_second 10 against a 5/s quota): the shared rate after the first minute.
 
-Part 2 validates a ``--validate-rows`` manifest and prints the time and peak memory against a
-baseline measured in the same run: reading the same CSV with ``csv.DictReader`` and nothing else.
+The baselines run on the same emulator with the same limits, on sources of their own (``bench/baselines.py``):
+a plain boto3 loop with a limiter, and the DAG a user writes without this project (a mapped task per row,
+SDK retries, a poke-mode sensor) where Airflow's ``max_map_length`` lets it run.
 """
 
 from __future__ import annotations
@@ -29,12 +32,15 @@ import csv
 import io
 import json
 import os
-import subprocess
+import re
 import sys
 import tempfile
+import threading
 import time
 import tracemalloc
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import boto3
 from botocore.config import Config
@@ -42,285 +48,390 @@ from botocore.config import Config
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "plugins")]
 from bench.ideal import ideal_makespan  # noqa: E402 - after the path is set
-from healthimaging_emulator.admin_client import admin_request  # noqa: E402 - after the path is set
-from healthimaging_emulator.quotas import MAX_CONCURRENT_COPIES_PER_DATASTORE  # noqa: E402 - after the path is set
-from stack.processes import free_port  # noqa: E402 - after the path is set
 
-AIRFLOW = str(Path(sys.executable).with_name("airflow"))
-COPY_SECONDS = 2.0
 DAG_ID = "healthimaging_bulk_copy"
-#: The DAG's default batch size (dags/healthimaging_bulk_copy.py), used with --stack.
-DEFAULT_BATCH_SIZE = 250
+#: The engine's statement count, in each batch's last progress line (healthimaging.bulk.engine).
+STATEMENTS_LINE = re.compile(r"; (\d+) ledger statements \(")
 
 
-def start_emulator(port: int, rows: int, rate: float) -> subprocess.Popen:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "healthimaging_emulator", "--port", str(port), *emulator_args(rows, rate)],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    for line in process.stdout:
-        if "listening on" in line:
-            return process
-    raise SystemExit(f"the emulator exited with code {process.wait()}")
+@dataclass
+class Point:
+    """One measurement: the emulator's limits, the copies' length, the rows, what the DAG is told."""
+
+    name: str
+    quota: float  # CopyImageSet requests a second (burst 1)
+    copy_seconds: float
+    rows: int
+    in_progress: int = 100
+    get_image_set: float = 25.0
+    get_metadata: float = 50.0
+    configured_rate: float | None = None  # copies_per_second, when not the quota (the adaptive point)
+    raised: bool = False  # the account's limits were raised: the DAG is told them
+    target: float | None = None  # makespan over the ideal to reach
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def conf(self) -> dict[str, Any]:
+        conf = {"copies_per_second": self.configured_rate or self.quota, **self.params}
+        if self.raised:
+            conf.update(max_copies_in_flight=self.in_progress, get_image_set_per_second=self.get_image_set)
+        return conf
+
+    def emulator_config(self) -> dict[str, Any]:
+        return {
+            "profile": "aws",
+            "rates": {
+                "CopyImageSet": {"rate": self.quota, "burst": 1},
+                "GetImageSet": {"rate": self.get_image_set, "burst": 2 * self.get_image_set},
+                "GetImageSetMetadata": {"rate": self.get_metadata, "burst": 2 * self.get_metadata},
+            },
+            "timing": {"copy_fixed_seconds": self.copy_seconds, "copy_per_instance_seconds": 0.0},
+            "max_concurrent_copies": self.in_progress,
+        }
 
 
-def running_seconds(airflow_db_url: str, dag_id: str) -> tuple[float, int]:
-    """(seconds task instances spent RUNNING, number of task instances) from Airflow's event log."""
-    import sqlalchemy as sa
+RAISED = {"in_progress": 500, "get_image_set": 250.0, "get_metadata": 500.0, "raised": True}
+POINTS = {
+    "0.25/s": Point("0.25/s (AWS default), 2 s copies", 0.25, 2.0, 60, target=1.01),
+    "5/s": Point("5/s, 2 s copies", 5.0, 2.0, 1000, target=1.03),
+    "5/s-60s": Point("5/s, 60 s copies (100 in progress binds)", 5.0, 60.0, 1000, target=1.05),
+    "50/s": Point("50/s, 2 s copies, raised limits", 50.0, 2.0, 10_000, target=1.03, **RAISED),
+    "adaptive": Point("copies_per_second 10 against a 5/s quota, 2 s copies", 5.0, 2.0, 1000, configured_rate=10.0),
+    "100k": Point("100,000 rows, 100/s, 2 s copies, raised limits", 100.0, 2.0, 100_000, **RAISED),
+}
+DEFAULT_POINTS = ("0.25/s", "5/s", "5/s-60s", "50/s", "adaptive")
 
-    engine = sa.create_engine(airflow_db_url)
+
+# ------------------------------------------------------------------------------------------ process figures
+
+
+def tree(pid: int) -> list:
+    import psutil
+
     try:
-        with engine.connect() as db:
-            events = db.execute(
-                sa.text(
-                    "SELECT task_id, map_index, event, dttm FROM log WHERE dag_id = :dag AND task_id IS NOT NULL "
-                    "ORDER BY dttm"
-                ),
-                {"dag": dag_id},
-            ).fetchall()
-            instances = db.execute(
-                sa.text("SELECT COUNT(*) FROM task_instance WHERE dag_id = :dag"), {"dag": dag_id}
-            ).scalar_one()
-    finally:
-        engine.dispose()
-    from datetime import datetime
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return []
 
-    started: dict[tuple, datetime] = {}
+
+def cpu_seconds(pids: list[int]) -> float:
+    """CPU seconds of these processes and every descendant (reaped children included)."""
+    import psutil
+
     total = 0.0
-    for task_id, map_index, event, stamp in events:
-        key = (task_id, map_index)
-        when = stamp if isinstance(stamp, datetime) else datetime.fromisoformat(str(stamp).replace("Z", "+00:00"))
-        if key in started:
-            total += (when - started.pop(key)).total_seconds()
-        if event == "running":
-            started[key] = when
-    return total, instances
+    for pid in pids:
+        for process in tree(pid):
+            try:
+                t = process.cpu_times()
+                total += t.user + t.system + t.children_user + t.children_system
+            except psutil.Error:
+                pass
+    return total
 
 
-def copy_figures(ledger_url: str) -> dict:
-    """The copies as the ledger recorded them: first send, last completion, successes, median copy time."""
-    import sqlalchemy as sa
-
-    engine = sa.create_engine(ledger_url)
-    try:
-        with engine.connect() as db:
-            first_sent, last_done, succeeded = db.execute(
-                sa.text(
-                    "SELECT MIN(submitted_at), MAX(completed_at), SUM(CASE WHEN status = 'succeeded' THEN 1 ELSE 0 "
-                    "END) "
-                    "FROM healthimaging_copy_ledger"
-                )
-            ).one()
-            durations = sorted(
-                d
-                for (d,) in db.execute(
-                    sa.text(
-                        "SELECT completed_at - submitted_at FROM healthimaging_copy_ledger WHERE status = 'succeeded'"
-                    )
-                )
-            )
-    finally:
-        engine.dispose()
-    return {
-        "first_sent": first_sent,
-        "last_done": last_done,
-        "succeeded": succeeded or 0,
-        "one_copy": durations[len(durations) // 2] if durations else COPY_SECONDS,
-    }
+def peak_rss_mb(pids: list[int]) -> float:
+    """The largest VmHWM (peak resident memory) among these processes and their descendants, in MB."""
+    peak = 0
+    for pid in pids:
+        for process in tree(pid):
+            try:
+                for line in Path(f"/proc/{process.pid}/status").read_text().splitlines():
+                    if line.startswith("VmHWM:"):
+                        peak = max(peak, int(line.split()[1]))
+            except OSError:
+                pass
+    return peak / 1024
 
 
-def emulator_args(rows: int, rate: float) -> list[str]:
-    return [
-        "--seed",
-        f"synthetic:{rows}",
-        "--rate",
-        f"CopyImageSet={rate}:1",
-        "--copy-seconds",
-        str(COPY_SECONDS),
-        "--copy-seconds-per-instance",
-        "0",
-        "--log-level",
-        "WARNING",
-    ]
+def rss_mb(pids: list[int]) -> float:
+    import psutil
+
+    total = 0
+    for pid in pids:
+        for process in tree(pid):
+            try:
+                total += process.memory_info().rss
+            except psutil.Error:
+                pass
+    return total / 1e6
 
 
-def source_ids(url: str, rows: int) -> tuple[str, list[str]]:
-    """The synthetic data store and the first ``rows`` of its image sets."""
-    client = boto3.client(
+def service_pids(stack, service: str) -> list[int]:
+    return [p.popen.pid for p in stack.processes.values() if p.service == service and p.popen is not None]
+
+
+# ------------------------------------------------------------------------------------------ the project's run
+
+
+def emulator_client(url: str):
+    return boto3.client(
         "medical-imaging",
         endpoint_url=url,
         region_name="us-east-1",
         aws_access_key_id="bench",
         aws_secret_access_key="bench",
-        config=Config(inject_host_prefix=False),
+        config=Config(inject_host_prefix=False, retries={"mode": "standard", "max_attempts": 10}),
     )
-    (datastore_id,) = [
-        d["datastoreId"] for d in client.list_datastores()["datastoreSummaries"] if d["datastoreName"] == "synthetic"
-    ]
+
+
+def seeded_sources(stack, rows: int) -> tuple[str, list[str]]:
+    """A new synthetic data store of ``rows`` image sets: (its id, the image set ids)."""
+    datastore_id = stack.emulator_admin("POST", "seed", {"seed": f"synthetic:{rows}"})["datastoreId"]
+    client = emulator_client(stack.emulator_url)
     ids = [
         s["imageSetId"]
         for page in client.get_paginator("search_image_sets").paginate(datastoreId=datastore_id)
         for s in page["imageSetsMetadataSummaries"]
-    ][:rows]
-    return datastore_id, ids
+    ]
+    return datastore_id, ids[:rows]
 
 
-def run_conf(manifest: Path, datastore_id: str, rate: float, batch_size: int) -> dict:
-    return {
-        "manifest": str(manifest),
-        "default_datastore_id": datastore_id,
-        "copies_per_second": rate,
-        "burst": 1,
-        "batch_size": batch_size,
-        "max_copies_in_flight": 100,
-        "poll_interval_seconds": 1,
-        "progress_interval_seconds": 30,
-    }
+def counters_delta(before: dict, after: dict) -> dict[str, dict[str, Any]]:
+    """Per operation: calls, throttled, errors by code, between two snapshots of the emulator's counters."""
+    delta = {}
+    for op, entry in after.items():
+        old = before.get(op, {})
+        delta[op] = {
+            "calls": entry.get("calls", 0) - old.get("calls", 0),
+            "throttled": entry.get("throttled", 0) - old.get("throttled", 0),
+            "errors": {code: n - old.get("errors", {}).get(code, 0) for code, n in entry.get("errors", {}).items()},
+        }
+    return delta
 
 
-def result_of(
-    rows: int,
-    rate: float,
-    batch_size: int,
-    succeeded_run: bool,
-    run_seconds: float,
-    counters: dict,
-    copies: dict,
-    slot_seconds: float,
-    instances: int,
-    home: Path,
-) -> dict:
-    copy_calls = counters.get("CopyImageSet", {})
-    return {
-        "succeeded_run": succeeded_run,
-        "rows": rows,
-        "succeeded": copies["succeeded"],
-        "rate": rate,
-        "batch_size": batch_size,
-        "batches": -(-rows // batch_size),
-        "makespan": copies["last_done"] - copies["first_sent"],
-        "ideal": ideal_makespan(rows, rate, copies["one_copy"], MAX_CONCURRENT_COPIES_PER_DATASTORE),
-        "one_copy": copies["one_copy"],
-        "run_seconds": run_seconds,
-        "copy_calls": copy_calls.get("calls", 0),
-        "throttled": copy_calls.get("throttled", 0),
-        "slot_seconds": slot_seconds,
-        "task_instances": instances,
-        "home": str(home),
-    }
+def ledger_figures(ledger_url: str, run_id: str) -> dict[str, Any]:
+    import sqlalchemy as sa
 
-
-def bulk_copy_dags_test(rows: int, rate: float, batch_size: int) -> dict:
-    """Part 1 under ``airflow dags test`` (SQLite metadata DB and ledger)."""
-    port = free_port()
-    emulator = start_emulator(port, rows, rate)
-    url = f"http://127.0.0.1:{port}"
-    home = Path(tempfile.mkdtemp(prefix="bench-bulk-"))
+    engine = sa.create_engine(ledger_url)
     try:
-        datastore_id, ids = source_ids(url, rows)
-        from healthimaging.bulk.manifest import template
-
-        manifest = home / "manifest.csv"
-        manifest.write_text(template({"source_image_set_id": i} for i in ids))
-        env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
-        env.update(
-            {
-                "AIRFLOW_HOME": str(home),
-                "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
-                "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
-                "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-                "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
-                "PYTHONPATH": str(ROOT / "plugins"),
-                "AIRFLOW_CONN_AWS_DEFAULT": json.dumps(
-                    {
-                        "conn_type": "aws",
-                        "login": "b",
-                        "password": "b",
-                        "extra": {"endpoint_url": url, "region_name": "us-east-1"},
-                    }
+        with engine.connect() as db:
+            first, last_sent, last, succeeded, failed, total, throttles = db.execute(
+                sa.text(
+                    "SELECT MIN(submitted_at), MAX(submitted_at), MAX(completed_at), "
+                    "SUM(CASE WHEN status = 'succeeded' THEN 1 ELSE 0 END), "
+                    "SUM(CASE WHEN status = 'failed' THEN 1 ELSE 0 END), COUNT(*), SUM(throttles) "
+                    "FROM healthimaging_copy_ledger WHERE run_id = :run"
                 ),
-            }
-        )
-        subprocess.run(
-            [AIRFLOW, "db", "migrate"], env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        started = time.monotonic()
-        with open(home / "run.log", "w") as log:
-            result = subprocess.run(
-                [
-                    AIRFLOW,
-                    "dags",
-                    "test",
-                    DAG_ID,
-                    "--conf",
-                    json.dumps(run_conf(manifest, datastore_id, rate, batch_size)),
-                ],
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        run_seconds = time.monotonic() - started
-        counters = emulator_admin(url, "GET", "counters")
+                {"run": run_id},
+            ).one()
+            size = db.execute(sa.text("SELECT pg_total_relation_size('healthimaging_copy_ledger')")).scalar_one()
+            rows_in_ledger = db.execute(sa.text("SELECT COUNT(*) FROM healthimaging_copy_ledger")).scalar_one()
     finally:
-        emulator.terminate()
-        emulator.wait(timeout=10)
-    slot_seconds, instances = running_seconds(f"sqlite:///{home / 'airflow.db'}", DAG_ID)
-    return result_of(
-        rows,
-        rate,
-        batch_size,
-        result.returncode == 0,
-        run_seconds,
-        counters,
-        copy_figures(f"sqlite:///{home / 'healthimaging_ledger.sqlite3'}"),
-        slot_seconds,
-        instances,
-        home,
-    )
+        engine.dispose()
+    return {
+        "makespan": (last or 0) - (first or 0),
+        "send_span": (last_sent or 0) - (first or 0),
+        "tail": (last or 0) - (last_sent or 0),
+        "succeeded": succeeded or 0,
+        "failed": failed or 0,
+        "rows": total,
+        "throttles_recorded": throttles or 0,
+        "ledger_bytes": size,
+        "ledger_rows": rows_in_ledger,
+    }
 
 
-def bulk_copy_on_stack(rows: int, rate: float, batch_size: int) -> dict:
-    """Part 1 on the process stack of docker-compose.yaml (PostgreSQL metadata DB and ledger, Celery)."""
-    from stack.compose import ENV_EXAMPLE
-    from stack.process_stack import ProcessStack
-    from tests.airflow_stack import StackClient
+def bucket_rate(ledger_url: str) -> float | None:
+    import sqlalchemy as sa
 
-    home = Path(tempfile.mkdtemp(prefix="bench-bulk-stack-"))
-    environ = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "_AIRFLOW"))}
-    stack = ProcessStack(
-        home / "home", workers=1, env_file=ENV_EXAMPLE, environ=environ, emulator_args=emulator_args(rows, rate)
-    )
-    with stack:
-        datastore_id, ids = source_ids(stack.emulator_url, rows)
-        from healthimaging.bulk.manifest import template
+    engine = sa.create_engine(ledger_url)
+    try:
+        with engine.connect() as db:
+            return db.execute(
+                sa.text("SELECT rate FROM healthimaging_rate_limit WHERE name = 'CopyImageSet'")
+            ).scalar_one_or_none()
+    finally:
+        engine.dispose()
 
-        manifest = stack.home / "manifests" / "bench.csv"
-        manifest.write_text(template({"source_image_set_id": i} for i in ids))
-        stack.emulator_admin("DELETE", "counters")
-        api = StackClient(stack)
-        api.auth_token = stack.token()
+
+def statements(stack, run_id: str) -> int:
+    """The ledger statements the run's engines counted (their last progress lines, in the task logs)."""
+    total = 0
+    quoted = f"run_id={run_id}"
+    for path in (stack.home / "logs").rglob("*"):
+        if path.is_file() and quoted in str(path):
+            total += sum(int(m.group(1)) for m in STATEMENTS_LINE.finditer(path.read_text(errors="replace")))
+    return total
+
+
+class Sampler(threading.Thread):
+    """Samples, every ``interval`` seconds, the shared rate and the scheduler's and triggerer's memory."""
+
+    def __init__(self, stack, interval: float = 2.0) -> None:
+        super().__init__(daemon=True)
+        self.stack, self.interval = stack, interval
+        self.samples: list[dict[str, float | None]] = []
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
         started = time.monotonic()
-        run_id = api.trigger(DAG_ID, conf=run_conf(manifest, datastore_id, rate, batch_size), wait_for_dag_timeout=180)
-        state = api.wait_for_run(DAG_ID, run_id, timeout=10 * rows / rate + 600, poll=2)
-        run_seconds = time.monotonic() - started
-        counters = stack.emulator_admin("GET", "counters")
-        copies = copy_figures(stack.ledger_url())
-        slot_seconds, instances = running_seconds(stack.sql_alchemy_conn, DAG_ID)
-        if state != "success":
-            print(api.diagnostics(DAG_ID, run_id), file=sys.stderr)
-    return result_of(
-        rows, rate, batch_size, state == "success", run_seconds, counters, copies, slot_seconds, instances, stack.home
+        while not self.stopped.wait(self.interval):
+            try:
+                rate = bucket_rate(self.stack.ledger_url())
+            except Exception:  # noqa: BLE001 - a sample missed is not a failed benchmark
+                rate = None
+            self.samples.append(
+                {
+                    "t": time.monotonic() - started,
+                    "rate": rate,
+                    "scheduler_mb": rss_mb(service_pids(self.stack, "airflow-scheduler")),
+                    "triggerer_mb": rss_mb(service_pids(self.stack, "airflow-triggerer")),
+                }
+            )
+
+
+def run_point(stack, api, point: Point, manifests: Path) -> dict[str, Any]:
+    from healthimaging.bulk.manifest import template
+
+    stack.emulator_admin("POST", "config", point.emulator_config())
+    datastore_id, ids = seeded_sources(stack, point.rows)
+    manifest = manifests / f"{re.sub(r'[^A-Za-z0-9]+', '-', point.name)}-{int(time.time())}.csv"
+    manifest.write_text(template({"source_image_set_id": i} for i in ids))
+    services = {s: service_pids(stack, s) for s in ("airflow-triggerer", "airflow-worker", "airflow-scheduler")}
+    cpu_before = {s: cpu_seconds(p) for s, p in services.items()}
+    counters_before = stack.emulator_admin("GET", "counters")
+    sampler = Sampler(stack)
+    sampler.start()
+    started = time.monotonic()
+    conf = {"manifest": str(manifest), "default_datastore_id": datastore_id, **point.conf()}
+    run_id = api.trigger(DAG_ID, conf=conf, wait_for_dag_timeout=180)
+    ideal = ideal_makespan(point.rows, point.quota, point.copy_seconds, point.in_progress)
+    state = api.wait_for_run(DAG_ID, run_id, timeout=3 * ideal + 900, poll=2)
+    run_seconds = time.monotonic() - started
+    sampler.stopped.set()
+    sampler.join()
+    counters = counters_delta(counters_before, stack.emulator_admin("GET", "counters"))
+    cpu = {s: cpu_seconds(p) - cpu_before[s] for s, p in services.items()}
+    if state != "success":
+        print(api.diagnostics(DAG_ID, run_id), file=sys.stderr)
+    ledger = ledger_figures(stack.ledger_url(), run_id)
+    copy = counters.get("CopyImageSet", {"calls": 0, "throttled": 0, "errors": {}})
+    report_seconds = report_step_seconds(api, run_id)
+    return {
+        "point": point,
+        "state": state,
+        "run_seconds": run_seconds,
+        "ideal": ideal,
+        **ledger,
+        "copy_calls": copy["calls"],
+        "throttled": copy["throttled"],
+        "over_limit": copy["errors"].get("ServiceQuotaExceededException", 0),
+        "get_throttled": counters.get("GetImageSet", {}).get("throttled", 0),
+        "calls": sum(c["calls"] for c in counters.values()),
+        "cpu": cpu,
+        "statements": statements(stack, run_id),
+        "triggerer_peak_mb": peak_rss_mb(services["airflow-triggerer"]),
+        "scheduler_peak_mb": peak_rss_mb(services["airflow-scheduler"]),
+        "samples": sampler.samples,
+        "final_rate": bucket_rate(stack.ledger_url()),
+        "report_seconds": report_seconds,
+        "task_instances": len(api.task_instances(DAG_ID, run_id)),
+    }
+
+
+def report_step_seconds(api, run_id: str) -> float | None:
+    for ti in api.task_instances(DAG_ID, run_id):
+        if ti["task_id"] == "report" and ti.get("duration") is not None:
+            return float(ti["duration"])
+    return None
+
+
+# ------------------------------------------------------------------------------------------ printing
+
+
+def print_point(r: dict[str, Any]) -> bool:
+    p: Point = r["point"]
+    copies = max(r["succeeded"], 1)
+    ratio = r["makespan"] / r["ideal"]
+    refused = r["throttled"] + r["over_limit"]
+    share = refused / r["copy_calls"] if r["copy_calls"] else 0.0
+    print(f"\n{p.name}: {p.rows:,} rows, {p.in_progress} in progress; DAG conf {json.dumps(p.conf())}")
+    print(
+        f"  run {r['state']}: {r['succeeded']:,} succeeded, {r['failed']} failed, of {r['rows']:,} rows in the ledger"
     )
+    meets = "" if p.target is None else f" (target <= {p.target:.2f}x: {'meets' if ratio <= p.target else 'MISSES'})"
+    print(f"  copy makespan {r['makespan']:.1f}s vs ideal {r['ideal']:.1f}s: {ratio:.3f}x{meets}")
+    print(
+        f"    first to last send {r['send_span']:.1f}s (the rate alone: {(p.rows - 1) / p.quota:.1f}s), last send to "
+        f"last copy done {r['tail']:.1f}s (one copy: {p.copy_seconds:.1f}s)"
+    )
+    print(
+        f"  refused CopyImageSet calls {refused} of {r['copy_calls']} = {100 * share:.2f}% "
+        f"({r['throttled']} throttled, {r['over_limit']} over the copies in progress; target <= 0.5%); "
+        f"GetImageSet throttled {r['get_throttled']}"
+    )
+    print(
+        f"  emulator calls per row {r['calls'] / max(p.rows, 1):.2f}; ledger statements per copy "
+        f"{r['statements'] / copies:.1f}; task instances {r['task_instances']}"
+    )
+    print(
+        "  CPU s per 1,000 copies: "
+        + ", ".join(f"{s.removeprefix('airflow-')} {1000 * v / copies:.1f}" for s, v in r["cpu"].items())
+    )
+    print(f"  peak memory: triggerer {r['triggerer_peak_mb']:.0f} MB, scheduler {r['scheduler_peak_mb']:.0f} MB")
+    if r["report_seconds"] is not None:
+        print(
+            f"  report step {r['report_seconds']:.1f}s; ledger {r['ledger_rows']:,} rows, "
+            f"{r['ledger_bytes'] / 1e6:.0f} MB"
+        )
+    samples = [s for s in r["samples"] if s["t"] >= 60 and s["rate"] is not None]
+    if p.configured_rate is not None and samples:
+        rates = [s["rate"] / 0.99 for s in samples]  # in copies_per_second terms (the engine paces at 99%)
+        print(
+            f"  shared rate after the first minute: {min(rates):.2f}..{max(rates):.2f}/s against the {p.quota}/s quota "
+            f"({100 * (min(rates) / p.quota - 1):+.1f}%..{100 * (max(rates) / p.quota - 1):+.1f}%); at the end "
+            f"{(r['final_rate'] or 0) / 0.99:.2f}/s"
+        )
+    memory = [s for s in r["samples"] if s["scheduler_mb"]]
+    if len(memory) > 4:
+        first, last = memory[len(memory) // 10], memory[-1]
+        print(
+            f"  resident memory, a tenth in -> end: scheduler {first['scheduler_mb']:.0f} -> "
+            f"{last['scheduler_mb']:.0f} MB (peak {max(s['scheduler_mb'] for s in memory):.0f}), "
+            f"triggerer {first['triggerer_mb']:.0f} -> "
+            f"{last['triggerer_mb']:.0f} MB (peak {max(s['triggerer_mb'] for s in memory):.0f})"
+        )
+    ok = r["state"] == "success" and r["succeeded"] == p.rows
+    if p.target is not None:
+        ok = ok and ratio <= p.target and share <= 0.005
+    return ok
 
 
-def emulator_admin(url: str, method: str, path: str) -> dict:
-    """One admin request (with $HEALTHIMAGING_EMULATOR_ADMIN_TOKEN if set); RuntimeError unless it answers 200."""
-    status, answer = admin_request(url, method, path)
-    if status != 200:
-        raise RuntimeError(f"emulator admin {method} {path} answered HTTP {status}: {answer}")
-    return answer or {}
+def run_baselines(stack, point: Point, names: list[str]) -> None:
+    try:
+        import bench.baselines as baselines
+    except ImportError as exc:
+        print(f"  baselines: not available ({exc})")
+        return
+    ideal = ideal_makespan(point.rows, point.quota, point.copy_seconds, point.in_progress)
+    if "loop" in names:
+        stack.emulator_admin("POST", "config", point.emulator_config())
+        datastore_id, ids = seeded_sources(stack, point.rows)
+        b = baselines.plain_loop(stack.emulator_url, datastore_id, ids, point.configured_rate or point.quota)
+        refused = b["throttled"] + b["refused_402"]
+        print(
+            f"  plain boto3 loop + limiter: makespan {b['makespan'] / ideal:.3f}x the ideal, refused "
+            f"{refused} of {b['copy_calls']} ({100 * refused / max(b['copy_calls'], 1):.1f}%), "
+            f"{b['calls_per_row']:.2f} calls per row, {b['copied']} copied, {b['failed']} failed, "
+            f"CPU {1000 * b['cpu_seconds'] / max(b['copied'], 1):.1f} s per 1,000"
+        )
+    if "naive" in names and hasattr(baselines, "naive_dag"):
+        limit = 1024
+        if point.rows > limit:
+            print(f"  naive mapped DAG: stops at Airflow's max_map_length ({limit}): {point.rows:,} rows cannot run")
+            return
+        stack.emulator_admin("POST", "config", point.emulator_config())
+        datastore_id, ids = seeded_sources(stack, point.rows)
+        n = baselines.naive_dag(stack, ids, datastore_id)
+        refused = n["throttled"] + n["refused_402"]
+        print(
+            f"  naive mapped DAG (SDK retries, poke sensor): {n['state']}, makespan {n['makespan'] / ideal:.3f}x the "
+            f"ideal, refused {refused} of {n['copy_calls']}, {n['task_instances']} task instances, "
+            f"{n['worker_slot_seconds']:.0f} worker-slot seconds, duplicates {n['duplicates']}"
+        )
+
+
+# ------------------------------------------------------------------------------------------ validation
 
 
 def validation(rows: int) -> dict:
@@ -357,71 +468,81 @@ def validation(rows: int) -> dict:
     }
 
 
+def print_validation(v: dict) -> bool:
+    print(
+        f"\nmanifest validation: {v['rows']:,} rows ({v['bytes'] / 1e6:.1f} MB), {v['valid']:,} valid, "
+        f"{v['rejected']} rejected"
+    )
+    print(
+        f"  time {v['seconds']:.2f}s (target <= 3 s) vs csv.DictReader alone {v['base_seconds']:.2f}s: "
+        f"{v['seconds'] / v['base_seconds']:.1f}x"
+    )
+    print(
+        f"  peak memory {v['peak'] / 1e6:.0f} MB (target <= 200 MB) vs csv.DictReader alone {v['base_peak'] / 1e6:.0f} "
+        f"MB: {v['peak'] / v['base_peak']:.1f}x"
+    )
+    return v["seconds"] <= 3 and v["peak"] <= 200e6
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=1000)
-    parser.add_argument("--rate", type=float, default=5.0)
+    parser.add_argument("--points", default=",".join(DEFAULT_POINTS), help=f"of {', '.join(POINTS)}")
+    parser.add_argument("--scale", type=float, default=1.0, help="multiply every point's rows (quick tries)")
+    parser.add_argument("--baselines", default="loop,naive", help="loop, naive, both or none ('')")
     parser.add_argument("--validate-rows", type=int, default=100_000)
-    parser.add_argument("--skip-copy", action="store_true", help="only the validation part")
-    parser.add_argument(
-        "--stack",
-        action="store_true",
-        help="run on the process stack of docker-compose.yaml (batches side by side in the triggerer)",
-    )
-    parser.add_argument(
-        "--batch-size",
-        type=int,
-        default=None,
-        help=f"rows per batch (default: all in one under dags test, {DEFAULT_BATCH_SIZE} with --stack)",
-    )
+    parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
+    names = [n for n in args.points.split(",") if n]
+    unknown = [n for n in names if n not in POINTS]
+    if unknown:
+        parser.error(f"unknown points {unknown}; choose from {', '.join(POINTS)}")
+    baselines = [b for b in args.baselines.split(",") if b]
     ok = True
-    if not args.skip_copy:
-        if args.stack:
-            r = bulk_copy_on_stack(args.rows, args.rate, args.batch_size or DEFAULT_BATCH_SIZE)
-        else:
-            r = bulk_copy_dags_test(args.rows, args.rate, args.batch_size or args.rows)
-        ratio = r["makespan"] / r["ideal"]
-        throttled_share = r["throttled"] / r["copy_calls"] if r["copy_calls"] else 0.0
-        where = "the process stack (triggerer, Celery worker)" if args.stack else "airflow dags test"
-        print(
-            f"bulk copy on {where}: {r['rows']} image sets in {r['batches']} batch(es) of {r['batch_size']}, "
-            f"CopyImageSet quota {r['rate']}/s burst 1, copies of {COPY_SECONDS}s "
-            f"(run {'succeeded' if r['succeeded_run'] else 'FAILED'}, {r['succeeded']} copies succeeded)"
-        )
-        print(
-            f"  copy makespan {r['makespan']:.1f}s vs ideal {r['ideal']:.1f}s (bench/ideal.py: the rate and "
-            f"{MAX_CONCURRENT_COPIES_PER_DATASTORE} copies in progress, copies of {r['one_copy']:.1f}s): "
-            f"{ratio:.3f}x  (target <= 1.10x) {'meets' if ratio <= 1.10 else 'MISSES'}"
-        )
-        print(f"  whole DAG run {r['run_seconds']:.1f}s: {r['run_seconds'] / r['ideal']:.3f}x the ideal")
-        print(
-            f"  throttled CopyImageSet calls: {r['throttled']} of {r['copy_calls']} = {100 * throttled_share:.2f}%  "
-            f"(target <= 1%) {'meets' if throttled_share <= 0.01 else 'MISSES'}"
-        )
-        print(
-            f"  worker-slot seconds: {r['slot_seconds']:.1f}s in all, {r['slot_seconds'] / r['rows']:.4f}s per image "
-            "set "
-            f"({r['slot_seconds'] / r['makespan']:.3f} of the makespan)"
-        )
-        print(f"  task instances: {r['task_instances']} = {1000 * r['task_instances'] / r['rows']:.1f} per 1,000 rows")
-        print(f"  (Airflow home and logs: {r['home']})")
-        ok = ok and r["succeeded_run"] and ratio <= 1.10 and throttled_share <= 0.01
+    if names:
+        ok = run_points([POINTS[n] for n in names], args.scale, baselines, args.workers)
     if args.validate_rows > 0:
-        v = validation(args.validate_rows)
-        print(
-            f"manifest validation: {v['rows']:,} rows ({v['bytes'] / 1e6:.1f} MB), {v['valid']:,} valid, "
-            f"{v['rejected']} rejected"
-        )
-        print(
-            f"  time {v['seconds']:.2f}s vs csv.DictReader alone {v['base_seconds']:.2f}s: "
-            f"{v['seconds'] / v['base_seconds']:.1f}x"
-        )
-        print(
-            f"  peak memory {v['peak'] / 1e6:.0f} MB vs csv.DictReader alone {v['base_peak'] / 1e6:.0f} MB: "
-            f"{v['peak'] / v['base_peak']:.1f}x"
-        )
+        ok = print_validation(validation(args.validate_rows)) and ok
     return 0 if ok else 1
+
+
+def run_points(points: list[Point], scale: float, baselines: list[str], workers: int) -> bool:
+    from stack.compose import ENV_EXAMPLE
+    from stack.process_stack import ProcessStack
+    from tests.airflow_stack import StackClient
+
+    home = Path(tempfile.mkdtemp(prefix="bench-bulk-"))
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "_AIRFLOW"))}
+    dags = home / "dags"
+    try:
+        from bench.baselines import dags_folder_with_naive
+
+        dags = dags_folder_with_naive(dags)
+    except ImportError:
+        dags = ROOT / "dags"
+    stack = ProcessStack(
+        home / "home",
+        workers=workers,
+        env_file=ENV_EXAMPLE,
+        environ=environ,
+        dags_folder=dags,
+        emulator_args=["--seed", "synthetic:1", "--log-level", "WARNING"],
+    )
+    ok = True
+    with stack:
+        api = StackClient(stack)
+        api.auth_token = stack.token()
+        manifests = stack.home / "manifests"
+        manifests.mkdir(exist_ok=True)
+        print(f"process stack: {workers} Celery workers, triggerer, scheduler, PostgreSQL ledger; home {stack.home}")
+        for point in points:
+            if scale != 1.0:
+                point = Point(**{**point.__dict__, "rows": max(int(point.rows * scale), 10)})
+            ok = print_point(run_point(stack, api, point, manifests)) and ok
+            sys.stdout.flush()
+            if baselines and point.rows <= 10_000:
+                run_baselines(stack, point, baselines)
+                sys.stdout.flush()
+    return ok
 
 
 if __name__ == "__main__":

@@ -103,8 +103,8 @@ def asset_events(name: str) -> list[tuple[str, dict[str, Any]]]:
             "Invalid input for param copies_per_second: 0 is less than or equal to the minimum of 0",
         ),
         (
-            {"max_copies_in_flight": 101},
-            "Invalid input for param max_copies_in_flight: 101 is greater than the maximum of 100",
+            {"max_copies_in_flight": 0},
+            "Invalid input for param max_copies_in_flight: 0 is less than the minimum of 1",
         ),
         ({"dry_run": "yes"}, "Invalid input for param dry_run: 'yes' is not of type 'boolean'"),
         ({"manifest": ""}, "Invalid input for param manifest: '' should be non-empty"),

@@ -61,7 +61,7 @@ def test_a_new_ledger_is_migrated_to_the_tables_the_code_declares(fresh_url):
     engine = sa.create_engine(fresh_url)
     assert current_revision(engine) is None
     upgrade(engine)
-    assert current_revision(engine) == head_revision() == "0004"
+    assert current_revision(engine) == head_revision() == "0005"
     assert schema_differences(engine) == []
     upgrade(engine)  # again: nothing to do
     assert current_revision(engine) == head_revision()

@@ -11,7 +11,12 @@ All state is in the ledger, so any process can pick a batch up where another sto
   against the data store (the copy took effect → ``submitted``; it did not → back to ``pending``),
   never blindly re-sent; so are such rows of other runs that hold a source or the in-flight cap;
 - ``submitted`` rows are polled until COPIED (verified → ``succeeded``) or COPY_FAILED (``failed``
-  with the service's message).
+  with the service's message), when the copies done so far say they end (:mod:`.poll_schedule`), within
+  a share of GetImageSet's quota;
+- a send refused for the copies in progress (402) waits, claimed and planned, until one of this engine's
+  copies completes (or :data:`ROOM_WAIT_SECONDS`), and is sent again: not a failure;
+- sustained throttling lowers the deployment's shared rate, which then climbs back slowly: a rate set
+  above the account's quota settles just under it (:mod:`.rate_limit`).
 
 Every write to a claimed row is fenced by the claim: an engine whose write changes nothing stops
 working on that row (see :mod:`healthimaging.bulk.ledger` for the ownership rules).
@@ -39,6 +44,7 @@ from healthimaging.bulk.ledger import (
     PENDING,
     REJECTED,
     SKIPPED,
+    STATEMENTS,
     SUBMITTED,
     SUBMITTING,
     SUCCEEDED,
@@ -46,7 +52,8 @@ from healthimaging.bulk.ledger import (
     Ledger,
 )
 from healthimaging.bulk.manifest import storable_text
-from healthimaging.bulk.rate_limit import SharedTokenBucket
+from healthimaging.bulk.poll_schedule import CopyDurations, PollBudget, copy_seconds
+from healthimaging.bulk.rate_limit import SharedTokenBucket, ThrottleWatch
 from healthimaging.bulk.settings import BulkCopySettings
 from healthimaging.copy import states
 from healthimaging.copy.copiable_attributes import CopyRequestError
@@ -72,6 +79,20 @@ PACE_MARGIN = 0.99
 #: Polls stop this long before a send is due: one poll (GetImageSet, and verification when it is done)
 #: takes a few milliseconds, and a send that starts late loses that time from the quota for good.
 SEND_GUARD_SECONDS = 0.005
+#: After a send refused for the copies in progress, the copy is sent again when one of this engine's copies
+#: completes, or after this long (room may come from other engines' copies, or copies outside this tool).
+ROOM_WAIT_SECONDS = 1.0
+#: When the data store's copies in flight are at the cap, claims are tried again after this long at most
+#: (sooner when one of this engine's copies completes).
+CAP_RETRY_SECONDS = 1.0
+
+
+#: The rows this engine holds are read from the ledger when one is due for a poll, and at least this often.
+HELD_READ_SECONDS = 10.0
+
+
+class WaitForRoom(Exception):
+    """A send was refused for the copies in progress: hand the copy back to the engine to wait for room."""
 
 
 def state_line(event: str, row: dict[str, Any], **fields: Any) -> str:
@@ -122,6 +143,11 @@ class BatchCopyEngine:
         self._calls_timed = False
         self._token_taken_at: float | None = None
         self._send_delay: float | None = None
+        self.throttle_watch = ThrottleWatch()
+        self.durations = CopyDurations(settings.poll_interval_seconds)
+        self.poll_budget = PollBudget(settings.get_image_set_per_second, clock)
+        self._refused = 0  # sends of the copy being submitted that were refused (throttled or 402)
+        self.statements = 0  # SQL statements its steps sent to the ledger
         self._new_identity()
 
     # ------------------------------------------------------------------ ownership
@@ -131,7 +157,10 @@ class BatchCopyEngine:
         self.owner = uuid.uuid4().hex
         self._lease_started = False
         self._next_poll: dict[int, float] = {}  # row id -> when to check it next (kept in memory: no write per poll)
+        self._accepted_at: dict[int, float] = {}  # row id -> when the service accepted its copy
         self._ready: tuple[dict[str, Any], CopyPlan] | None = None
+        self._room_until: float | None = None  # after a 402: the ready copy waits for room until then
+        self._held_read_at = 0.0  # when the rows held are read again even if none is due
         self._sweep_at = 0.0
 
     def _keep_lease(self) -> None:
@@ -207,9 +236,13 @@ class BatchCopyEngine:
     def _drop(self, row: dict[str, Any], at: str) -> None:
         """Stop working on a row another engine took over."""
         log.warning(state_line("copy_claim_lost", row, owner=self.owner, at=at))
-        self._next_poll.pop(row["id"], None)
+        self._forget(row)
         if self._ready is not None and self._ready[0]["id"] == row["id"]:
-            self._ready = None
+            self._ready, self._room_until = None, None
+
+    def _forget(self, row: dict[str, Any]) -> None:
+        self._next_poll.pop(row["id"], None)
+        self._accepted_at.pop(row["id"], None)
 
     def counts(self) -> dict[str, int]:
         return self.ledger.batch_counts(self.key)
@@ -224,9 +257,17 @@ class BatchCopyEngine:
 
     def step(self) -> float | None:
         """Advance the batch; returns seconds to wait before the next step, or None when it is done."""
+        before = STATEMENTS.n  # a step runs in one thread: the thread's count is this step's
+        try:
+            return self._step()
+        finally:
+            self.statements += STATEMENTS.n - before
+
+    def _step(self) -> float | None:
         self._keep_lease()
         if self.clock() >= self._sweep_at:
             self._take_over_orphans(self.ledger.orphans(self.key, self.owner))
+            self.poll_budget.share(self.ledger.live_lease_count())
             self._sweep_at = self.clock() + min(self.settings.lease_seconds / 6, 10.0)
         # Deadlines are absolute times, turned into one wait at the end: a wait measured before the polls
         # ran would make every send late by the time they took, and with burst 1 lateness is quota lost.
@@ -236,6 +277,7 @@ class BatchCopyEngine:
             send_at = self._submit_some()
         self._progress()
         if not self.ledger.has_open_rows(self.key, self.owner):
+            self._progress(final=True)  # the batch's last line says where it ended
             self.release()
             return None
         due = [t for t in (send_at, poll_at, self._renew_at, self._sweep_at) if t is not None]
@@ -251,6 +293,7 @@ class BatchCopyEngine:
             log.warning(state_line("copy_taken_over", row, status=row["status"], previous_owner=orphan["claim"]))
             if row["status"] == SUBMITTED:
                 self._next_poll[row["id"]] = self.clock()
+                self._accepted_at[row["id"]] = row["submitted_at"] or self.clock()
                 continue
             if not row["plan_json"]:
                 self._write(row, PENDING, claimed_at=None)  # never planned, so never sent: nothing to reconcile
@@ -276,6 +319,7 @@ class BatchCopyEngine:
                     attempts=(row.get("attempts") or 0) + 1,
                 ):
                     self._next_poll[row["id"]] = self.clock()
+                    self._accepted_at[row["id"]] = row["submitted_at"] or self.clock()
 
     def _token_due(self) -> float | None:
         """Take a token: None if taken, else the time one will be there."""
@@ -336,7 +380,8 @@ class BatchCopyEngine:
                 obstacle = self.ledger.claim_obstacle(row, self.settings.max_copies_in_flight)
                 self._take_over_orphans(obstacle.orphans)
                 if obstacle.kind == "cap":
-                    return self.clock() + self.settings.poll_interval_seconds / 2
+                    # Room comes when a copy completes: this engine's own polls come back sooner than this.
+                    return self.clock() + CAP_RETRY_SECONDS
                 if obstacle.kind == "source":
                     blocked_sources.add(row["source_image_set_id"])  # the source is locked by a copy in flight
                 continue
@@ -352,12 +397,18 @@ class BatchCopyEngine:
                 self._ready = (row, plan)  # claimed and planned: sent first at the next step
                 return send_at
             self._submit(row, plan)
+            if self._room_until is not None:
+                return self._room_until  # refused for the copies in progress: nothing more is claimed until room
         return None
 
     def _send_ready(self) -> float | None:
         """Send the row planned at an earlier step once a token is there; returns when one will be, else None."""
         if self._ready is None:
             return None
+        if self._room_until is not None:
+            if self.clock() < self._room_until:
+                return self._room_until  # a completion noticed by a poll ends the wait sooner
+            self._room_until = None
         send_at = self._token_due()
         if send_at is not None:
             return send_at
@@ -440,12 +491,21 @@ class BatchCopyEngine:
                 max_attempts=self.settings.max_submit_attempts,
                 before_resend=self._take_token,
                 before_send=lambda: self._clear_to_send(row),
+                after_send=self._after_send,
+                copies_limit_reached=self._copies_limit_reached,
                 sleep=self._sleep,
                 throttle_backoff_base_seconds=0.25 / self.settings.copies_per_second,
             )
             self._copy_client()
+            self._refused = 0
             submitted = submit_copy(self.hook, plan, policy)
+            accepted_at = self.clock()
         except SendCancelled:
+            return
+        except WaitForRoom:
+            # Claimed and planned still: sent first when room comes. Its refused sends are counted now.
+            if self._write(row, None, add={"throttles": self._refused}):
+                self._ready, self._room_until = (row, plan), self.clock() + ROOM_WAIT_SECONDS
             return
         except CopySubmissionError as exc:
             self._write(
@@ -467,54 +527,87 @@ class BatchCopyEngine:
             attempts=(row.get("attempts") or 0) + submitted.attempts,
             # added to the stored count: a row sent again after a take-over keeps its earlier owners' throttles
             add={"throttles": submitted.throttles},
-            next_poll_at=self.clock() + 1.0,
+            next_poll_at=self.clock() + self.durations.next_poll(0.0),
             plan_json=json.dumps(submitted.plan.to_dict()),
             source_version_id=submitted.plan.source_version_id,
         ):
-            self._next_poll[row["id"]] = self.clock() + 1.0
+            self._accepted_at[row["id"]] = accepted_at
+            self._next_poll[row["id"]] = row["next_poll_at"]
+
+    def _after_send(self, throttled: bool) -> None:
+        """Every CopyImageSet answered: sustained throttling lowers the deployment's shared rate."""
+        if throttled:
+            self._refused += 1
+        share = self.throttle_watch.sent(throttled)
+        if share is not None and (rate := self.bucket.slow_down(share)) is not None:
+            log.warning(
+                "batch %d: %.0f%% of the last CopyImageSet sends were throttled: the shared rate %r is lowered to "
+                "%.3f/s (configured %.3f/s; it climbs back while sends are not throttled)",
+                self.batch,
+                100 * share,
+                self.bucket.name,
+                rate,
+                self.settings.copies_per_second,
+            )
+
+    def _copies_limit_reached(self, message: str) -> None:
+        self._refused += 1
+        log.info("batch %d: CopyImageSet refused, the data store has its copies in progress: %s", self.batch, message)
+        raise WaitForRoom(message)
 
     def _poll_in_flight(self, stop_at: float | None = None) -> float | None:
-        """Check the copies in flight that are due, stopping short of ``stop_at`` (a send is due then);
-        returns when the next one is due."""
+        """Check the copies in flight that are due, stopping short of ``stop_at`` (a send is due then) and
+        within the engine's share of GetImageSet's quota; returns when the next one is due."""
         now = self.clock()
+        if now < self._held_read_at and not any(due <= now for due in self._next_poll.values()):
+            return min(self._next_poll.values(), default=None)  # nothing due: no ledger read
         rows = self.ledger.held_rows(self.owner, SUBMITTED)
-        interval = max(self.settings.poll_interval_seconds, len(rows) / 10.0)  # stays well under GetImageSet's 25/s
+        self._held_read_at = now + HELD_READ_SECONDS
         next_due: float | None = None
 
         def come_back(when: float) -> None:
             nonlocal next_due
             next_due = when if next_due is None else min(next_due, when)
 
-        for row in rows:
-            due = self._next_poll.get(row["id"], row["next_poll_at"] or 0.0)
+        for row in sorted(rows, key=lambda r: self._next_poll.get(r["id"], r["next_poll_at"] or 0.0)):
+            due = self._next_poll.setdefault(row["id"], row["next_poll_at"] or 0.0)
             if due > now:
                 come_back(due)
                 continue
             if stop_at is not None and self.clock() >= stop_at - SEND_GUARD_SECONDS:
                 come_back(stop_at)  # polled right after the send
                 continue
+            if wait := self.poll_budget.take():
+                come_back(self.clock() + wait)  # over the budget: the rest wait for it
+                break
+            accepted_at = self._accepted_at.setdefault(row["id"], row["submitted_at"] or now)
             try:
                 image_set = self.hook.get_image_set(
                     row["datastore_id"], row["destination_image_set_id"], row["destination_version_id"]
                 )
             except (ClientError, BotoCoreError) as exc:
                 log.warning(state_line("copy_poll_error", row, error=type(exc).__name__))
-                self._next_poll[row["id"]] = now + interval
-                come_back(now + interval)
+                self._next_poll[row["id"]] = self.clock() + self.settings.poll_interval_seconds
+                come_back(self._next_poll[row["id"]])
                 continue
             workflow = image_set.get("imageSetWorkflowStatus")
+            if workflow in (states.COPIED, states.COPY_FAILED):
+                self.durations.observe(copy_seconds(image_set, accepted_at, self.clock()))
+                self._room_until = None  # a copy in progress less: a copy refused for the limit may go now
             if workflow == states.COPIED:
                 self._finish(row, image_set)
             elif workflow == states.COPY_FAILED:
+                self._forget(row)
                 self._write(
                     row, FAILED, error_code="COPY_FAILED", message=image_set.get("message"), completed_at=self.clock()
                 )
             else:
-                self._next_poll[row["id"]] = now + interval
-                come_back(now + interval)
+                self._next_poll[row["id"]] = self.clock() + self.durations.next_poll(self.clock() - accepted_at)
+                come_back(self._next_poll[row["id"]])
         return next_due
 
     def _finish(self, row: dict[str, Any], image_set: dict[str, Any]) -> None:
+        self._forget(row)
         verified = None
         if self.settings.verify_copies and row.get("plan_json"):
             plan = CopyPlan.from_dict(json.loads(row["plan_json"]))
@@ -542,11 +635,10 @@ class BatchCopyEngine:
             message=None,
             destination_image_set_arn=image_set.get("imageSetArn"),
         )
-        self._next_poll.pop(row["id"], None)
 
-    def _progress(self) -> None:
+    def _progress(self, final: bool = False) -> None:
         now = self.clock()
-        if now - self._last_progress < self.settings.progress_interval_seconds:
+        if not final and now - self._last_progress < self.settings.progress_interval_seconds:
             return
         self._last_progress = now
         counts = self.counts()
@@ -558,7 +650,7 @@ class BatchCopyEngine:
         rate = (done - self._done_at_start) / elapsed
         eta = (total - done) / rate if rate > 0 else None
         log.info(
-            "batch %d: %d/%d rows done (%d succeeded, %d failed, %d in flight), %.2f rows/s, ETA %s%s",
+            "batch %d: %d/%d rows done (%d succeeded, %d failed, %d in flight), %.2f rows/s, ETA %s%s%s",
             self.batch,
             done,
             total,
@@ -568,6 +660,7 @@ class BatchCopyEngine:
             rate,
             f"{eta:.0f}s" if eta is not None else "unknown",
             self._waiting_note(),
+            f"; {self.statements} ledger statements ({self.statements / max(total, 1):.1f} per row)" if final else "",
         )
 
     def _waiting_note(self) -> str:

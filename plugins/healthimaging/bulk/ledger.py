@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import threading
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -132,8 +133,11 @@ buckets = sa.Table(
     sa.Column("name", sa.String(200), primary_key=True),
     sa.Column("tokens", sa.Float, nullable=False),
     sa.Column("stamp", sa.Float, nullable=False),
-    sa.Column("rate", sa.Float, nullable=False),
+    sa.Column("rate", sa.Float, nullable=False),  # tokens a second now: the ceiling, or lower after throttling
     sa.Column("burst", sa.Float, nullable=False),
+    sa.Column("ceiling", sa.Float),  # the configured rate (migration 0005)
+    sa.Column("decreased_at", sa.Float),  # when sustained throttling last lowered the rate (migration 0005)
+    sa.Column("increased_at", sa.Float),  # when the rate last climbed back towards the ceiling (migration 0005)
 )
 
 #: ``expires_at`` of a lease whose rows were taken over: it can never be renewed again.
@@ -247,6 +251,19 @@ VERSION_TABLE = "healthimaging_ledger_version"
 MIGRATIONS = Path(__file__).with_name("ledger_migrations")
 
 
+class _StatementCount(threading.local):
+    """SQL statements this thread has sent to a ledger database (connection pings aside)."""
+
+    n = 0
+
+
+STATEMENTS = _StatementCount()
+
+
+def _count_statement(*_: Any) -> None:
+    STATEMENTS.n += 1
+
+
 def engine_for(url: URL | str) -> Engine:
     """One engine per URL per process, with the ledger's schema brought up to date (:func:`upgrade`)."""
     key = str(url)
@@ -254,6 +271,7 @@ def engine_for(url: URL | str) -> Engine:
         engine = sa.create_engine(url, pool_pre_ping=True, future=True)
         if engine.dialect.name == "sqlite":
             sa.event.listen(engine, "connect", _sqlite_pragmas)
+        sa.event.listen(engine, "before_cursor_execute", _count_statement)
         upgrade(engine)
         _engines[key] = engine
     return _engines[key]
@@ -640,6 +658,21 @@ class Ledger:
                 .values(renewed_at=now, expires_at=now + seconds)
             ).rowcount
         )
+
+    def bucket_rate(self, name: str) -> tuple[float, float] | None:
+        """(rate now, ceiling) of the shared token bucket ``name`` (see healthimaging.bulk.rate_limit), or None."""
+        query = sa.select(buckets.c.rate, sa.func.coalesce(buckets.c.ceiling, buckets.c.rate)).where(
+            buckets.c.name == name
+        )
+        with self.engine.connect() as db:
+            row = db.execute(query).first()
+        return None if row is None else (row[0], row[1])
+
+    def live_lease_count(self) -> int:
+        """How many engines hold a lease now (of every run): they share the account's read quotas."""
+        query = sa.select(sa.func.count()).select_from(leases).where(leases.c.expires_at > db_now(self.engine))
+        with self.engine.connect() as db:
+            return db.execute(query).scalar_one()
 
     def release_lease(self, owner: str) -> None:
         """End a lease whose engine is done (it holds no row any more)."""

@@ -4,6 +4,15 @@ The quota is per account and region, so a limiter in one process is not enough: 
 in a table of the ledger database (PostgreSQL in a deployment), and a token is taken with a single
 atomic UPDATE, so concurrent workers never both spend the last token. On PostgreSQL the refill is
 computed with the database's clock, so workers' clocks need not agree.
+
+The rate adapts (additive increase, multiplicative decrease, as TCP's congestion control): the configured rate
+is the bucket's ``ceiling``. When an engine sees sustained throttling (:class:`ThrottleWatch`) it lowers the
+shared rate in proportion to the share of sends throttled, at most once per :data:`DECREASE_COOLDOWN_SECONDS`
+across the deployment; while nobody lowers it, every :data:`INCREASE_PERIOD_SECONDS` the rate climbs back by
+:data:`INCREASE_SHARE` of the ceiling, in the same UPDATE that takes a token. A ``copies_per_second`` set
+above the account's quota so settles near the quota, for every worker at once, instead of being throttled for
+the whole run. A bucket whose configured rate or burst changes starts again from the new ceiling; one
+configured as before keeps the rate found so far.
 """
 
 from __future__ import annotations
@@ -17,9 +26,24 @@ from sqlalchemy.engine import Engine
 from healthimaging.bulk.ledger import buckets, db_now
 from healthimaging.bulk.settings import DEFAULT_BURST, DEFAULT_COPIES_PER_SECOND
 
+#: Sustained throttling lowers the shared rate by half the share of sends throttled, by a tenth at least
+#: and by half at most (a rate twice the quota, half its sends throttled, comes down by a quarter at once)...
+MIN_DECREASE = 0.1
+MAX_DECREASE = 0.5
+#: ...at most once in this many seconds (deployment-wide), so that the sends of one burst of throttling,
+#: seen by several engines, lower it once and the lower rate has time to show.
+DECREASE_COOLDOWN_SECONDS = 1.0
+#: Without a decrease for this long, the rate climbs by INCREASE_SHARE of the ceiling (0.5% every 5 s: the
+#: rate found stays within a few percent of the quota, probing above it about once a minute).
+INCREASE_PERIOD_SECONDS = 5.0
+INCREASE_SHARE = 0.005
+#: The rate never goes below the AWS default quota (or the ceiling, if that is lower).
+RATE_FLOOR = DEFAULT_COPIES_PER_SECOND
+
 
 class SharedTokenBucket:
-    """A token bucket in a database row: ``rate`` tokens a second, at most ``burst`` stored."""
+    """A token bucket in a database row: at most ``rate`` tokens a second (the ceiling; lowered while the
+    service throttles, see the module docstring), at most ``burst`` stored."""
 
     def __init__(
         self,
@@ -44,20 +68,29 @@ class SharedTokenBucket:
 
     def _ensure_row(self) -> None:
         with self.engine.begin() as db:
-            row = db.execute(sa.select(buckets.c.rate, buckets.c.burst).where(buckets.c.name == self.name)).first()
+            row = db.execute(sa.select(buckets.c.ceiling, buckets.c.burst).where(buckets.c.name == self.name)).first()
             if row is None:
                 try:
                     now = db.execute(sa.select(self._now())).scalar_one()
                     db.execute(
                         buckets.insert().values(
-                            name=self.name, tokens=self.burst, stamp=now, rate=self.rate, burst=self.burst
+                            name=self.name,
+                            tokens=self.burst,
+                            stamp=now,
+                            rate=self.rate,
+                            ceiling=self.rate,
+                            burst=self.burst,
                         )
                     )
                 except sa.exc.IntegrityError:  # another worker created it first
                     pass
-            elif (row.rate, row.burst) != (self.rate, self.burst):
+            elif (row.ceiling, row.burst) != (self.rate, self.burst):
                 # The configured limit changed: every user of the bucket follows the latest setting.
-                db.execute(buckets.update().where(buckets.c.name == self.name).values(rate=self.rate, burst=self.burst))
+                db.execute(
+                    buckets.update()
+                    .where(buckets.c.name == self.name)
+                    .values(rate=self.rate, ceiling=self.rate, burst=self.burst, decreased_at=None, increased_at=None)
+                )
 
     def try_acquire(self) -> float:
         """Take a token if one is there: returns 0.0, else the seconds until one will be."""
@@ -65,11 +98,26 @@ class SharedTokenBucket:
         elapsed = sa.case((now > buckets.c.stamp, now - buckets.c.stamp), else_=0.0)
         refilled = buckets.c.tokens + elapsed * buckets.c.rate
         available = sa.case((refilled > buckets.c.burst, buckets.c.burst), else_=refilled)
+        ceiling = sa.func.coalesce(buckets.c.ceiling, buckets.c.rate)
+        last_moved = sa.func.coalesce(
+            sa.case(
+                (buckets.c.increased_at > buckets.c.decreased_at, buckets.c.increased_at), else_=buckets.c.decreased_at
+            ),
+            buckets.c.increased_at,
+            buckets.c.decreased_at,
+        )
+        climb = sa.and_(buckets.c.rate < ceiling, last_moved.is_not(None), now - last_moved >= INCREASE_PERIOD_SECONDS)
+        climbed = buckets.c.rate + ceiling * INCREASE_SHARE
         with self.engine.begin() as db:
             taken = db.execute(
                 buckets.update()
                 .where(buckets.c.name == self.name, available >= 1.0)
-                .values(tokens=available - 1.0, stamp=sa.case((now > buckets.c.stamp, now), else_=buckets.c.stamp))
+                .values(
+                    tokens=available - 1.0,
+                    stamp=sa.case((now > buckets.c.stamp, now), else_=buckets.c.stamp),
+                    rate=sa.case((climb, sa.case((climbed > ceiling, ceiling), else_=climbed)), else_=buckets.c.rate),
+                    increased_at=sa.case((climb, now), else_=buckets.c.increased_at),
+                )
                 .returning(buckets.c.stamp)
             ).first()
             if taken is not None:
@@ -102,6 +150,36 @@ class SharedTokenBucket:
                 .values(stamp=buckets.c.stamp + seconds)
             )
 
+    def slow_down(self, throttled_share: float = 0.0) -> float | None:
+        """Lower the shared rate by half ``throttled_share`` (the share of recent sends throttled, see
+        :data:`MIN_DECREASE`), never under :data:`RATE_FLOOR`, unless it was lowered less than
+        :data:`DECREASE_COOLDOWN_SECONDS` ago; returns the new rate, or None if unchanged."""
+        now = self._now()
+        floor = min(RATE_FLOOR, self.rate)
+        lowered = buckets.c.rate * (1.0 - min(max(throttled_share / 2, MIN_DECREASE), MAX_DECREASE))
+        with self.engine.begin() as db:
+            row = db.execute(
+                buckets.update()
+                .where(
+                    buckets.c.name == self.name,
+                    buckets.c.rate > floor,
+                    sa.or_(buckets.c.decreased_at.is_(None), now - buckets.c.decreased_at >= DECREASE_COOLDOWN_SECONDS),
+                )
+                .values(rate=sa.case((lowered < floor, floor), else_=lowered), decreased_at=now)
+                .returning(buckets.c.rate)
+            ).first()
+        return None if row is None else row.rate
+
+    def current(self) -> tuple[float, float]:
+        """(the rate now, the ceiling), tokens a second."""
+        with self.engine.connect() as db:
+            row = db.execute(
+                sa.select(buckets.c.rate, sa.func.coalesce(buckets.c.ceiling, buckets.c.rate).label("ceiling")).where(
+                    buckets.c.name == self.name
+                )
+            ).one()
+        return row.rate, row.ceiling
+
     def acquire(self, timeout: float | None = None) -> float:
         """Wait for a token; returns the seconds waited. Raises TimeoutError after ``timeout`` seconds."""
         started = time.monotonic()
@@ -112,3 +190,26 @@ class SharedTokenBucket:
             if timeout is not None and time.monotonic() - started + wait > timeout:
                 raise TimeoutError(f"no CopyImageSet token from {self.name!r} within {timeout:.0f}s")
             self.sleep(min(wait, 5.0))
+
+
+class ThrottleWatch:
+    """Tells sustained throttling from the odd throttled send: true when at least ``threshold`` of the last
+    ``window`` sends of one engine were throttled. A send that arrives a hair early at a bucket paced to
+    the quota is throttled now and then (about 1 in 1,000 here) and must not lower the rate; a rate set
+    above the quota throttles a large share of sends and is caught within a few of them."""
+
+    def __init__(self, window: int = 20, threshold: int = 3) -> None:
+        self.window = window
+        self.threshold = threshold
+        self._outcomes: list[bool] = []  # True: throttled
+
+    def sent(self, throttled: bool) -> float | None:
+        """Record one send; when throttling is sustained, the share of the sends seen that were throttled (the
+        window then starts afresh), else None."""
+        self._outcomes.append(throttled)
+        del self._outcomes[: -self.window]
+        if sum(self._outcomes) >= self.threshold:
+            share = sum(self._outcomes) / len(self._outcomes)
+            self._outcomes.clear()
+            return share
+        return None

@@ -124,6 +124,8 @@ def summarize(
             "max": _round(max(latencies) if latencies else None),
         },
         "errors": dict(Counter(row["error_code"] or "Unknown" for row in rows if row["status"] in (FAILED, REJECTED))),
+        # CopyImageSet sends refused (throttled, or over the copies in progress) and sent again
+        "refusedSends": sum(row.get("throttles") or 0 for row in rows),
     }
 
 

@@ -13,11 +13,11 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from healthimaging.bulk import report, storage
-from healthimaging.bulk.engine import register_manifest, state_line
+from healthimaging.bulk.engine import PACE_MARGIN, register_manifest, state_line
 from healthimaging.bulk.ledger import FAILED, PENDING, PLANNED, REJECTED, SKIPPED, Ledger
 from healthimaging.bulk.manifest import ManifestError, validate_manifest
 from healthimaging.bulk.manifest_reader import MAX_MANIFEST_BYTES
-from healthimaging.bulk.settings import BulkCopySettings, BulkRunOptions
+from healthimaging.bulk.settings import BulkCopySettings, BulkRunOptions, values_from
 from healthimaging.copy import states
 from healthimaging.copy.consistency import disagreements
 from healthimaging.copy.copiable_attributes import CopyRequestError, selection_of
@@ -254,6 +254,7 @@ def finish(
     )
     summary["reportFolder"] = str(folder)
     summary["ledger"] = str(ledger.engine.url.render_as_string(hide_password=True))
+    summary["copyRate"] = copy_rate(ledger, params)
     if prepared:
         remote = storage.write_next_to(
             manifest_uri, f"healthimaging-report-{safe_name(run_id)}", files, params.get("aws_conn_id")
@@ -262,6 +263,15 @@ def finish(
             summary["reportS3"] = remote
     (folder / "report.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
     counts = summary["counts"]
+    rate = summary["copyRate"]
+    if rate["foundPerSecond"] is not None and rate["foundPerSecond"] < rate["configuredPerSecond"]:
+        log.warning(
+            "run %s: CopyImageSet was throttled at the configured %.3f/s; the shared rate found is %.3f/s: set "
+            "copies_per_second to your account's quota (Service Quotas) to start there",
+            run_id,
+            rate["configuredPerSecond"],
+            rate["foundPerSecond"],
+        )
     log.info(
         "run %s: %d rows: %d succeeded, %d failed, %d rejected, %d skipped, %d planned, %d unfinished; report in %s",
         run_id,
@@ -275,6 +285,17 @@ def finish(
         folder,
     )
     return summary
+
+
+def copy_rate(ledger: Ledger, params: dict[str, Any]) -> dict[str, Any]:
+    """The CopyImageSet rate of the run: configured, and the shared bucket's rate at the end (lowered while the
+    service throttled; see healthimaging.bulk.rate_limit), both in copies a second as ``copies_per_second``."""
+    settings = BulkCopySettings(**values_from(BulkCopySettings, params))
+    state = ledger.bucket_rate(settings.rate_limit_name)
+    return {
+        "configuredPerSecond": settings.copies_per_second,
+        "foundPerSecond": None if state is None else round(min(state[0] / PACE_MARGIN, settings.copies_per_second), 3),
+    }
 
 
 def verdict(summary: dict[str, Any]) -> str | None:

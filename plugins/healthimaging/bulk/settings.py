@@ -15,8 +15,10 @@ from healthimaging.copy.service_model import anchored
 #: "AWS HealthImaging endpoints and quotas", https://docs.aws.amazon.com/general/latest/gr/healthimaging.html).
 DEFAULT_COPIES_PER_SECOND = 0.25
 DEFAULT_BURST = 1.0
-#: The service's limit of copies in progress per data store (same page).
+#: The service's limit of copies in progress per data store (same page; adjustable on request).
 SERVICE_MAX_COPIES_IN_FLIGHT = 100
+#: GetImageSet's default quota, requests per second (same page); the engine's polls use a share of it.
+DEFAULT_GET_IMAGE_SET_PER_SECOND = 25.0
 #: Field names of settings from before they were named like the Params (a trigger deferred before the
 #: rename carries them in its kwargs).
 RENAMED = {
@@ -45,12 +47,21 @@ class BulkCopySettings:
     )
     burst: float = setting(DEFAULT_BURST, "Rate limit burst", type="number", minimum=1, maximum=100)
     max_copies_in_flight: int = setting(
-        20,
+        SERVICE_MAX_COPIES_IN_FLIGHT,
         "Max copies in flight",
-        "Per data store, across the deployment (the service allows 100).",
+        "Per data store, across the deployment: the service's limit of copies in progress (100 unless AWS "
+        "raised it for your account).",
         type="integer",
         minimum=1,
-        maximum=SERVICE_MAX_COPIES_IN_FLIGHT,
+        maximum=100_000,
+    )
+    get_image_set_per_second: float = setting(
+        DEFAULT_GET_IMAGE_SET_PER_SECOND,
+        "GetImageSet quota (per second)",
+        "Your account's; half of it is shared by the polls of every engine, the rest is left for other reads.",
+        type="number",
+        exclusiveMinimum=0,
+        maximum=100_000,
     )
     skip_already_copied: bool = setting(
         True,
@@ -66,7 +77,14 @@ class BulkCopySettings:
     )
     aws_conn_id: str = setting("aws_default", "AWS connection id", type="string", minLength=1)
     region_name: str | None = setting(None, "AWS region", "Empty: the connection's region.", type="string")
-    poll_interval_seconds: float = setting(5.0, "Poll interval (seconds)", type="number", minimum=0.1, maximum=300)
+    poll_interval_seconds: float = setting(
+        5.0,
+        "Longest poll interval (seconds)",
+        "Copies are polled when the ones done so far say they end; never less often than this.",
+        type="number",
+        minimum=0.1,
+        maximum=300,
+    )
     progress_interval_seconds: float = setting(
         30.0, "Progress log interval (seconds)", type="number", minimum=1, maximum=3600
     )

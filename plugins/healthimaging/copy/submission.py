@@ -3,8 +3,11 @@
 CopyImageSet has no idempotency token, so the SDK must never repeat it (the hook's
 ``no_retry_conn``) and this module decides every retry itself:
 
-- throttling and the concurrent-copies quota (402) back off exponentially and try again: the call
-  did not take effect;
+- throttling backs off exponentially and tries again: the call did not take effect;
+- the concurrent-copies quota (402, ServiceQuotaExceededException: 100 copies in progress per data store by
+  default) did not take effect either: the copy waits for room (the caller's ``copies_limit_reached``, which
+  waits for one of its copies to complete) and is sent again; it is not a failed attempt. A 402 for the
+  image frames per copy (1,000) is final: sending the same copy again cannot succeed;
 - a connection that never opened is retried: nothing was sent;
 - an ambiguous failure (5xx, a lost response, a read timeout) is **reconciled first**: the data store
   is read (ListImageSetVersions of the destination, or SearchImageSets by series UID and creation
@@ -38,6 +41,14 @@ CLOCK_SKEW_SECONDS = 300
 class SendCancelled(Exception):
     """``before_send`` decided that this copy must not be sent (the caller no longer owns it, or the same
     copy is already done elsewhere); nothing was sent by this attempt."""
+
+
+def is_frames_quota(message: str) -> bool:
+    """A ServiceQuotaExceededException about the image frames of one copy, not the copies in progress.
+
+    AWS does not document the two messages' wording; both name their quota ("image frames" in one), and
+    the emulator's do the same."""
+    return "frame" in message.lower()
 
 
 class CopySubmissionError(Exception):
@@ -74,6 +85,16 @@ class SubmissionPolicy:
     #: Called right before every CopyImageSet, the first included, after ``before_resend``: a caller whose
     #: right to send can lapse (a lease) checks it there and raises :class:`SendCancelled` to send nothing.
     before_send: Callable[[], object] | None = field(default=None, repr=False)
+    #: Called after every CopyImageSet answered, with True if it was throttled: a caller adapting its rate
+    #: to the quota watches the share of throttled sends there.
+    after_send: Callable[[bool], object] | None = field(default=None, repr=False)
+    #: Called with the service's message when a send is refused for the copies in progress (402): it waits
+    #: for room (a copy of the caller's completes) or raises to hand the copy back to the caller. Without
+    #: it, the copy waits a backoff of its own (base ``backoff_base_seconds``) and is sent again.
+    copies_limit_reached: Callable[[str], object] | None = field(default=None, repr=False)
+    #: Sends refused for the copies in progress before the copy fails (an hour or so of backoff without
+    #: ``copies_limit_reached``).
+    max_copies_limit_waits: int = 90
 
     def backoff(self, attempt: int, base: float | None = None) -> float:
         base = self.backoff_base_seconds if base is None else base
@@ -92,9 +113,8 @@ class SubmittedCopy:
     destination_image_set_arn: str | None = None
     reconciled: bool = False
     attempts: int = 1
-    #: Sends that were throttled (a throttling code or HTTP 429) and sent again: not counted in ``attempts``
-    #: (a ServiceQuotaExceededException is, like any other failed attempt). 0 from :func:`reconcile` on its
-    #: own, which sends nothing.
+    #: Sends refused and sent again, throttled (a throttling code or HTTP 429) or over the copies in progress
+    #: (402): not counted in ``attempts``. 0 from :func:`reconcile` on its own, which sends nothing.
     throttles: int = 0
 
 
@@ -113,7 +133,7 @@ def submit_copy(
     replan = replan or (lambda p: refresh_versions(hook, p))
     plan = snapshot_series(hook, plan)
     started = time.time()
-    throttles = conflicts = attempts = sends = 0
+    throttles = conflicts = attempts = sends = limit_waits = 0
     try:
         while True:
             attempts += 1
@@ -124,6 +144,7 @@ def submit_copy(
                 policy.before_send()
             try:
                 response = hook.no_retry_conn.copy_image_set(**plan.request())
+                _after_send(policy, False)
                 return _accepted(plan, response, started, attempts, throttles)
             except (EndpointConnectionError, ConnectTimeoutError) as exc:
                 reason = f"could not connect ({exc})"  # nothing was sent
@@ -137,7 +158,9 @@ def submit_copy(
                 code = exc.response.get("Error", {}).get("Code", "Unknown")
                 message = exc.response.get("Error", {}).get("Message", "")
                 status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-                if code in THROTTLING_CODES or status == 429:
+                throttled = code in THROTTLING_CODES or status == 429
+                _after_send(policy, throttled)
+                if throttled:
                     throttles += 1
                     if throttles > policy.max_throttle_retries:
                         raise CopySubmissionError(
@@ -148,9 +171,24 @@ def submit_copy(
                     policy.sleep(delay)
                     attempts -= 1  # throttling is not a failed attempt: the quota decides the pace
                     continue
+                if code == "ServiceQuotaExceededException" and is_frames_quota(message):
+                    raise CopySubmissionError(code, message) from exc
                 if code == "ServiceQuotaExceededException":
-                    reason = f"a service quota is exhausted ({message})"
-                elif code == "ConflictException":
+                    throttles += 1
+                    limit_waits += 1
+                    if limit_waits > policy.max_copies_limit_waits:
+                        raise CopySubmissionError(
+                            code, f"still over the copies in progress after {limit_waits - 1} waits: {message}"
+                        ) from exc
+                    attempts -= 1  # the copy did not take effect and was not wrong: it waits for room
+                    if policy.copies_limit_reached is not None:
+                        policy.copies_limit_reached(message)
+                    else:
+                        delay = policy.backoff(min(limit_waits, 6))
+                        log.info("CopyImageSet over the copies in progress; retrying in %.1fs (%d)", delay, limit_waits)
+                        policy.sleep(delay)
+                    continue
+                if code == "ConflictException":
                     conflicts += 1
                     plan, reason = _after_conflict(hook, plan, message, conflicts, policy, replan)
                 elif status >= 500:
@@ -175,6 +213,11 @@ def submit_copy(
     except CopySubmissionError as exc:
         exc.throttles = throttles  # sends throttled before it failed: resent, not failed attempts
         raise
+
+
+def _after_send(policy: SubmissionPolicy, throttled: bool) -> None:
+    if policy.after_send is not None:
+        policy.after_send(throttled)
 
 
 def _accepted(plan: CopyPlan, response: dict[str, Any], started: float, attempts: int, throttles: int) -> SubmittedCopy:
