@@ -48,6 +48,7 @@ from botocore.config import Config
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "plugins")]
 from bench.ideal import ideal_makespan  # noqa: E402 - after the path is set
+from healthimaging.bulk.engine import PACE_MARGIN  # noqa: E402 - after the path is set
 
 DAG_ID = "healthimaging_bulk_copy"
 #: The engine's statement count, in each batch's last progress line (healthimaging.bulk.engine).
@@ -376,11 +377,11 @@ def print_point(r: dict[str, Any]) -> bool:
         )
     samples = [s for s in r["samples"] if s["t"] >= 60 and s["rate"] is not None]
     if p.configured_rate is not None and samples:
-        rates = [s["rate"] / 0.99 for s in samples]  # in copies_per_second terms (the engine paces at 99%)
+        rates = [s["rate"] / PACE_MARGIN for s in samples]  # in copies_per_second terms
         print(
             f"  shared rate after the first minute: {min(rates):.2f}..{max(rates):.2f}/s against the {p.quota}/s quota "
             f"({100 * (min(rates) / p.quota - 1):+.1f}%..{100 * (max(rates) / p.quota - 1):+.1f}%); at the end "
-            f"{(r['final_rate'] or 0) / 0.99:.2f}/s"
+            f"{(r['final_rate'] or 0) / PACE_MARGIN:.2f}/s"
         )
     memory = [s for s in r["samples"] if s["scheduler_mb"]]
     if len(memory) > 4:

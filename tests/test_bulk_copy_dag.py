@@ -25,7 +25,7 @@ from healthimaging.bulk import engine as bulk_copy
 from healthimaging.bulk.engine import BatchCopyEngine, BulkCopySettings
 from healthimaging.bulk.ledger import Ledger, copies, engine_for, manifests
 from healthimaging.bulk.manifest import template
-from healthimaging.bulk.rate_limit import SharedTokenBucket, buckets
+from healthimaging.bulk.rate_limit import SharedTokenBucket
 from healthimaging.bulk.run import MAX_BATCHES, prepare
 from healthimaging_emulator.exceptions import ValidationException
 from stack.processes import free_port
@@ -713,55 +713,45 @@ def test_a_wait_from_the_token_bucket_ends_when_the_token_is_there(ledger):
         assert bucket.try_acquire() == 0.0
 
 
-def test_push_back_delays_the_next_token_unless_another_was_taken_since(ledger):
-    name = f"test-{uuid.uuid4().hex}"
-    first, second = (SharedTokenBucket(ledger.engine, name, rate=4, burst=1) for _ in range(2))
-    assert first.try_acquire() == 0.0
-    stamp = first.taken_stamp
-    first.push_back(0.5)  # its call left half a second after the token
-    before = time.time()  # a SQLite ledger's bucket runs on this process's time.time()
-    wait = second.try_acquire()
-    after = time.time()
-    # 0.25 s of refill, counted from 0.5 s after the stamp (and try_acquire's 1 ms over), whenever second asked:
-    # without the push back the wait would be 0.5 s shorter.
-    assert stamp + 0.751 - after - 1e-6 <= wait <= stamp + 0.751 - before + 1e-6, (wait, before - stamp, after - stamp)
+def test_a_token_taken_late_leaves_the_next_one_due_as_if_on_time(ledger):
+    """A wake-up or a database answer a little late must not push every later token back by as much: the
+    bucket holds a tenth of a token over its burst, so the next token is due one interval after the time
+    the late one was due, not after it was taken."""
+    bucket = SharedTokenBucket(ledger.engine, f"test-{uuid.uuid4().hex}", rate=4, burst=1)
+    assert bucket.try_acquire() == 0.0
+    time.sleep(bucket.try_acquire() + 0.02)  # 20 ms late
+    assert bucket.try_acquire() == 0.0
+    began = time.time()  # a SQLite ledger's bucket runs on this process's time.time()
+    wait = bucket.try_acquire()
+    # without the slack the wait would be a whole interval, 0.25 s (+1 ms)
+    assert wait <= 0.25 - 0.02 + 0.001 + (time.time() - began) + 1e-6, wait
+
+
+def test_calls_of_one_process_leave_an_interval_apart_and_learn_an_allowance():
+    """SendSpacing: calls on one bucket, from any thread, leave at least an interval (plus the allowance)
+    apart; a throttled call widens the allowance, a long run of calls not throttled narrows it."""
+    from healthimaging.bulk.engine import JITTER_RELAX_SENDS, JITTER_STEP_SECONDS, SendSpacing
 
     name = f"test-{uuid.uuid4().hex}"
-    first, second = (SharedTokenBucket(ledger.engine, name, rate=20, burst=1) for _ in range(2))
-    assert first.try_acquire() == 0.0
-    time.sleep(second.try_acquire())
-    assert second.try_acquire() == 0.0
-    first.push_back(0.5)  # too late: the stamp is the second token's now
-    with ledger.engine.connect() as db:
-        assert db.execute(sa.select(buckets.c.stamp).where(buckets.c.name == name)).scalar_one() == second.taken_stamp
-    assert second.try_acquire() <= 0.06  # at most one interval of 0.05 s (+1 ms), not 0.5 s more
+    left: list[float] = []
 
+    def call() -> None:
+        SendSpacing.wait_turn(name, 0.05)
+        left.append(time.monotonic())
 
-def test_a_send_that_leaves_late_moves_the_next_token_back(ledger, emulator_connection, tmp_path):
-    """The service counts from a call's arrival: time between asking for the token and the call leaving (here
-    a token answer held up 80 ms) is added to the bucket's clock, so the next call keeps a whole interval."""
-    emulator = emulator_connection
-    datastore_id, ids = seed(emulator, 1)
-    run_id, (engine,) = prepared_batches(
-        ledger, tmp_path, datastore_id, [{"source_image_set_id": ids[0]}], batch_size=10, copies_per_second=2, burst=1
-    )
-    taken = []
-    try_acquire = engine.bucket.try_acquire
+    threads = [threading.Thread(target=call) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    gaps = [b - a for a, b in zip(sorted(left), sorted(left)[1:])]
+    assert min(gaps) >= 0.05 + JITTER_STEP_SECONDS - 1e-3, gaps  # the first allowance: one step
 
-    def slow_answer():
-        wait = try_acquire()
-        if not wait:
-            taken.append(engine.bucket.taken_stamp)
-            time.sleep(0.08)
-        return wait
-
-    engine.bucket.try_acquire = slow_answer
-    engine.step()
-
-    assert ledger.run_rows("engine-test", run_id)[0]["status"] == "submitted" and len(taken) == 1
-    with ledger.engine.connect() as db:
-        stamp = db.execute(sa.select(buckets.c.stamp).where(buckets.c.name == engine.bucket.name)).scalar_one()
-    assert stamp - taken[0] >= 0.08
+    SendSpacing.outcome(name, throttled=True)
+    assert SendSpacing._allowance[name] == pytest.approx(2 * JITTER_STEP_SECONDS)
+    for _ in range(JITTER_RELAX_SENDS):
+        SendSpacing.outcome(name, throttled=False)
+    assert SendSpacing._allowance[name] == pytest.approx(1.5 * JITTER_STEP_SECONDS)
 
 
 def test_polls_stop_short_of_a_send_that_is_due(ledger, emulator_connection, tmp_path):

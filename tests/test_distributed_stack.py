@@ -49,8 +49,8 @@ FAULTS = ("CopyImageSet:internal_error=0.03", "CopyImageSet:lost_response=0.03",
 # The service's CopyImageSet quota is the DAG's rate with AWS's burst of 1: the limiter must keep every call
 # (8 batches in the triggerer, resends included) a whole quota interval after the one before, as the service
 # counts them. It used to need a burst of 2 here: a call that left a few milliseconds after its token (thread
-# scheduling, the GIL) could reach the service less than an interval after the next one; the engine now moves
-# the shared bucket's clock back by that delay (SharedTokenBucket.push_back).
+# scheduling, the GIL) could reach the service less than an interval after the next one; the engine's calls
+# now leave an interval apart, whatever their tokens' times (engine.SendSpacing).
 EMULATOR_BURST = 1
 EMULATOR_ARGS = [
     "--rate",

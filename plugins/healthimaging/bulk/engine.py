@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -72,13 +73,18 @@ from healthimaging.hooks.medical_imaging import HealthImagingHook
 log = logging.getLogger(__name__)
 
 #: The engine sends at this share of the configured rate: with the client's and the service's buckets
-#: at exactly the same rate, network jitter would land some calls just inside one quota interval and
-#: get them throttled. (The larger delay, between a token and its call leaving this process, is measured
-#: and given back to the bucket: see ``_copy_client``.)
-PACE_MARGIN = 0.99
-#: Polls stop this long before a send is due: one poll (GetImageSet, and verification when it is done)
-#: takes a few milliseconds, and a send that starts late loses that time from the quota for good.
+#: at exactly the same rate, the calls' jitter would land some just inside one quota interval and get them
+#: throttled. (The larger delay, between a token and its call leaving this process, is absorbed by
+#: SendSpacing.)
+PACE_MARGIN = 0.995
+#: Polls stop before a send is due by as long as one poll took lately (GetImageSet, and verification when
+#: the copy is done: milliseconds, or more on a loaded host), and this much at least: a send that starts
+#: late loses that time from the quota for good.
 SEND_GUARD_SECONDS = 0.005
+#: The allowance on top of a quota interval between two calls (see SendSpacing) grows by this much with each
+#: throttled call, and shrinks by half as much after this many calls in a row were not throttled.
+JITTER_STEP_SECONDS = 0.001
+JITTER_RELAX_SENDS = 200
 #: After a send refused for the copies in progress, the copy is sent again when one of this engine's copies
 #: completes, or after this long (room may come from other engines' copies, or copies outside this tool).
 ROOM_WAIT_SECONDS = 1.0
@@ -89,6 +95,50 @@ CAP_RETRY_SECONDS = 1.0
 
 #: The rows this engine holds are read from the ledger when one is due for a poll, and at least this often.
 HELD_READ_SECONDS = 10.0
+
+
+class SendSpacing:
+    """Keeps the CopyImageSet calls of this process at least one interval of the shared rate apart.
+
+    The service counts a call from its arrival, and a token from the shared bucket is some milliseconds
+    older than its call (the send's ledger transaction, building and signing the request, a thread waiting
+    for the GIL): by a few milliseconds more or less each time. Two calls whose tokens were an interval
+    apart can so leave less than an interval apart, and with AWS's burst of 1 the second is throttled. So
+    right before a call leaves (botocore's before-send), it waits until an interval has passed since the
+    last call of any engine of this process on the same bucket. Each call is then late by at most the
+    longest of those delays, never by their sum, as it would be if each delay moved the bucket back.
+
+    Calls that leave an interval apart can still arrive closer (the network, the service's own scheduling),
+    so the interval has an allowance on top, learnt per bucket: each throttled call widens it by
+    :data:`JITTER_STEP_SECONDS` (up to a tenth of the interval), and every :data:`JITTER_RELAX_SENDS` calls
+    in a row not throttled narrow it by half a step. It settles where about one call in several hundred is
+    throttled."""
+
+    _lock = threading.Lock()
+    _last: dict[str, float] = {}
+    _allowance: dict[str, float] = {}
+    _clean: dict[str, int] = {}
+
+    @classmethod
+    def wait_turn(cls, name: str, interval: float) -> None:
+        with cls._lock:  # held while waiting: a call of another engine would be as early
+            last = cls._last.get(name)
+            allowance = min(cls._allowance.get(name, JITTER_STEP_SECONDS), interval / 10)
+            if last is not None and (early := last + interval + allowance - time.monotonic()) > 0:
+                time.sleep(early)
+            cls._last[name] = time.monotonic()
+
+    @classmethod
+    def outcome(cls, name: str, throttled: bool) -> None:
+        """A call on bucket ``name`` was answered: throttled or not."""
+        with cls._lock:
+            allowance = cls._allowance.get(name, JITTER_STEP_SECONDS)
+            if throttled:
+                cls._allowance[name], cls._clean[name] = allowance + JITTER_STEP_SECONDS, 0
+            elif (clean := cls._clean.get(name, 0) + 1) >= JITTER_RELAX_SENDS:
+                cls._allowance[name], cls._clean[name] = max(allowance - JITTER_STEP_SECONDS / 2, 0.0), 0
+            else:
+                cls._clean[name] = clean
 
 
 class WaitForRoom(Exception):
@@ -141,13 +191,12 @@ class BatchCopyEngine:
         self._last_progress = 0.0
         self._done_at_start: int | None = None
         self._calls_timed = False
-        self._token_taken_at: float | None = None
-        self._send_delay: float | None = None
         self.throttle_watch = ThrottleWatch()
         self.durations = CopyDurations(settings.poll_interval_seconds)
         self.poll_budget = PollBudget(settings.get_image_set_per_second, clock)
         self._refused = 0  # sends of the copy being submitted that were refused (throttled or 402)
         self.statements = 0  # SQL statements its steps sent to the ledger
+        self._poll_cost = SEND_GUARD_SECONDS  # how long one poll took lately (a decaying maximum)
         self._new_identity()
 
     # ------------------------------------------------------------------ ownership
@@ -265,13 +314,13 @@ class BatchCopyEngine:
 
     def _step(self) -> float | None:
         self._keep_lease()
-        if self.clock() >= self._sweep_at:
-            self._take_over_orphans(self.ledger.orphans(self.key, self.owner))
-            self.poll_budget.share(self.ledger.live_lease_count())
-            self._sweep_at = self.clock() + min(self.settings.lease_seconds / 6, 10.0)
         # Deadlines are absolute times, turned into one wait at the end: a wait measured before the polls
         # ran would make every send late by the time they took, and with burst 1 lateness is quota lost.
         send_at = self._send_ready()  # first: the token for it is due now, polls can wait a few milliseconds
+        if self.clock() >= self._sweep_at:  # after the send, which it would make late
+            self._take_over_orphans(self.ledger.orphans(self.key, self.owner))
+            self.poll_budget.share(self.ledger.live_lease_count())
+            self._sweep_at = self.clock() + min(self.settings.lease_seconds / 6, 10.0)
         poll_at = self._poll_in_flight(stop_at=send_at)
         if send_at is None:
             send_at = self._submit_some()
@@ -325,12 +374,7 @@ class BatchCopyEngine:
         """Take a token: None if taken, else the time one will be there."""
         asked = self.clock()
         wait = self.bucket.try_acquire()
-        if wait:
-            return asked + wait
-        # The token is stamped somewhere between asking and the answer: a return held up (by the GIL, say)
-        # is delay too, so the send is timed from the asking.
-        self._token_taken_at = asked
-        return None
+        return asked + wait if wait else None
 
     def _take_token(self) -> None:
         """Wait for a token (before a resend)."""
@@ -338,27 +382,15 @@ class BatchCopyEngine:
             self._sleep(max(0.0, wait - self.clock()))
 
     def _copy_client(self) -> None:
-        """Build the no-retry CopyImageSet client (once) and time each of its calls against its token.
-
-        The quota counts from when a call reaches the service, not from when its token was stamped: a call
-        that left late (another thread held the GIL, the token's answer was slow) moves the next token back
-        by as much, once the call is answered (or failed), before the next token is due.
-        """
+        """Build the no-retry CopyImageSet client (once) and space its calls (see :class:`SendSpacing`)."""
         if not self._calls_timed:
             events = self.hook.no_retry_conn.meta.events
-            events.register("before-send.medical-imaging.CopyImageSet", self._note_send)
-            events.register("response-received.medical-imaging.CopyImageSet", self._give_back_delay)
+            events.register("before-send.medical-imaging.CopyImageSet", self._space_send)
             self._calls_timed = True
 
-    def _note_send(self, **_: Any) -> None:
-        """botocore's last step before the request goes out: how long after its token it goes."""
-        if self._token_taken_at is not None:
-            self._send_delay, self._token_taken_at = self.clock() - self._token_taken_at, None
-
-    def _give_back_delay(self, **_: Any) -> None:
-        delay, self._send_delay = self._send_delay, None
-        if delay:
-            self.bucket.push_back(delay)
+    def _space_send(self, **_: Any) -> None:
+        """botocore's last step before the request goes out."""
+        SendSpacing.wait_turn(self.bucket.name, 1.0 / self.bucket.last_rate)
 
     def _submit_some(self) -> float | None:
         """Send pending rows while tokens and in-flight room allow; returns when to come back, or None."""
@@ -463,7 +495,6 @@ class BatchCopyEngine:
         if clearance.send:
             self._renew_at = self.clock() + self.settings.lease_seconds / 4
             return
-        self._token_taken_at = None  # the token goes unused: no call to time
         if clearance.reason == "duplicate":
             other = clearance.duplicate_of or {}
             log.info(
@@ -536,6 +567,7 @@ class BatchCopyEngine:
 
     def _after_send(self, throttled: bool) -> None:
         """Every CopyImageSet answered: sustained throttling lowers the deployment's shared rate."""
+        SendSpacing.outcome(self.bucket.name, throttled)
         if throttled:
             self._refused += 1
         share = self.throttle_watch.sent(throttled)
@@ -561,6 +593,8 @@ class BatchCopyEngine:
         now = self.clock()
         if now < self._held_read_at and not any(due <= now for due in self._next_poll.values()):
             return min(self._next_poll.values(), default=None)  # nothing due: no ledger read
+        if self._send_is_near(stop_at):
+            return stop_at  # polled right after the send
         rows = self.ledger.held_rows(self.owner, SUBMITTED)
         self._held_read_at = now + HELD_READ_SECONDS
         next_due: float | None = None
@@ -574,37 +608,49 @@ class BatchCopyEngine:
             if due > now:
                 come_back(due)
                 continue
-            if stop_at is not None and self.clock() >= stop_at - SEND_GUARD_SECONDS:
+            if self._send_is_near(stop_at):
                 come_back(stop_at)  # polled right after the send
-                continue
+                break
             if wait := self.poll_budget.take():
                 come_back(self.clock() + wait)  # over the budget: the rest wait for it
                 break
-            accepted_at = self._accepted_at.setdefault(row["id"], row["submitted_at"] or now)
-            try:
-                image_set = self.hook.get_image_set(
-                    row["datastore_id"], row["destination_image_set_id"], row["destination_version_id"]
-                )
-            except (ClientError, BotoCoreError) as exc:
-                log.warning(state_line("copy_poll_error", row, error=type(exc).__name__))
-                self._next_poll[row["id"]] = self.clock() + self.settings.poll_interval_seconds
-                come_back(self._next_poll[row["id"]])
-                continue
-            workflow = image_set.get("imageSetWorkflowStatus")
-            if workflow in (states.COPIED, states.COPY_FAILED):
-                self.durations.observe(copy_seconds(image_set, accepted_at, self.clock()))
-                self._room_until = None  # a copy in progress less: a copy refused for the limit may go now
-            if workflow == states.COPIED:
-                self._finish(row, image_set)
-            elif workflow == states.COPY_FAILED:
-                self._forget(row)
-                self._write(
-                    row, FAILED, error_code="COPY_FAILED", message=image_set.get("message"), completed_at=self.clock()
-                )
-            else:
-                self._next_poll[row["id"]] = self.clock() + self.durations.next_poll(self.clock() - accepted_at)
+            began = self.clock()
+            self._poll_one(row, now)
+            self._poll_cost = max(self.clock() - began, 0.9 * self._poll_cost, SEND_GUARD_SECONDS)
+            if row["id"] in self._next_poll:
                 come_back(self._next_poll[row["id"]])
         return next_due
+
+    def _send_is_near(self, send_at: float | None) -> bool:
+        """Whether one more poll could delay the send due at ``send_at``. The guard is at most half the
+        interval between two sends, or polls slower than that would never run while sends go on."""
+        guard = min(self._poll_cost, 0.5 / self.settings.copies_per_second)
+        return send_at is not None and self.clock() + guard >= send_at
+
+    def _poll_one(self, row: dict[str, Any], now: float) -> None:
+        """GetImageSet of one copy in flight: finish it (COPIED, COPY_FAILED) or set its next poll."""
+        accepted_at = self._accepted_at.setdefault(row["id"], row["submitted_at"] or now)
+        try:
+            image_set = self.hook.get_image_set(
+                row["datastore_id"], row["destination_image_set_id"], row["destination_version_id"]
+            )
+        except (ClientError, BotoCoreError) as exc:
+            log.warning(state_line("copy_poll_error", row, error=type(exc).__name__))
+            self._next_poll[row["id"]] = self.clock() + self.settings.poll_interval_seconds
+            return
+        workflow = image_set.get("imageSetWorkflowStatus")
+        if workflow in (states.COPIED, states.COPY_FAILED):
+            self.durations.observe(copy_seconds(image_set, accepted_at, self.clock()))
+            self._room_until = None  # a copy in progress less: a copy refused for the limit may go now
+        if workflow == states.COPIED:
+            self._finish(row, image_set)
+        elif workflow == states.COPY_FAILED:
+            self._forget(row)
+            self._write(
+                row, FAILED, error_code="COPY_FAILED", message=image_set.get("message"), completed_at=self.clock()
+            )
+        else:
+            self._next_poll[row["id"]] = self.clock() + self.durations.next_poll(self.clock() - accepted_at)
 
     def _finish(self, row: dict[str, Any], image_set: dict[str, Any]) -> None:
         self._forget(row)

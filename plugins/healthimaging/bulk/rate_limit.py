@@ -39,6 +39,10 @@ INCREASE_PERIOD_SECONDS = 5.0
 INCREASE_SHARE = 0.005
 #: The rate never goes below the AWS default quota (or the ceiling, if that is lower).
 RATE_FLOOR = DEFAULT_COPIES_PER_SECOND
+#: The bucket holds up to ``burst`` plus this share of a token: a token taken a little late (a wake-up, a
+#: database answer) leaves the next one due as if it had been on time, so that such lateness does not add
+#: up over a run. Calls of one process never come closer than an interval anyway (the engine's SendSpacing).
+BURST_SLACK = 0.1
 
 
 class SharedTokenBucket:
@@ -61,6 +65,7 @@ class SharedTokenBucket:
         self.burst = float(burst)
         self.sleep = sleep
         self.taken_stamp: float | None = None  # the bucket's stamp when this object last took a token
+        self.last_rate = self.rate  # the shared rate when this object last took a token
         self._ensure_row()
 
     def _now(self):
@@ -97,7 +102,8 @@ class SharedTokenBucket:
         now = self._now()
         elapsed = sa.case((now > buckets.c.stamp, now - buckets.c.stamp), else_=0.0)
         refilled = buckets.c.tokens + elapsed * buckets.c.rate
-        available = sa.case((refilled > buckets.c.burst, buckets.c.burst), else_=refilled)
+        capacity = buckets.c.burst + BURST_SLACK
+        available = sa.case((refilled > capacity, capacity), else_=refilled)
         ceiling = sa.func.coalesce(buckets.c.ceiling, buckets.c.rate)
         last_moved = sa.func.coalesce(
             sa.case(
@@ -118,37 +124,16 @@ class SharedTokenBucket:
                     rate=sa.case((climb, sa.case((climbed > ceiling, ceiling), else_=climbed)), else_=buckets.c.rate),
                     increased_at=sa.case((climb, now), else_=buckets.c.increased_at),
                 )
-                .returning(buckets.c.stamp)
+                .returning(buckets.c.stamp, buckets.c.rate)
             ).first()
             if taken is not None:
-                self.taken_stamp = taken.stamp
+                self.taken_stamp, self.last_rate = taken.stamp, taken.rate
                 return 0.0
-            ahead = sa.case((buckets.c.stamp > now, buckets.c.stamp - now), else_=0.0)  # pushed back: see push_back
             row = db.execute(
-                sa.select(available.label("available"), ahead.label("ahead"), buckets.c.rate).where(
-                    buckets.c.name == self.name
-                )
+                sa.select(available.label("available"), buckets.c.rate).where(buckets.c.name == self.name)
             ).one()
         # A millisecond over the exact time: a wake-up at the exact time can find 0.9999999 of a token.
-        return row.ahead + max((1.0 - row.available) / row.rate, 0.0) + 0.001
-
-    def push_back(self, seconds: float) -> None:
-        """Start the refill after the token this object took last ``seconds`` later.
-
-        For a call that went out that long after its token was stamped (thread scheduling, the GIL,
-        building the request): the service counts from the call's arrival, so the next token must too,
-        or the next call can arrive less than one interval after this one and be throttled. Does nothing
-        once another token has been taken since (the stamp moved on).
-        """
-        stamp, self.taken_stamp = self.taken_stamp, None
-        if stamp is None or seconds <= 0:
-            return
-        with self.engine.begin() as db:
-            db.execute(
-                buckets.update()
-                .where(buckets.c.name == self.name, buckets.c.stamp == stamp)
-                .values(stamp=buckets.c.stamp + seconds)
-            )
+        return max((1.0 - row.available) / row.rate, 0.0) + 0.001
 
     def slow_down(self, throttled_share: float = 0.0) -> float | None:
         """Lower the shared rate by half ``throttled_share`` (the share of recent sends throttled, see
