@@ -42,13 +42,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import boto3
-from botocore.config import Config
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "plugins")]
+from bench import baselines  # noqa: E402 - after the path is set
 from bench.ideal import ideal_makespan  # noqa: E402 - after the path is set
 from healthimaging.bulk.engine import PACE_MARGIN  # noqa: E402 - after the path is set
+from healthimaging_emulator.admin_client import ADMIN_TOKEN_ENV  # noqa: E402 - after the path is set
 
 DAG_ID = "healthimaging_bulk_copy"
 #: The engine's statement count, in each batch's last progress line (healthimaging.bulk.engine).
@@ -164,24 +163,13 @@ def service_pids(stack, service: str) -> list[int]:
 # ------------------------------------------------------------------------------------------ the project's run
 
 
-def emulator_client(url: str):
-    return boto3.client(
-        "medical-imaging",
-        endpoint_url=url,
-        region_name="us-east-1",
-        aws_access_key_id="bench",
-        aws_secret_access_key="bench",
-        config=Config(inject_host_prefix=False, retries={"mode": "standard", "max_attempts": 10}),
-    )
-
-
 def seeded_sources(stack, rows: int) -> tuple[str, list[str]]:
     """A new synthetic data store of ``rows`` image sets: (its id, the image set ids)."""
     datastore_id = stack.emulator_admin("POST", "seed", {"seed": f"synthetic:{rows}"})["datastoreId"]
-    client = emulator_client(stack.emulator_url)
+    reader = baselines.client(stack.emulator_url, max_attempts=10)
     ids = [
         s["imageSetId"]
-        for page in client.get_paginator("search_image_sets").paginate(datastoreId=datastore_id)
+        for page in reader.get_paginator("search_image_sets").paginate(datastoreId=datastore_id)
         for s in page["imageSetsMetadataSummaries"]
     ]
     return datastore_id, ids[:rows]
@@ -398,12 +386,7 @@ def print_point(r: dict[str, Any]) -> bool:
     return ok
 
 
-def run_baselines(stack, point: Point, names: list[str]) -> None:
-    try:
-        import bench.baselines as baselines
-    except ImportError as exc:
-        print(f"  baselines: not available ({exc})")
-        return
+def run_baselines(stack, point: Point, names: list[str], naive_max_rows: int) -> None:
     ideal = ideal_makespan(point.rows, point.quota, point.copy_seconds, point.in_progress)
     if "loop" in names:
         stack.emulator_admin("POST", "config", point.emulator_config())
@@ -416,10 +399,13 @@ def run_baselines(stack, point: Point, names: list[str]) -> None:
             f"{b['calls_per_row']:.2f} calls per row, {b['copied']} copied, {b['failed']} failed, "
             f"CPU {1000 * b['cpu_seconds'] / max(b['copied'], 1):.1f} s per 1,000"
         )
-    if "naive" in names and hasattr(baselines, "naive_dag"):
+    if "naive" in names:
         limit = 1024
         if point.rows > limit:
             print(f"  naive mapped DAG: stops at Airflow's max_map_length ({limit}): {point.rows:,} rows cannot run")
+            return
+        if point.rows > naive_max_rows:
+            print(f"  naive mapped DAG: not run (--naive-max-rows {naive_max_rows})")
             return
         stack.emulator_admin("POST", "config", point.emulator_config())
         datastore_id, ids = seeded_sources(stack, point.rows)
@@ -492,34 +478,31 @@ def main() -> int:
     parser.add_argument("--baselines", default="loop,naive", help="loop, naive, both or none ('')")
     parser.add_argument("--validate-rows", type=int, default=100_000)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--naive-max-rows", type=int, default=1024, help="run the naive DAG only on points of at most this many rows"
+    )
     args = parser.parse_args()
     names = [n for n in args.points.split(",") if n]
     unknown = [n for n in names if n not in POINTS]
     if unknown:
         parser.error(f"unknown points {unknown}; choose from {', '.join(POINTS)}")
-    baselines = [b for b in args.baselines.split(",") if b]
+    baseline_names = [b for b in args.baselines.split(",") if b]
     ok = True
     if names:
-        ok = run_points([POINTS[n] for n in names], args.scale, baselines, args.workers)
+        ok = run_points([POINTS[n] for n in names], args.scale, baseline_names, args.workers, args.naive_max_rows)
     if args.validate_rows > 0:
         ok = print_validation(validation(args.validate_rows)) and ok
     return 0 if ok else 1
 
 
-def run_points(points: list[Point], scale: float, baselines: list[str], workers: int) -> bool:
+def run_points(points: list[Point], scale: float, baseline_names: list[str], workers: int, naive_max_rows: int) -> bool:
     from stack.compose import ENV_EXAMPLE
     from stack.process_stack import ProcessStack
     from tests.airflow_stack import StackClient
 
     home = Path(tempfile.mkdtemp(prefix="bench-bulk-"))
     environ = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "_AIRFLOW"))}
-    dags = home / "dags"
-    try:
-        from bench.baselines import dags_folder_with_naive
-
-        dags = dags_folder_with_naive(dags)
-    except ImportError:
-        dags = ROOT / "dags"
+    dags = baselines.dags_folder_with_naive(home / "dags") if "naive" in baseline_names else ROOT / "dags"
     stack = ProcessStack(
         home / "home",
         workers=workers,
@@ -530,6 +513,8 @@ def run_points(points: list[Point], scale: float, baselines: list[str], workers:
     )
     ok = True
     with stack:
+        # the baselines' admin requests (healthimaging_emulator.admin_client) read the token from the environment
+        os.environ[ADMIN_TOKEN_ENV] = stack.emulator_admin_token
         api = StackClient(stack)
         api.auth_token = stack.token()
         manifests = stack.home / "manifests"
@@ -540,8 +525,8 @@ def run_points(points: list[Point], scale: float, baselines: list[str], workers:
                 point = Point(**{**point.__dict__, "rows": max(int(point.rows * scale), 10)})
             ok = print_point(run_point(stack, api, point, manifests)) and ok
             sys.stdout.flush()
-            if baselines and point.rows <= 10_000:
-                run_baselines(stack, point, baselines)
+            if baseline_names and point.rows <= 10_000:
+                run_baselines(stack, point, baseline_names, naive_max_rows)
                 sys.stdout.flush()
     return ok
 

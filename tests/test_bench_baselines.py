@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.baselines import dags_folder_with_naive, plain_loop, synthetic_sources
+from bench.baselines import dags_folder_with_naive, emulator_args, plain_loop, synthetic_sources
 from healthimaging_emulator.admin_client import ADMIN_TOKEN_ENV, admin_request
 from stack.processes import free_port
 
@@ -38,16 +38,7 @@ def emulator(monkeypatch):
                 "healthimaging_emulator",
                 "--port",
                 str(port),
-                "--seed",
-                f"synthetic:{ROWS}",
-                "--rate",
-                f"CopyImageSet={RATE}:1",
-                "--copy-seconds",
-                str(copy_seconds),
-                "--copy-seconds-per-instance",
-                "0",
-                "--log-level",
-                "WARNING",
+                *emulator_args(ROWS, RATE, copy_seconds),
             ],
             cwd=ROOT,
             env=env,

@@ -193,8 +193,10 @@ def completed_since(db: Connection, dag_id: str, run_id: str, since: float) -> i
 
 
 def bucket_rate(db: Connection, name: str) -> float | None:
-    """The configured rate (per second) of the shared token bucket ``name``, or None before its first use."""
-    return db.execute(sa.select(buckets.c.rate).where(buckets.c.name == name)).scalar_one_or_none()
+    """The configured rate (per second) of the shared token bucket ``name``, or None before its first use
+    (its ceiling: the rate it sends at may be lower while the service throttles, see bulk/rate_limit.py)."""
+    configured = sa.func.coalesce(buckets.c.ceiling, buckets.c.rate)
+    return db.execute(sa.select(configured).where(buckets.c.name == name)).scalar_one_or_none()
 
 
 # ------------------------------------------------------------------------------------------ throughput, latency
