@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import io
 import json
 import os
@@ -48,6 +49,7 @@ from bench import baselines  # noqa: E402 - after the path is set
 from bench.ideal import ideal_makespan  # noqa: E402 - after the path is set
 from healthimaging.bulk.engine import PACE_MARGIN  # noqa: E402 - after the path is set
 from healthimaging_emulator.admin_client import ADMIN_TOKEN_ENV  # noqa: E402 - after the path is set
+from healthimaging_emulator.seeding import SYNTHETIC_DATASTORE  # noqa: E402 - after the path is set
 
 DAG_ID = "healthimaging_bulk_copy"
 #: The engine's statement count, in each batch's last progress line (healthimaging.bulk.engine).
@@ -163,16 +165,26 @@ def service_pids(stack, service: str) -> list[int]:
 # ------------------------------------------------------------------------------------------ the project's run
 
 
-def seeded_sources(stack, rows: int) -> tuple[str, list[str]]:
-    """A new synthetic data store of ``rows`` image sets: (its id, the image set ids)."""
-    datastore_id = stack.emulator_admin("POST", "seed", {"seed": f"synthetic:{rows}"})["datastoreId"]
-    reader = baselines.client(stack.emulator_url, max_attempts=10)
-    ids = [
-        s["imageSetId"]
-        for page in reader.get_paginator("search_image_sets").paginate(datastoreId=datastore_id)
-        for s in page["imageSetsMetadataSummaries"]
-    ]
-    return datastore_id, ids[:rows]
+class SourcePool:
+    """The stack's synthetic image sets (compose seeds ``synthetic:$HEALTHIMAGING_EMULATOR_SYNTHETIC_IMAGE_SETS``),
+    handed out in disjoint slices: a run on sources an earlier run copied would skip them all. The seed's ids
+    are known in advance (healthimaging_emulator.seeding: the md5 of ``synthetic:<i>``); copies get new ones."""
+
+    def __init__(self, stack, size: int) -> None:
+        reader = baselines.client(stack.emulator_url, max_attempts=10)
+        (self.datastore_id,) = [
+            d["datastoreId"]
+            for d in reader.list_datastores()["datastoreSummaries"]
+            if d["datastoreName"] == SYNTHETIC_DATASTORE
+        ]
+        self.size, self.next = size, 0
+
+    def take(self, rows: int) -> list[str]:
+        if self.next + rows > self.size:
+            raise RuntimeError(f"the stack was seeded with {self.size} image sets; {self.next + rows} are needed")
+        ids = [hashlib.md5(f"synthetic:{i}".encode()).hexdigest() for i in range(self.next, self.next + rows)]
+        self.next += rows
+        return ids
 
 
 def counters_delta(before: dict, after: dict) -> dict[str, dict[str, Any]]:
@@ -269,11 +281,11 @@ class Sampler(threading.Thread):
             )
 
 
-def run_point(stack, api, point: Point, manifests: Path) -> dict[str, Any]:
+def run_point(stack, api, point: Point, manifests: Path, pool: SourcePool) -> dict[str, Any]:
     from healthimaging.bulk.manifest import template
 
     stack.emulator_admin("POST", "config", point.emulator_config())
-    datastore_id, ids = seeded_sources(stack, point.rows)
+    datastore_id, ids = pool.datastore_id, pool.take(point.rows)
     manifest = manifests / f"{re.sub(r'[^A-Za-z0-9]+', '-', point.name)}-{int(time.time())}.csv"
     manifest.write_text(template({"source_image_set_id": i} for i in ids))
     services = {s: service_pids(stack, s) for s in ("airflow-triggerer", "airflow-worker", "airflow-scheduler")}
@@ -386,11 +398,13 @@ def print_point(r: dict[str, Any]) -> bool:
     return ok
 
 
-def run_baselines(stack, point: Point, names: list[str], naive_max_rows: int) -> None:
+def run_baselines(stack, point: Point, names: list[str], limits: dict[str, int], pool: SourcePool) -> None:
     ideal = ideal_makespan(point.rows, point.quota, point.copy_seconds, point.in_progress)
-    if "loop" in names:
+    if "loop" in names and point.rows > limits["loop"]:
+        print(f"  plain boto3 loop: not run (--loop-max-rows {limits['loop']})")
+    elif "loop" in names:
         stack.emulator_admin("POST", "config", point.emulator_config())
-        datastore_id, ids = seeded_sources(stack, point.rows)
+        datastore_id, ids = pool.datastore_id, pool.take(point.rows)
         b = baselines.plain_loop(stack.emulator_url, datastore_id, ids, point.configured_rate or point.quota)
         refused = b["throttled"] + b["refused_402"]
         print(
@@ -404,11 +418,11 @@ def run_baselines(stack, point: Point, names: list[str], naive_max_rows: int) ->
         if point.rows > limit:
             print(f"  naive mapped DAG: stops at Airflow's max_map_length ({limit}): {point.rows:,} rows cannot run")
             return
-        if point.rows > naive_max_rows:
-            print(f"  naive mapped DAG: not run (--naive-max-rows {naive_max_rows})")
+        if point.rows > limits["naive"]:
+            print(f"  naive mapped DAG: not run (--naive-max-rows {limits['naive']})")
             return
         stack.emulator_admin("POST", "config", point.emulator_config())
-        datastore_id, ids = seeded_sources(stack, point.rows)
+        datastore_id, ids = pool.datastore_id, pool.take(point.rows)
         n = baselines.naive_dag(stack, ids, datastore_id)
         refused = n["throttled"] + n["refused_402"]
         print(
@@ -481,6 +495,9 @@ def main() -> int:
     parser.add_argument(
         "--naive-max-rows", type=int, default=1024, help="run the naive DAG only on points of at most this many rows"
     )
+    parser.add_argument(
+        "--loop-max-rows", type=int, default=10_000, help="run the plain loop only on points of at most this many rows"
+    )
     args = parser.parse_args()
     names = [n for n in args.points.split(",") if n]
     unknown = [n for n in names if n not in POINTS]
@@ -489,19 +506,29 @@ def main() -> int:
     baseline_names = [b for b in args.baselines.split(",") if b]
     ok = True
     if names:
-        ok = run_points([POINTS[n] for n in names], args.scale, baseline_names, args.workers, args.naive_max_rows)
+        limits = {"naive": args.naive_max_rows, "loop": args.loop_max_rows}
+        ok = run_points([POINTS[n] for n in names], args.scale, baseline_names, args.workers, limits)
     if args.validate_rows > 0:
         ok = print_validation(validation(args.validate_rows)) and ok
     return 0 if ok else 1
 
 
-def run_points(points: list[Point], scale: float, baseline_names: list[str], workers: int, naive_max_rows: int) -> bool:
+def run_points(
+    points: list[Point], scale: float, baseline_names: list[str], workers: int, limits: dict[str, int]
+) -> bool:
     from stack.compose import ENV_EXAMPLE
     from stack.process_stack import ProcessStack
     from tests.airflow_stack import StackClient
 
     home = Path(tempfile.mkdtemp(prefix="bench-bulk-"))
     environ = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "_AIRFLOW"))}
+    if scale != 1.0:
+        points = [Point(**{**p.__dict__, "rows": max(int(p.rows * scale), 10)}) for p in points]
+    # every run copies sources of its own: the project's, and each baseline's where it runs
+    needed = sum(
+        p.rows * (1 + sum(1 for b in baseline_names if p.rows <= limits.get(b, 0) and p.rows <= 10_000)) for p in points
+    )
+    environ["HEALTHIMAGING_EMULATOR_SYNTHETIC_IMAGE_SETS"] = str(needed)
     dags = baselines.dags_folder_with_naive(home / "dags") if "naive" in baseline_names else ROOT / "dags"
     stack = ProcessStack(
         home / "home",
@@ -509,7 +536,7 @@ def run_points(points: list[Point], scale: float, baseline_names: list[str], wor
         env_file=ENV_EXAMPLE,
         environ=environ,
         dags_folder=dags,
-        emulator_args=["--seed", "synthetic:1", "--log-level", "WARNING"],
+        emulator_args=["--log-level", "WARNING"],
     )
     ok = True
     with stack:
@@ -520,13 +547,13 @@ def run_points(points: list[Point], scale: float, baseline_names: list[str], wor
         manifests = stack.home / "manifests"
         manifests.mkdir(exist_ok=True)
         print(f"process stack: {workers} Celery workers, triggerer, scheduler, PostgreSQL ledger; home {stack.home}")
+        pool = SourcePool(stack, needed)
+        print(f"  {needed:,} synthetic image sets seeded, a slice of its own for each run")
         for point in points:
-            if scale != 1.0:
-                point = Point(**{**point.__dict__, "rows": max(int(point.rows * scale), 10)})
-            ok = print_point(run_point(stack, api, point, manifests)) and ok
+            ok = print_point(run_point(stack, api, point, manifests, pool)) and ok
             sys.stdout.flush()
             if baseline_names and point.rows <= 10_000:
-                run_baselines(stack, point, baseline_names, naive_max_rows)
+                run_baselines(stack, point, baseline_names, limits, pool)
                 sys.stdout.flush()
     return ok
 
