@@ -597,6 +597,9 @@ class BatchCopyEngine:
             return stop_at  # polled right after the send
         rows = self.ledger.held_rows(self.owner, SUBMITTED)
         self._held_read_at = now + HELD_READ_SECONDS
+        for gone in set(self._next_poll) - {r["id"] for r in rows}:  # taken over, or finished by another owner
+            self._next_poll.pop(gone)
+            self._accepted_at.pop(gone, None)
         next_due: float | None = None
 
         def come_back(when: float) -> None:
