@@ -730,7 +730,7 @@ def test_a_token_taken_late_leaves_the_next_one_due_as_if_on_time(ledger):
 def test_calls_of_one_process_leave_an_interval_apart_and_learn_an_allowance():
     """SendSpacing: calls on one bucket, from any thread, leave at least an interval (plus the allowance)
     apart; a throttled call widens the allowance, a long run of calls not throttled narrows it."""
-    from healthimaging.bulk.engine import JITTER_RELAX_SENDS, JITTER_STEP_SECONDS, SendSpacing
+    from healthimaging.bulk.engine import JITTER_RELAX_SENDS, JITTER_START_SECONDS, JITTER_STEP_SECONDS, SendSpacing
 
     name = f"test-{uuid.uuid4().hex}"
     left: list[float] = []
@@ -745,13 +745,13 @@ def test_calls_of_one_process_leave_an_interval_apart_and_learn_an_allowance():
     for thread in threads:
         thread.join()
     gaps = [b - a for a, b in zip(sorted(left), sorted(left)[1:])]
-    assert min(gaps) >= 0.05 + JITTER_STEP_SECONDS - 1e-3, gaps  # the first allowance: one step
+    assert min(gaps) >= 0.05 + JITTER_START_SECONDS - 1e-3, gaps  # with the first allowance
 
     SendSpacing.outcome(name, throttled=True)
-    assert SendSpacing._allowance[name] == pytest.approx(2 * JITTER_STEP_SECONDS)
+    assert SendSpacing._allowance[name] == pytest.approx(JITTER_START_SECONDS + JITTER_STEP_SECONDS)
     for _ in range(JITTER_RELAX_SENDS):
         SendSpacing.outcome(name, throttled=False)
-    assert SendSpacing._allowance[name] == pytest.approx(1.5 * JITTER_STEP_SECONDS)
+    assert SendSpacing._allowance[name] == pytest.approx(JITTER_START_SECONDS + 0.75 * JITTER_STEP_SECONDS)
 
 
 def test_polls_stop_short_of_a_send_that_is_due(ledger, emulator_connection, tmp_path):

@@ -185,8 +185,9 @@ def test_throttle_watch_tells_sustained_throttling_from_the_odd_throttle():
     outcomes = ([True] + [False] * 19) * 5  # one in twenty: never sustained
     assert not any(watch.sent(t) for t in outcomes)
     assert [watch.sent(t) for t in (True, False, True, True)] == [None, None, None, 3 / 20]
-    assert watch.sent(True) is None  # the window starts afresh after it fired
-    assert [watch.sent(t) for t in (False, True, True)] == [None, None, 3 / 4]
+    # the window starts afresh after it fired, and decides only once it is whole again
+    assert [watch.sent(t) for t in [True] * 19] == [None] * 19
+    assert watch.sent(False) == 19 / 20
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

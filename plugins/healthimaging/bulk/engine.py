@@ -83,8 +83,12 @@ PACE_MARGIN = 0.995
 SEND_GUARD_SECONDS = 0.005
 #: The allowance on top of a quota interval between two calls (see SendSpacing) grows by this much with each
 #: throttled call, and shrinks by half as much after this many calls in a row were not throttled.
-JITTER_STEP_SECONDS = 0.001
+JITTER_STEP_SECONDS = 0.002
 JITTER_RELAX_SENDS = 200
+#: The allowance to start from, and the least it shrinks to: a loaded host (the test suite beside the stack)
+#: delays some calls by a few milliseconds more than others.
+JITTER_START_SECONDS = 0.004
+JITTER_FLOOR_SECONDS = 0.001
 #: After a send refused for the copies in progress, the copy is sent again when one of this engine's copies
 #: completes, or after this long (room may come from other engines' copies, or copies outside this tool).
 ROOM_WAIT_SECONDS = 1.0
@@ -109,10 +113,10 @@ class SendSpacing:
     longest of those delays, never by their sum, as it would be if each delay moved the bucket back.
 
     Calls that leave an interval apart can still arrive closer (the network, the service's own scheduling),
-    so the interval has an allowance on top, learnt per bucket: each throttled call widens it by
-    :data:`JITTER_STEP_SECONDS` (up to a tenth of the interval), and every :data:`JITTER_RELAX_SENDS` calls
-    in a row not throttled narrow it by half a step. It settles where about one call in several hundred is
-    throttled."""
+    so the interval has an allowance on top, learnt per bucket from :data:`JITTER_START_SECONDS`: each
+    throttled call widens it by :data:`JITTER_STEP_SECONDS` (up to a tenth of the interval), and every
+    :data:`JITTER_RELAX_SENDS` calls in a row not throttled narrow it by a quarter step, down to
+    :data:`JITTER_FLOOR_SECONDS`. It settles where about one call in several hundred is throttled."""
 
     _lock = threading.Lock()
     _last: dict[str, float] = {}
@@ -123,7 +127,7 @@ class SendSpacing:
     def wait_turn(cls, name: str, interval: float) -> None:
         with cls._lock:  # held while waiting: a call of another engine would be as early
             last = cls._last.get(name)
-            allowance = min(cls._allowance.get(name, JITTER_STEP_SECONDS), interval / 10)
+            allowance = min(cls._allowance.get(name, JITTER_START_SECONDS), interval / 10)
             if last is not None and (early := last + interval + allowance - time.monotonic()) > 0:
                 time.sleep(early)
             cls._last[name] = time.monotonic()
@@ -132,11 +136,14 @@ class SendSpacing:
     def outcome(cls, name: str, throttled: bool) -> None:
         """A call on bucket ``name`` was answered: throttled or not."""
         with cls._lock:
-            allowance = cls._allowance.get(name, JITTER_STEP_SECONDS)
+            allowance = cls._allowance.get(name, JITTER_START_SECONDS)
             if throttled:
                 cls._allowance[name], cls._clean[name] = allowance + JITTER_STEP_SECONDS, 0
             elif (clean := cls._clean.get(name, 0) + 1) >= JITTER_RELAX_SENDS:
-                cls._allowance[name], cls._clean[name] = max(allowance - JITTER_STEP_SECONDS / 2, 0.0), 0
+                cls._allowance[name], cls._clean[name] = (
+                    max(allowance - JITTER_STEP_SECONDS / 4, JITTER_FLOOR_SECONDS),
+                    0,
+                )
             else:
                 cls._clean[name] = clean
 
@@ -571,7 +578,7 @@ class BatchCopyEngine:
         if throttled:
             self._refused += 1
         share = self.throttle_watch.sent(throttled)
-        if share is not None and (rate := self.bucket.slow_down(share)) is not None:
+        if share is not None and self.settings.adapt_rate and (rate := self.bucket.slow_down(share)) is not None:
             log.warning(
                 "batch %d: %.0f%% of the last CopyImageSet sends were throttled: the shared rate %r is lowered to "
                 "%.3f/s (configured %.3f/s; it climbs back while sends are not throttled)",

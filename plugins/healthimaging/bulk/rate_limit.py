@@ -193,7 +193,8 @@ class ThrottleWatch:
         window then starts afresh), else None."""
         self._outcomes.append(throttled)
         del self._outcomes[: -self.window]
-        if sum(self._outcomes) >= self.threshold:
+        # a whole window first: three throttles clustered in a few sends are jitter as often as not
+        if len(self._outcomes) == self.window and sum(self._outcomes) >= self.threshold:
             share = sum(self._outcomes) / len(self._outcomes)
             self._outcomes.clear()
             return share

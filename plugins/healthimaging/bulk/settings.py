@@ -46,6 +46,13 @@ class BulkCopySettings:
         maximum=100,
     )
     burst: float = setting(DEFAULT_BURST, "Rate limit burst", type="number", minimum=1, maximum=100)
+    adapt_rate: bool = setting(
+        True,
+        "Find the rate",
+        "When most sends are throttled, lower the shared rate (and climb back slowly): a rate set above your "
+        "quota settles near it. Off: the configured rate, throttled or not.",
+        type="boolean",
+    )
     max_copies_in_flight: int = setting(
         SERVICE_MAX_COPIES_IN_FLIGHT,
         "Max copies in flight",
