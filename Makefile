@@ -62,7 +62,7 @@ bench: install
 
 # The bulk-copy DAG at the service's limits on the process stack of docker-compose.yaml (PostgreSQL, Redis,
 # two Celery workers, the triggerer), beside a plain boto3 loop and a naive mapped-task DAG, then
-# 100,000-row manifest validation (about an hour; bench/bulk_copy.py --help for one point at a time).
+# 100,000-row manifest validation (about an hour by the points' ideals; bench/bulk_copy.py --help for one point).
 bench-bulk: install
 	$(PY) bench/bulk_copy.py
 

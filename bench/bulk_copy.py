@@ -187,19 +187,6 @@ class SourcePool:
         return ids
 
 
-def counters_delta(before: dict, after: dict) -> dict[str, dict[str, Any]]:
-    """Per operation: calls, throttled, errors by code, between two snapshots of the emulator's counters."""
-    delta = {}
-    for op, entry in after.items():
-        old = before.get(op, {})
-        delta[op] = {
-            "calls": entry.get("calls", 0) - old.get("calls", 0),
-            "throttled": entry.get("throttled", 0) - old.get("throttled", 0),
-            "errors": {code: n - old.get("errors", {}).get(code, 0) for code, n in entry.get("errors", {}).items()},
-        }
-    return delta
-
-
 def ledger_figures(ledger_url: str, run_id: str) -> dict[str, Any]:
     import sqlalchemy as sa
 
@@ -233,16 +220,11 @@ def ledger_figures(ledger_url: str, run_id: str) -> dict[str, Any]:
 
 
 def bucket_rate(ledger_url: str) -> float | None:
-    import sqlalchemy as sa
+    """The shared CopyImageSet bucket's rate now (healthimaging.bulk.ledger.Ledger.bucket_rate)."""
+    from healthimaging.bulk.ledger import Ledger, engine_for
 
-    engine = sa.create_engine(ledger_url)
-    try:
-        with engine.connect() as db:
-            return db.execute(
-                sa.text("SELECT rate FROM healthimaging_rate_limit WHERE name = 'CopyImageSet'")
-            ).scalar_one_or_none()
-    finally:
-        engine.dispose()
+    state = Ledger(engine_for(ledger_url)).bucket_rate("CopyImageSet")
+    return None if state is None else state[0]
 
 
 def statements(stack, run_id: str) -> int:
@@ -301,12 +283,12 @@ def run_point(stack, api, point: Point, manifests: Path, pool: SourcePool) -> di
     run_seconds = time.monotonic() - started
     sampler.stopped.set()
     sampler.join()
-    counters = counters_delta(counters_before, stack.emulator_admin("GET", "counters"))
+    counters_after = stack.emulator_admin("GET", "counters")
+    counters = baselines.counter_delta(counters_before, counters_after)
     cpu = {s: cpu_seconds(p) - cpu_before[s] for s, p in services.items()}
     if state != "success":
         print(api.diagnostics(DAG_ID, run_id), file=sys.stderr)
     ledger = ledger_figures(stack.ledger_url(), run_id)
-    copy = counters.get("CopyImageSet", {"calls": 0, "throttled": 0, "errors": {}})
     report_seconds = report_step_seconds(api, run_id)
     return {
         "point": point,
@@ -314,11 +296,12 @@ def run_point(stack, api, point: Point, manifests: Path, pool: SourcePool) -> di
         "run_seconds": run_seconds,
         "ideal": ideal,
         **ledger,
-        "copy_calls": copy["calls"],
-        "throttled": copy["throttled"],
-        "over_limit": copy["errors"].get("ServiceQuotaExceededException", 0),
-        "get_throttled": counters.get("GetImageSet", {}).get("throttled", 0),
-        "calls": sum(c["calls"] for c in counters.values()),
+        "copy_calls": counters["copy_calls"],
+        "throttled": counters["throttled"],
+        "over_limit": counters["refused_402"],
+        "get_throttled": counters_after.get("GetImageSet", {}).get("throttled", 0)
+        - counters_before.get("GetImageSet", {}).get("throttled", 0),
+        "calls": counters["all_calls"],
         "cpu": cpu,
         "statements": statements(stack, run_id),
         "triggerer_peak_mb": peak_rss_mb(services["airflow-triggerer"]),
@@ -414,7 +397,7 @@ def run_baselines(stack, point: Point, names: list[str], limits: dict[str, int],
             f"CPU {1000 * b['cpu_seconds'] / max(b['copied'], 1):.1f} s per 1,000"
         )
     if "naive" in names:
-        limit = 1024
+        limit = baselines.max_map_length(stack)
         if point.rows > limit:
             print(f"  naive mapped DAG: stops at Airflow's max_map_length ({limit}): {point.rows:,} rows cannot run")
             return

@@ -82,7 +82,7 @@ PACE_MARGIN = 0.995
 #: late loses that time from the quota for good.
 SEND_GUARD_SECONDS = 0.005
 #: The allowance on top of a quota interval between two calls (see SendSpacing) grows by this much with each
-#: throttled call, and shrinks by half as much after this many calls in a row were not throttled.
+#: throttled call, and shrinks by a quarter as much after this many calls in a row were not throttled.
 JITTER_STEP_SECONDS = 0.002
 JITTER_RELAX_SENDS = 200
 #: The allowance to start from, and the least it shrinks to: a loaded host (the test suite beside the stack)

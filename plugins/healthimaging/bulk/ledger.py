@@ -139,6 +139,9 @@ buckets = sa.Table(
     sa.Column("decreased_at", sa.Float),  # when sustained throttling last lowered the rate (migration 0005)
     sa.Column("increased_at", sa.Float),  # when the rate last climbed back towards the ceiling (migration 0005)
 )
+#: A bucket's configured rate: its ceiling (a row written before migration 0005 by a process not yet upgraded
+#: has none: its rate then).
+BUCKET_CEILING = sa.func.coalesce(buckets.c.ceiling, buckets.c.rate)
 
 #: ``expires_at`` of a lease whose rows were taken over: it can never be renewed again.
 REVOKED = -1.0
@@ -661,9 +664,7 @@ class Ledger:
 
     def bucket_rate(self, name: str) -> tuple[float, float] | None:
         """(rate now, ceiling) of the shared token bucket ``name`` (see healthimaging.bulk.rate_limit), or None."""
-        query = sa.select(buckets.c.rate, sa.func.coalesce(buckets.c.ceiling, buckets.c.rate)).where(
-            buckets.c.name == name
-        )
+        query = sa.select(buckets.c.rate, BUCKET_CEILING).where(buckets.c.name == name)
         with self.engine.connect() as db:
             row = db.execute(query).first()
         return None if row is None else (row[0], row[1])

@@ -23,7 +23,7 @@ from collections.abc import Callable
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from healthimaging.bulk.ledger import buckets, db_now
+from healthimaging.bulk.ledger import BUCKET_CEILING, buckets, db_now
 from healthimaging.bulk.settings import DEFAULT_BURST, DEFAULT_COPIES_PER_SECOND
 
 #: Sustained throttling lowers the shared rate by half the share of sends throttled, by a tenth at least
@@ -64,7 +64,6 @@ class SharedTokenBucket:
         self.rate = float(rate)
         self.burst = float(burst)
         self.sleep = sleep
-        self.taken_stamp: float | None = None  # the bucket's stamp when this object last took a token
         self.last_rate = self.rate  # the shared rate when this object last took a token
         self._ensure_row()
 
@@ -104,7 +103,7 @@ class SharedTokenBucket:
         refilled = buckets.c.tokens + elapsed * buckets.c.rate
         capacity = buckets.c.burst + BURST_SLACK
         available = sa.case((refilled > capacity, capacity), else_=refilled)
-        ceiling = sa.func.coalesce(buckets.c.ceiling, buckets.c.rate)
+        ceiling = BUCKET_CEILING
         last_moved = sa.func.coalesce(
             sa.case(
                 (buckets.c.increased_at > buckets.c.decreased_at, buckets.c.increased_at), else_=buckets.c.decreased_at
@@ -124,10 +123,10 @@ class SharedTokenBucket:
                     rate=sa.case((climb, sa.case((climbed > ceiling, ceiling), else_=climbed)), else_=buckets.c.rate),
                     increased_at=sa.case((climb, now), else_=buckets.c.increased_at),
                 )
-                .returning(buckets.c.stamp, buckets.c.rate)
+                .returning(buckets.c.rate)
             ).first()
             if taken is not None:
-                self.taken_stamp, self.last_rate = taken.stamp, taken.rate
+                self.last_rate = taken.rate
                 return 0.0
             row = db.execute(
                 sa.select(available.label("available"), buckets.c.rate).where(buckets.c.name == self.name)
@@ -154,16 +153,6 @@ class SharedTokenBucket:
                 .returning(buckets.c.rate)
             ).first()
         return None if row is None else row.rate
-
-    def current(self) -> tuple[float, float]:
-        """(the rate now, the ceiling), tokens a second."""
-        with self.engine.connect() as db:
-            row = db.execute(
-                sa.select(buckets.c.rate, sa.func.coalesce(buckets.c.ceiling, buckets.c.rate).label("ceiling")).where(
-                    buckets.c.name == self.name
-                )
-            ).one()
-        return row.rate, row.ceiling
 
     def acquire(self, timeout: float | None = None) -> float:
         """Wait for a token; returns the seconds waited. Raises TimeoutError after ``timeout`` seconds."""

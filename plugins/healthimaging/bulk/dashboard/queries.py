@@ -23,6 +23,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from healthimaging.bulk.ledger import (
+    BUCKET_CEILING,
     FAILED,
     FINAL_STATUSES,
     IN_FLIGHT_STATUSES,
@@ -195,8 +196,7 @@ def completed_since(db: Connection, dag_id: str, run_id: str, since: float) -> i
 def bucket_rate(db: Connection, name: str) -> float | None:
     """The configured rate (per second) of the shared token bucket ``name``, or None before its first use
     (its ceiling: the rate it sends at may be lower while the service throttles, see bulk/rate_limit.py)."""
-    configured = sa.func.coalesce(buckets.c.ceiling, buckets.c.rate)
-    return db.execute(sa.select(configured).where(buckets.c.name == name)).scalar_one_or_none()
+    return db.execute(sa.select(BUCKET_CEILING).where(buckets.c.name == name)).scalar_one_or_none()
 
 
 # ------------------------------------------------------------------------------------------ throughput, latency
